@@ -1,0 +1,29 @@
+"""Tokenizers behind one interface (:class:`Tokenizer`), built by name with :func:`load_tokenizer`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lit_nat.tokenizers.base import Tokenizer
+from lit_nat.tokenizers.pixel import PixelTokenizer
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {"pixel": PixelTokenizer}
+
+
+def load_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
+    """Build a tokenizer by registry name, e.g. ``load_tokenizer('pixel', levels=17, image_size=8)``."""
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; expected one of {sorted(TOKENIZERS)}")
+    return TOKENIZERS[name](**kwargs).eval()
+
+
+def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its :meth:`Tokenizer.config` (as stored in shard metadata)."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name is None:
+        raise ValueError(f"tokenizer config {config!r} has no 'name' key")
+    return load_tokenizer(name, **config)
+
+
+__all__ = ["Tokenizer", "PixelTokenizer", "TOKENIZERS", "load_tokenizer", "tokenizer_from_config"]

@@ -1,0 +1,57 @@
+"""The tokenizer interface: images in [0, 1] <-> integer token grids.
+
+Every tokenizer (the pixel tokenizer of the digits demo, the VQGAN of ImageNet) answers the same questions, so data
+preparation, sampling and evaluation never ask which one they hold.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Tokenizer(nn.Module, ABC):
+    """Maps images ``(B, C, H, W)`` in [0, 1] to token ids ``(B, h * w)`` in raster order, and back."""
+
+    #: registry name, written into shard metadata so a mismatch can be detected
+    name: str = "abstract"
+
+    @property
+    @abstractmethod
+    def codebook_size(self) -> int:
+        """Number of distinct codes K; ids are in ``[0, K)``. The NAT's mask id is K."""
+
+    @property
+    @abstractmethod
+    def grid_size(self) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for the tokenizer's native image size."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> tuple[int, int]:
+        """Pixel size ``(H, W)`` of the images it encodes and decodes."""
+
+    @property
+    @abstractmethod
+    def channels(self) -> int:
+        """Image channels C (1 for grey digits, 3 for RGB)."""
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` float in [0, 1] -> ``(B, h * w)`` long ids."""
+
+    @abstractmethod
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, h * w)`` long ids -> ``(B, C, H, W)`` float in [0, 1]."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description, stored in shard metadata and checkpoints."""
+        return {"name": self.name}
+
+    @property
+    def num_tokens(self) -> int:
+        h, w = self.grid_size
+        return h * w
