@@ -1,0 +1,108 @@
+"""The NAT decoding loop: parallel decoding, confidence, Gumbel-top-k re-masking, batched classifier-free guidance.
+
+Works with any backbone that follows the call contract ``backbone(ids, condition, state) -> (logits, state)``
+(see :mod:`lit_nat.models`). Design choices, each for speed or reproducibility:
+
+- All randomness comes from one ``torch.Generator`` on the backbone's device, so a seed fixes the images.
+- Tokens are drawn with the Gumbel-max trick (``argmax(log p / tau + G)``), an exact categorical sample that needs
+  no host-side validation (``torch.distributions.Categorical`` checks its arguments on the host).
+- The number of tokens to re-mask at each step follows from the schedule alone
+  (:meth:`~lit_nat.schedule.GenerationSchedule.masked_counts`), so the loop never reads a device value: no host-device
+  synchronisation inside the loop.
+- The conditional and unconditional passes run as one forward over the doubled batch. A reuse state (ENAT) is per
+  row, so each guidance branch keeps its own state automatically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_nat.schedule import GenerationSchedule
+
+
+@dataclass
+class GenerationResult:
+    """Final token ids ``(B, N)`` and, if asked for, the ids after each step (list of T tensors, [MASK] = mask_id)."""
+
+    ids: torch.Tensor
+    history: list[torch.Tensor] | None = None
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise -log(E), E ~ Exp(1); E is floored so the noise stays finite."""
+    exponential = torch.empty(shape, device=device).exponential_(generator=generator)
+    return -exponential.clamp_min_(1e-30).log_()
+
+
+def guided_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """log_softmax of ``cond + scale * (cond - uncond)`` in float32 (the official 'w' convention: 0 = unguided)."""
+    logits = cond.float()
+    if uncond is not None and scale != 0.0:
+        logits = logits + scale * (logits - uncond.float())
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def generate(
+    backbone: nn.Module,
+    labels: torch.Tensor,
+    schedule: GenerationSchedule,
+    generator: torch.Generator,
+    *,
+    num_tokens: int,
+    mask_id: int,
+    null_class: int,
+    return_history: bool = False,
+) -> GenerationResult:
+    """Generate ``(B, N)`` token ids for class ``labels`` ``(B,)`` with the given generation schedule.
+
+    Per step t: decode every position in parallel, draw tokens at masked positions with temperature tau1(t),
+    score each draw by its temperature-free guided log-probability (+inf for positions already visible, so they are
+    never re-masked), add tau2(t)-scaled Gumbel noise and re-mask the ``masked_counts[t]`` least confident positions.
+    """
+    device = labels.device
+    batch = labels.shape[0]
+    counts = schedule.masked_counts(num_tokens)
+    guided = any(scale != 0.0 for scale in schedule.guidance)
+    # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
+    condition = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+
+    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    state = None
+    history: list[torch.Tensor] = []
+    for t in range(schedule.steps):
+        is_masked = ids == mask_id  # (B, N)
+        model_ids = torch.cat([ids, ids]) if guided else ids
+        logits, state = backbone(model_ids, condition, state)  # (B or 2B, N, K)
+        cond, uncond = logits.chunk(2) if guided else (logits, None)
+        log_probs = guided_log_probs(cond, uncond, schedule.guidance[t])  # (B, N, K)
+
+        # Parallel decoding: a categorical draw at temperature tau1 via Gumbel-max.
+        noisy = log_probs / schedule.sample_temperature[t] + gumbel_noise(log_probs.shape, generator, device)
+        sampled = noisy.argmax(dim=-1)  # (B, N)
+        score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
+        sampled = torch.where(is_masked, sampled, ids)
+        score = torch.where(is_masked, score, torch.full_like(score, float("inf")))
+
+        keep_masked = counts[t]
+        if keep_masked == 0:
+            ids = sampled
+        else:
+            # Gumbel-top-k: the k lowest perturbed confidences are a sample without replacement from
+            # softmax(-C / tau2) over positions; +inf (visible) stays +inf and is never chosen.
+            confidence = score + schedule.remask_temperature[t] * gumbel_noise(score.shape, generator, device)
+            remask = confidence.topk(keep_masked, dim=1, largest=False).indices  # (B, keep_masked)
+            ids = sampled.scatter(1, remask, mask_id)
+        if return_history:
+            history.append(ids.clone())
+    return GenerationResult(ids=ids, history=history if return_history else None)
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (the loop's only source of randomness)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
