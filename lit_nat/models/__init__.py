@@ -1,0 +1,49 @@
+"""Backbones: the networks that map a partly masked token grid to logits over the codebook.
+
+Every backbone obeys one call contract, which is all the sampler and the objective rely on::
+
+    logits, state = backbone(ids, condition, state=None)
+
+- ``ids``: ``(B, N)`` long, values in ``[0, K]``; ``K == backbone.codebook_size == backbone.mask_id`` marks masked
+  positions, and ``N == backbone.num_tokens`` (the token grid ``backbone.grid_size`` in raster order).
+- ``condition``: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``; ``C == backbone.num_classes ==
+  backbone.null_class`` is the unconditional label used for classifier-free guidance.
+- ``state``: whatever the previous call returned, for backbones that reuse features across decoding steps (ENAT);
+  ``None`` on the first step. Backbones without reuse (U-ViT) ignore it and return ``None``.
+- ``logits``: ``(B, N, K)`` float over the real codes only, so the mask id can never be sampled.
+
+Backbones know nothing of schedules, mask laws or Lightning. Sizes live in :mod:`lit_nat.models.registry`; official
+checkpoints are converted by :mod:`lit_nat.models.convert`.
+"""
+
+from lit_nat.models.convert import (
+    CONVERTERS,
+    ConversionReport,
+    convert_autonat_state_dict,
+    infer_autonat_dims,
+    load_official,
+    load_official_autonat,
+)
+from lit_nat.models.layers import Attention, Mlp, TiedMLMHead, TokenEmbedding, multihead_attention
+from lit_nat.models.registry import ARCHITECTURES, ArchSpec, build_backbone, count_parameters
+from lit_nat.models.uvit import UViT, UViTBlock
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "Attention",
+    "CONVERTERS",
+    "ConversionReport",
+    "Mlp",
+    "TiedMLMHead",
+    "TokenEmbedding",
+    "UViT",
+    "UViTBlock",
+    "build_backbone",
+    "convert_autonat_state_dict",
+    "count_parameters",
+    "infer_autonat_dims",
+    "load_official",
+    "load_official_autonat",
+    "multihead_attention",
+]
