@@ -1,0 +1,57 @@
+"""Pre-tokenised shards: one writer (:class:`ShardWriter`), one reader (:class:`TokenShardDataset` through
+:class:`TokenShardDataModule`), the DDP/worker planning (:mod:`lit_nat.data.split`) and the digits preparation.
+
+The DataModule (and with it Lightning) is imported on first access, so writing and preparing shards stays light.
+"""
+
+from typing import Any
+
+from lit_nat.data.dataset import ShardLoader, TokenShardDataset, read_range
+from lit_nat.data.digits import prepare_digits
+from lit_nat.data.shards import (
+    FORMAT,
+    META_FILE,
+    DatasetMeta,
+    MetadataError,
+    ShardInfo,
+    ShardWriter,
+    SplitInfo,
+    read_metadata,
+    write_metadata,
+)
+from lit_nat.data.split import ReadRange, WorkerPlan, plan_epoch, plan_eval, plan_resampled, plan_train
+
+__all__ = [
+    "FORMAT",
+    "META_FILE",
+    "PREPARATIONS",
+    "DatasetMeta",
+    "MetadataError",
+    "ReadRange",
+    "ShardInfo",
+    "ShardLoader",
+    "ShardWriter",
+    "SplitInfo",
+    "TokenShardDataModule",
+    "TokenShardDataset",
+    "WorkerPlan",
+    "ensure_prepared",
+    "plan_epoch",
+    "plan_eval",
+    "plan_resampled",
+    "plan_train",
+    "prepare_digits",
+    "read_metadata",
+    "read_range",
+    "write_metadata",
+]
+
+_LAZY = {"PREPARATIONS", "TokenShardDataModule", "ensure_prepared"}  # from lit_nat.data.datamodule
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from lit_nat.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module 'lit_nat.data' has no attribute {name!r}")

@@ -1,0 +1,177 @@
+"""``TokenShardDataModule``: token shards -> per-rank batches, with the data's facts exposed for LightningCLI links."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lit_nat.data.dataset import ShardLoader, TokenShardDataset
+from lit_nat.data.digits import prepare_digits
+from lit_nat.data.shards import META_FILE, DatasetMeta, read_metadata
+
+#: built-in preparations, by the name given to ``--data.prepare``: ``fn(root)`` writes shards and meta.json
+PREPARATIONS: dict[str, Callable[[Path], Any]] = {"digits": prepare_digits}
+
+
+def _silence_len_warning() -> None:
+    """Our IterableDataset's ``__len__`` is exact by construction (every worker reads only its planned batches), so
+    Lightning's generic caution about ``__len__`` with multi-process loading does not apply. Installed when a loader
+    is built (Lightning checks right after), since a filter set at import can be undone by ``catch_warnings``."""
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An inter-process lock (``flock``, released by the OS if the holder dies); a no-op where unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_prepared(root: str | os.PathLike, prepare: str | None = None) -> DatasetMeta:
+    """Read ``<root>/meta.json``, first running the preparation ``prepare`` if it is missing.
+
+    Under DDP every rank builds the DataModule at the same time: one rank prepares while holding a lock file in the
+    root, the others wait for the lock and then find ``meta.json``. Preparations publish ``meta.json`` last and
+    atomically, so seeing it means the data is complete.
+    """
+    root = Path(root)
+    if prepare is not None and prepare not in PREPARATIONS:
+        raise ValueError(f"unknown preparation {prepare!r}; built-in ones are {sorted(PREPARATIONS)}")
+    if prepare is None or (root / META_FILE).exists():
+        return read_metadata(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / ".lit_nat-prepare.lock"):
+        if not (root / META_FILE).exists():  # another rank may have finished while we waited
+            PREPARATIONS[prepare](root)
+    return read_metadata(root)
+
+
+class TokenShardDataModule(L.LightningDataModule):
+    """Pre-tokenised shards (``meta.json`` + ``<split>-NNNNNN.tar``) as training and validation batches.
+
+    The metadata is read when the DataModule is built, so ``codebook_size``, ``grid_size``, ``num_classes``,
+    ``num_tokens``, ``tokenizer_config`` and ``meta`` can be linked into the model (``apply_on="instantiate"``).
+    Batches are ``{"ids": LongTensor (B, h*w), "label": LongTensor (B,)}`` (plus ``"key": list[str]`` with
+    ``return_keys``, ``"text": list[str]`` for captioned shards). Each rank reads its
+    own part, planned from the Trainer's rank and world size: training gives every rank the same number of full
+    batches (a remainder of fewer than world_size x batch_size samples is left out each epoch, a different one each
+    epoch); validation reads every sample exactly once, in order, with partial last batches.
+
+    Args:
+        root: data root holding meta.json and the shards.
+        batch_size: training batch size per device.
+        val_batch_size: validation batch size per device (default: batch_size).
+        num_workers: DataLoader worker processes per device (0: load in the main process).
+        shuffle_buffer: samples held by each worker's shuffle buffer (training).
+        resampled: draw training shards with replacement instead of a permutation per epoch.
+        samples_per_epoch: epoch length over all devices in resampled mode (default: the train split's size).
+        seed: seed of shard order, shuffle buffer and resampling (combined with the epoch).
+        prepare: built-in preparation to run when root/meta.json is missing ("digits"), else the data must exist.
+        train_split: name of the training split in meta.json.
+        val_split: name of the validation split in meta.json.
+        return_keys: also put the samples' keys into each batch ("key"), e.g. to trace samples.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        prepare: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        return_keys: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {val_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = seed
+        self.train_split = train_split
+        self.val_split = val_split
+        self.return_keys = return_keys
+        self.meta: DatasetMeta = ensure_prepared(self.root, prepare)
+        self.codebook_size: int = self.meta.codebook_size
+        self.grid_size: tuple[int, int] = self.meta.grid_size
+        self.num_classes: int = self.meta.num_classes
+        self.num_tokens: int = self.meta.num_tokens
+        self.tokenizer_config: dict[str, Any] = dict(self.meta.tokenizer)
+        self.rank, self.world_size = 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        """Take rank and world size from the Trainer (after DDP is up), never from the environment."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+
+    def _current_epoch(self) -> int | None:
+        return self.trainer.current_epoch if self.trainer is not None else None
+
+    def _dataset(self, split: str, mode: str, batch_size: int, option: str) -> TokenShardDataset:
+        if split not in self.meta.splits:
+            raise ValueError(
+                f"{self.root / META_FILE} has no split {split!r} (it has {sorted(self.meta.splits)}); "
+                f"choose one with --data.{option}"
+            )
+        info = self.meta.splits[split]
+        return TokenShardDataset(
+            self.root,
+            [s.name for s in info.shards],
+            info.shard_sizes,
+            batch_size=batch_size,
+            mode=mode,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            shuffle=mode != "eval",
+            shuffle_buffer=self.shuffle_buffer,
+            samples_per_epoch=self.samples_per_epoch,
+            return_keys=self.return_keys,
+        )
+
+    def _loader(self, dataset: TokenShardDataset) -> ShardLoader:
+        _silence_len_warning()
+        epoch = self._current_epoch()
+        return ShardLoader(
+            dataset,
+            start_epoch=epoch or 0,
+            epoch_fn=self._current_epoch,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> ShardLoader:
+        mode = "resampled" if self.resampled else "train"
+        return self._loader(self._dataset(self.train_split, mode, self.batch_size, "train_split"))
+
+    def val_dataloader(self) -> ShardLoader:
+        return self._loader(self._dataset(self.val_split, "eval", self.val_batch_size, "val_split"))

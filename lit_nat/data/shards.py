@@ -1,0 +1,473 @@
+"""Pre-tokenised webdataset shards: the metadata (``meta.json``) and the ONE writer every preparation path uses.
+
+Layout of a data root::
+
+    <root>/meta.json                 # DatasetMeta, written last and atomically: its presence means "complete"
+    <root>/train-000000.tar, ...     # one tar per shard, listed (with sample counts) in meta.json
+    <root>/val-000000.tar, ...
+
+Each sample in a tar has a ``__key__`` (no dots or slashes) and the members ``<key>.tokens.npy`` (a ``.npy`` of dtype
+uint16 and shape ``(h * w,)``, raster order), ``<key>.cls`` (the class label as ASCII digits) and, for text-conditioned
+data, ``<key>.txt`` (UTF-8). Readers take the shard list from ``meta.json`` and never glob, so a stray or
+half-written file can never be read by accident.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+FORMAT = "lit_nat.tokens/1"
+META_FILE = "meta.json"
+MAX_CODES = 65536  # tokens are stored as uint16
+TOKENS_FIELD = "tokens.npy"
+LABEL_FIELD = "cls"
+TEXT_FIELD = "txt"
+PARTIAL_SUFFIX = ".partial"  # a shard being written; never matches "*.tar"
+
+
+class MetadataError(ValueError):
+    """A ``meta.json`` that is unreadable, of an unknown format, or with a missing or ill-typed key."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One tar file of a split: its file name (relative to the root) and how many samples it holds."""
+
+    name: str
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """The ordered shards of one split (``train``, ``val``, ...)."""
+
+    shards: tuple[ShardInfo, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [s.num_samples for s in self.shards]
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Everything a reader (and, through the DataModule, the model) must know about a tokenised data root.
+
+    Args:
+        codebook_size: number of token ids K; ids are in ``[0, K)``.
+        grid_size: token grid ``(h, w)``; each sample holds ``h * w`` ids in raster order.
+        num_classes: number of class labels; labels are in ``[0, num_classes)``.
+        tokenizer: the tokenizer's :meth:`~lit_nat.tokenizers.Tokenizer.config`, to decode ids back to images.
+        splits: split name -> its shards.
+        fields: the members every sample carries (``tokens.npy``, ``cls`` and, for captioned data, ``txt``).
+        extra: free-form provenance (source data set, seed, ...), not interpreted.
+    """
+
+    codebook_size: int
+    grid_size: tuple[int, int]
+    num_classes: int
+    tokenizer: dict[str, Any]
+    splits: dict[str, SplitInfo] = field(default_factory=dict)
+    fields: tuple[str, ...] = (TOKENS_FIELD, LABEL_FIELD)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def split(self, name: str) -> SplitInfo:
+        """The split ``name``, or a clear error listing the splits there are."""
+        if name not in self.splits:
+            raise ValueError(f"the data set has no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+    def with_split(self, name: str, info: SplitInfo | None) -> DatasetMeta:
+        """A copy with split ``name`` set to ``info`` (removed when ``None``)."""
+        splits = {k: v for k, v in self.splits.items() if k != name}
+        if info is not None:
+            splits[name] = info
+        return replace(self, splits=splits)
+
+    def differences(self, other: DatasetMeta) -> list[str]:
+        """What makes ``other`` describe a different token space (empty when shards of both may share a root)."""
+        diffs = []
+        for key in ("codebook_size", "grid_size", "num_classes", "tokenizer"):
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                diffs.append(f"{key} {theirs!r} != {mine!r}")
+        return diffs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "codebook_size": self.codebook_size,
+            "grid_size": list(self.grid_size),
+            "num_classes": self.num_classes,
+            "tokenizer": dict(self.tokenizer),
+            "fields": list(self.fields),
+            "splits": {
+                name: {
+                    "num_samples": info.num_samples,
+                    "shards": [{"name": s.name, "num_samples": s.num_samples} for s in info.shards],
+                }
+                for name, info in self.splits.items()
+            },
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "meta.json") -> DatasetMeta:
+        """Validate and build; every error names ``source``, the key, what was expected and what was found."""
+
+        def fail(key: str, expected: str, got: Any = None, missing: bool = False) -> MetadataError:
+            found = "it is missing" if missing else f"got {got!r}"
+            return MetadataError(f"{source}: key {key!r} must be {expected}; {found}")
+
+        def get(mapping: dict, key: str, path: str, expected: str) -> Any:
+            if key not in mapping:
+                raise fail(path, expected, missing=True)
+            return mapping[key]
+
+        def pos_int(value: Any, path: str, minimum: int = 1) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise fail(path, f"an integer >= {minimum}", value)
+            return value
+
+        if not isinstance(data, dict):
+            raise MetadataError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        fmt = get(data, "format", "format", f"the string {FORMAT!r}")
+        if fmt != FORMAT:
+            raise fail("format", f"{FORMAT!r} (this version of lit_nat reads no other)", fmt)
+        codebook = pos_int(get(data, "codebook_size", "codebook_size", "an integer >= 1"), "codebook_size")
+        grid = get(data, "grid_size", "grid_size", "a list [h, w] of 2 positive integers")
+        if (
+            not isinstance(grid, list)
+            or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
+        ):
+            raise fail("grid_size", "a list [h, w] of 2 positive integers", grid)
+        num_classes = pos_int(get(data, "num_classes", "num_classes", "an integer >= 1"), "num_classes")
+        tokenizer = get(data, "tokenizer", "tokenizer", "a tokenizer config object with a 'name'")
+        if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("name"), str):
+            raise fail("tokenizer", "a tokenizer config object with a string 'name'", tokenizer)
+        fields = data.get("fields", [TOKENS_FIELD, LABEL_FIELD])
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields) or TOKENS_FIELD not in fields:
+            raise fail("fields", f"a list of member names including {TOKENS_FIELD!r}", fields)
+        extra = data.get("extra", {})
+        if not isinstance(extra, dict):
+            raise fail("extra", "an object", extra)
+        raw_splits = get(data, "splits", "splits", "an object {split name: {num_samples, shards}}")
+        if not isinstance(raw_splits, dict):
+            raise fail("splits", "an object {split name: {num_samples, shards}}", raw_splits)
+        splits = {}
+        for name, raw in raw_splits.items():
+            where = f"splits.{name}"
+            if not isinstance(raw, dict):
+                raise fail(where, "an object {num_samples, shards}", raw)
+            raw_shards = get(raw, "shards", f"{where}.shards", "a list of {name, num_samples} objects")
+            if not isinstance(raw_shards, list):
+                raise fail(f"{where}.shards", "a list of {name, num_samples} objects", raw_shards)
+            shards = []
+            for i, s in enumerate(raw_shards):
+                at = f"{where}.shards[{i}]"
+                if not isinstance(s, dict):
+                    raise fail(at, "an object {name, num_samples}", s)
+                shard_name = get(s, "name", f"{at}.name", "a file name in the data root")
+                if not isinstance(shard_name, str) or not shard_name or "/" in shard_name or "\\" in shard_name:
+                    raise fail(f"{at}.name", "a plain file name in the data root (no directories)", shard_name)
+                count = pos_int(get(s, "num_samples", f"{at}.num_samples", "an integer >= 0"), f"{at}.num_samples", 0)
+                shards.append(ShardInfo(shard_name, count))
+            info = SplitInfo(tuple(shards))
+            total = pos_int(
+                get(raw, "num_samples", f"{where}.num_samples", "an integer >= 0"), f"{where}.num_samples", 0
+            )
+            if total != info.num_samples:
+                raise fail(f"{where}.num_samples", f"the sum of its shards' counts ({info.num_samples})", total)
+            splits[name] = info
+        return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra)
+
+
+def read_metadata(root: str | os.PathLike) -> DatasetMeta:
+    """Read and validate ``<root>/meta.json``.
+
+    Raises:
+        FileNotFoundError: no ``meta.json`` (the message says how to prepare data).
+        MetadataError: unreadable JSON, unknown format, or a missing or ill-typed key (named in the message).
+    """
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no token-shard metadata at {path}. Prepare the data first, e.g. "
+            f"`python data/prepare_digits.py --root {Path(root)}` for the digits demo (or pass "
+            f"`--data.prepare digits` to let the DataModule do it), or point `--data.root` at a prepared root."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetadataError(f"{path}: not valid JSON ({err})") from err
+    return DatasetMeta.from_dict(data, source=str(path))
+
+
+def write_metadata(root: str | os.PathLike, meta: DatasetMeta) -> Path:
+    """Write ``<root>/meta.json`` atomically (temporary file + rename): readers see the old or the new file, never
+    a torn one. Returns the path."""
+    path = Path(root) / META_FILE
+    tmp = path.with_name(f"{META_FILE}.{os.getpid()}{PARTIAL_SUFFIX}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta.to_dict(), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def shard_name(split: str, index: int) -> str:
+    """File name of shard ``index`` of ``split``: ``train-000003.tar``."""
+    return f"{split}-{index:06d}.tar"
+
+
+def encode_tokens(tokens: Any, num_tokens: int, codebook_size: int) -> bytes:
+    """Validate one sample's ids and serialise them as a uint16 ``.npy``."""
+    if isinstance(tokens, torch.Tensor):
+        tokens = tokens.detach().cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+    arr = arr.reshape(-1)
+    if arr.size != num_tokens:
+        raise ValueError(f"expected {num_tokens} token ids per sample (the grid), got {arr.size}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0:
+        raise ValueError(f"token id {lo} is negative")
+    if hi >= MAX_CODES:
+        raise ValueError(f"token id {hi} >= {MAX_CODES} cannot be stored: shards hold ids as uint16")
+    if hi >= codebook_size:
+        raise ValueError(f"token id {hi} is outside the codebook [0, {codebook_size})")
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.uint16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_tokens(data: bytes) -> np.ndarray:
+    """The uint16 ids of one ``tokens.npy`` member."""
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.dtype != np.uint16 or arr.ndim != 1:
+        raise ValueError(f"tokens.npy must hold a 1-D uint16 array, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+class ShardWriter:
+    """Writes one split of a data root: fixed-size tar shards plus its entry in ``meta.json``.
+
+    Every shard is written to ``<name>.partial`` and renamed to ``<name>`` only once complete, so a file with a shard
+    name is always whole. ``close()`` (or leaving the ``with`` block normally) finishes the last shard and, with
+    ``update_metadata``, merges the split into ``meta.json``; an exception inside the ``with`` block removes this
+    writer's partial file and the shards it completed, and leaves ``meta.json`` as it was.
+
+    It refuses (``ValueError``) a root whose ``meta.json`` describes another tokenizer, codebook, grid or class count,
+    and (``FileExistsError``) to replace existing shards or a split already listed, unless ``overwrite=True``. It never
+    deletes files it did not write.
+
+    Args:
+        root: the data root (created if missing).
+        split: split name, e.g. ``"train"``; no dashes, dots or slashes.
+        codebook_size: K, at most 65536 (ids are stored as uint16).
+        grid_size: token grid ``(h, w)``.
+        num_classes: labels are in ``[0, num_classes)``.
+        tokenizer_config: :meth:`Tokenizer.config` of the tokenizer that made the ids.
+        samples_per_shard: samples per tar (the last may hold fewer).
+        update_metadata: merge the split into ``meta.json`` on close. A preparation writing several splits can pass
+            ``False`` and publish them together with :func:`write_metadata`, so ``meta.json`` appears only complete.
+        overwrite: allow replacing this split's shards and metadata entry.
+        extra: provenance stored under ``extra`` in ``meta.json``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        *,
+        codebook_size: int,
+        grid_size: tuple[int, int],
+        num_classes: int,
+        tokenizer_config: dict[str, Any],
+        samples_per_shard: int = 1000,
+        update_metadata: bool = True,
+        overwrite: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if not split or any(c in split for c in "-./\\"):
+            raise ValueError(f"split name must be non-empty without '-', '.', '/' or '\\', got {split!r}")
+        if not 1 <= codebook_size <= MAX_CODES:
+            raise ValueError(f"codebook_size {codebook_size} cannot be stored as uint16 tokens (at most {MAX_CODES})")
+        if samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+        self.root = Path(root)
+        self.split = split
+        self.samples_per_shard = samples_per_shard
+        self.update_metadata = update_metadata
+        self.meta = DatasetMeta(
+            codebook_size,
+            (int(grid_size[0]), int(grid_size[1])),
+            num_classes,
+            dict(tokenizer_config),
+            extra=extra or {},
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_root(overwrite)
+        self._shards: list[ShardInfo] = []
+        self._tar: wds.TarWriter | None = None
+        self._file: Any = None
+        self._count = 0  # samples in the open shard
+        self._index = 0  # samples written to the split
+        self._has_text: bool | None = None
+        self._closed = False
+
+    @classmethod
+    def for_tokenizer(cls, root: str | os.PathLike, split: str, tokenizer: Any, num_classes: int, **kwargs: Any):
+        """A writer whose codebook, grid and config come from ``tokenizer`` (a :class:`Tokenizer`)."""
+        return cls(
+            root,
+            split,
+            codebook_size=tokenizer.codebook_size,
+            grid_size=tokenizer.grid_size,
+            num_classes=num_classes,
+            tokenizer_config=tokenizer.config(),
+            **kwargs,
+        )
+
+    def _check_root(self, overwrite: bool) -> None:
+        meta_path = self.root / META_FILE
+        existing = read_metadata(self.root) if meta_path.exists() else None
+        if existing is not None and (diffs := self.meta.differences(existing)):
+            raise ValueError(
+                f"{meta_path} describes a different data set ({'; '.join(diffs)}; existing != new). Write into "
+                f"another root; nothing was changed."
+            )
+        old = sorted(p.name for p in self.root.glob(f"{self.split}-[0-9]*.tar"))
+        listed = existing is not None and self.split in existing.splits
+        if (old or listed) and not overwrite:
+            raise FileExistsError(
+                f"{self.root} already holds split {self.split!r} ({', '.join(old[:3]) or 'listed in ' + META_FILE}"
+                f"{', ...' if len(old) > 3 else ''}); refusing to overwrite it. Choose another root, remove those "
+                f"files, or pass overwrite=True."
+            )
+        if listed:
+            # The old entry would describe shards we are about to replace: drop it first, so meta.json never lists
+            # a half-rewritten split.
+            write_metadata(self.root, existing.with_split(self.split, None))
+
+    def _path(self, index: int) -> Path:
+        return self.root / shard_name(self.split, index)
+
+    def _partial(self, index: int) -> Path:
+        return self.root / (shard_name(self.split, index) + PARTIAL_SUFFIX)
+
+    def write(self, tokens: Any, label: int, text: str | None = None, key: str | None = None) -> None:
+        """Append one sample: ``tokens`` of ``h * w`` ids in ``[0, codebook_size)``, its class ``label``, optionally a
+        caption ``text`` (all samples or none) and a ``key`` (default: the running index in the split)."""
+        if self._closed:
+            raise RuntimeError("ShardWriter is closed")
+        label = int(label)
+        if not 0 <= label < self.meta.num_classes:
+            raise ValueError(f"label {label} is outside [0, {self.meta.num_classes})")
+        if self._has_text is None:
+            self._has_text = text is not None
+        elif self._has_text != (text is not None):
+            raise ValueError("either every sample of a split has a text or none has")
+        key = f"{self._index:09d}" if key is None else str(key)
+        if not key or any(c in key for c in "./\\") or key.startswith("__"):
+            raise ValueError(f"sample key must be non-empty without '.', '/', '\\' or a leading '__', got {key!r}")
+        sample: dict[str, Any] = {
+            "__key__": key,
+            TOKENS_FIELD: encode_tokens(tokens, self.meta.num_tokens, self.meta.codebook_size),
+            LABEL_FIELD: str(label).encode("ascii"),
+        }
+        if text is not None:
+            sample[TEXT_FIELD] = text.encode("utf-8")
+        if self._tar is None:
+            self._file = open(self._partial(len(self._shards)), "wb")
+            # mtime fixed: the same samples give byte-identical shards
+            self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)
+        self._tar.write(sample)
+        self._count += 1
+        self._index += 1
+        if self._count == self.samples_per_shard:
+            self._finish_shard()
+
+    def write_batch(self, tokens: Any, labels: Any, texts: list[str] | None = None) -> None:
+        """Append ``(B, h * w)`` ids with their ``(B,)`` labels (and ``B`` texts)."""
+        for i in range(len(labels)):
+            self.write(tokens[i], int(labels[i]), None if texts is None else texts[i])
+
+    def _finish_shard(self) -> None:
+        assert self._tar is not None and self._file is not None
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        index = len(self._shards)
+        os.replace(self._partial(index), self._path(index))  # atomic: the shard name appears only when complete
+        self._shards.append(ShardInfo(shard_name(self.split, index), self._count))
+        self._tar, self._file, self._count = None, None, 0
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The members each sample of this split carries (for :attr:`DatasetMeta.fields`)."""
+        return (TOKENS_FIELD, LABEL_FIELD) + ((TEXT_FIELD,) if self._has_text else ())
+
+    @property
+    def split_info(self) -> SplitInfo:
+        """The shards completed so far (all of them after :meth:`close`)."""
+        return SplitInfo(tuple(self._shards))
+
+    def close(self) -> SplitInfo:
+        """Finish the last shard, update ``meta.json`` (if asked) and return the split's per-shard counts."""
+        if self._closed:
+            return self.split_info
+        if self._tar is not None:
+            self._finish_shard()
+        self._closed = True
+        info = self.split_info
+        if self.update_metadata:
+            meta_path = self.root / META_FILE
+            base = read_metadata(self.root) if meta_path.exists() else self.meta
+            if diffs := self.meta.differences(base):  # someone changed the root while we were writing
+                raise ValueError(f"{meta_path} changed during writing ({'; '.join(diffs)}); not updating it")
+            base = replace(base, fields=self.fields, extra={**base.extra, **self.meta.extra})
+            write_metadata(self.root, base.with_split(self.split, info))
+        return info
+
+    def abort(self) -> None:
+        """Remove the partial shard and the shards this writer completed; ``meta.json`` is not touched."""
+        if self._tar is not None:
+            try:
+                self._tar.close()
+                self._file.close()
+            finally:
+                self._partial(len(self._shards)).unlink(missing_ok=True)
+        for shard in self._shards:
+            (self.root / shard.name).unlink(missing_ok=True)
+        self._shards, self._tar, self._file, self._closed = [], None, None, True
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
