@@ -1,0 +1,267 @@
+"""The LightningModule: glue of backbone + masked-token objective + EMA + optimiser + sampling with the schedule.
+
+The algorithm lives in :mod:`lit_nat.objective`, :mod:`lit_nat.schedule` and :mod:`lit_nat.sampling`; this file only
+wires them into Lightning's hooks. Checkpoints hold ``backbone.*`` (online weights), ``ema_backbone.*`` (EMA
+weights, used for validation and sampling) and the current generation schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
+from lit_nat.models import build_backbone
+from lit_nat.objective import apply_mask, build_mask_ratio_law, drop_labels, masked_token_loss, sample_training_mask
+from lit_nat.sampling import GenerationResult, generate, make_generator
+from lit_nat.schedule import GenerationSchedule
+from lit_nat.tokenizers import Tokenizer, tokenizer_from_config
+
+
+class NATModule(L.LightningModule):
+    """A masked-token non-autoregressive Transformer (AutoNAT training strategy; U-ViT or ENAT backbone).
+
+    Args:
+        arch: backbone name in the registry (``autonat-s``, ``autonat-l``, ...); see ``lit_nat.models.ARCHITECTURES``.
+        arch_overrides: keyword overrides of the registry entry, e.g. ``{width: 64, num_layers: 3}`` for a tiny run.
+        codebook_size: number of token codes K (mask id = K). Linked from the data's meta.json by the CLI.
+        grid_size: token grid side (or ``[h, w]``). Linked from the data's meta.json by the CLI.
+        num_classes: number of classes (null class id = num_classes). Linked from the data's meta.json by the CLI.
+        tokenizer: tokenizer config used to decode samples into images (from meta.json); None = no image decoding.
+        mask_ratio_law: training mask-ratio law p(r): ``beta`` (AutoNAT), ``arccos`` (heuristic), ``fixed``,
+            ``uniform``.
+        mask_ratio_params: parameters of the law, e.g. ``{alpha: 12, beta: 3}`` (the default Beta(12, 3)).
+        mask_ratio_per_sample: one ratio per sample (AutoNAT) or one per batch (ENAT needs equal counts).
+        min_visible_tokens: at least this many tokens stay visible in training (0 for AutoNAT, 1 for ENAT).
+        label_smoothing: label smoothing of the cross-entropy on masked tokens.
+        p_uncond: classifier-free-guidance label dropout probability (labels become the null class).
+        lr: peak AdamW learning rate.
+        betas: AdamW betas (the papers use (0.99, 0.99)).
+        weight_decay: AdamW weight decay, applied to every parameter as in the official recipe.
+        warmup_steps: linear warmup steps, then constant.
+        ema_decay: EMA decay per optimiser step.
+        ema_warmup: ramp the EMA decay as min(decay, (1+n)/(10+n)) (for short runs; the papers do not).
+        schedule: initial generation schedule: ``heuristic``, ``enat`` or a path to a schedule YAML (ours or the
+            official AutoNAT format). A checkpoint carries the current (possibly searched) schedule.
+        schedule_params: keyword parameters of the schedule preset, e.g. ``{steps: 8, guidance: 2.0}``.
+    """
+
+    def __init__(
+        self,
+        arch: str = "autonat-s",
+        arch_overrides: dict[str, Any] | None = None,
+        codebook_size: int = 1024,
+        grid_size: int | tuple[int, int] = 16,
+        num_classes: int = 1000,
+        tokenizer: dict[str, Any] | None = None,
+        mask_ratio_law: str = "beta",
+        mask_ratio_params: dict[str, float] | None = None,
+        mask_ratio_per_sample: bool = True,
+        min_visible_tokens: int = 0,
+        label_smoothing: float = 0.1,
+        p_uncond: float = 0.15,
+        lr: float = 4e-4,
+        betas: tuple[float, float] = (0.99, 0.99),
+        weight_decay: float = 0.03,
+        warmup_steps: int = 5000,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = False,
+        schedule: str = "heuristic",
+        schedule_params: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(grid_size, list):
+            grid_size = tuple(grid_size)
+        self.save_hyperparameters()
+        self.backbone = build_backbone(
+            arch, codebook_size=codebook_size, grid_size=grid_size, num_classes=num_classes, overrides=arch_overrides
+        )
+        self.ema_backbone = make_ema_copy(self.backbone)
+        self.mask_ratio_law = build_mask_ratio_law(mask_ratio_law, mask_ratio_params)
+        self.schedule = GenerationSchedule.preset(schedule, **(schedule_params or {}))
+        # Not an nn.Module attribute: tokenizer weights (a VQGAN) must not enter the NAT's checkpoints.
+        self._tokenizer_config = tokenizer
+        self._tokenizer: Tokenizer | None = None
+        self._last_ema_step = -1
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Properties of the token space
+    @property
+    def codebook_size(self) -> int:
+        return self.backbone.codebook_size
+
+    @property
+    def mask_id(self) -> int:
+        return self.backbone.mask_id
+
+    @property
+    def null_class(self) -> int:
+        return self.backbone.null_class
+
+    @property
+    def num_tokens(self) -> int:
+        return self.backbone.num_tokens
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        if self._tokenizer is None and self._tokenizer_config is not None:
+            self._tokenizer = tokenizer_from_config(self._tokenizer_config).to(self.device)
+        return self._tokenizer
+
+    def train(self, mode: bool = True) -> NATModule:
+        super().train(mode)
+        self.ema_backbone.eval()  # the EMA model is only ever evaluated (no dropout)
+        return self
+
+    def forward(self, ids: torch.Tensor, condition: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        return self.backbone(ids, condition, state)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Training
+    def masked_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample masks from p(r) and return (inputs, targets, mask) for a batch of ``ids`` (B, N)."""
+        ids = batch["ids"]
+        mask = sample_training_mask(
+            self.mask_ratio_law,
+            ids.shape[0],
+            ids.shape[1],
+            ids.device,
+            per_sample=self.hparams.mask_ratio_per_sample,
+            min_visible=self.hparams.min_visible_tokens,
+        )
+        inputs, targets = apply_mask(ids, mask, self.mask_id)
+        return inputs, targets, mask
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self._check_batch(batch)
+        inputs, targets, mask = self.masked_batch(batch)
+        labels = drop_labels(batch["label"], self.hparams.p_uncond, self.null_class)
+        logits, _ = self.backbone(inputs, labels)  # (B, N, K)
+        loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/masked_acc", accuracy, prog_bar=True)
+        self.log("train/mask_ratio", mask.float().mean())
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Update once per optimiser step (gradient accumulation calls this hook for every micro-batch).
+        if self.global_step != self._last_ema_step:
+            self._last_ema_step = self.global_step
+            decay = ema_decay_at(self.global_step - 1, self.hparams.ema_decay, self.hparams.ema_warmup)
+            update_ema(self.ema_backbone, self.backbone, decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.backbone.parameters(),
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
+        )
+        warmup = max(int(self.hparams.warmup_steps), 0)
+        # Linear warmup to the peak, then constant (no decay), stepped per optimiser update.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warmup, 1.0) if warmup else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Evaluation: the EMA backbone on held-out tokens, with masks that are the same at every validation
+    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, prefix: str) -> torch.Tensor:
+        self._check_batch(batch)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(10_007 * batch_idx + self.global_rank)
+            inputs, targets, mask = self.masked_batch(batch)
+        logits, _ = self.ema_backbone(inputs, batch["label"])
+        loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/masked_acc", accuracy, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, batch_idx, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Generate for ``batch['label']``; the generator is seeded by ``batch['seed'][0]`` (default: batch index)."""
+        labels = batch["label"]
+        seed = int(batch["seed"][0]) if "seed" in batch else batch_idx
+        result = self.generate(labels, seed=seed)
+        out = {"ids": result.ids, "label": labels}
+        if self.tokenizer is not None:
+            out["images"] = self.decode(result.ids)
+        return out
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Sampling API (used by callbacks, the CLI and users)
+    def set_schedule(self, schedule: GenerationSchedule) -> None:
+        """Install a new generation schedule (the schedule search calls this between epochs)."""
+        schedule.validate()
+        if schedule.steps > self.num_tokens:
+            raise ValueError(f"schedule has {schedule.steps} steps but there are only {self.num_tokens} tokens")
+        self.schedule = schedule
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: torch.Tensor,
+        schedule: GenerationSchedule | None = None,
+        seed: int = 0,
+        return_history: bool = False,
+        use_ema: bool = True,
+    ) -> GenerationResult:
+        """Class-conditional token generation with the current (or a given) schedule and the EMA weights."""
+        backbone = self.ema_backbone if use_ema else self.backbone
+        labels = labels.to(self.device).long()
+        if labels.numel() and (labels.min() < 0 or labels.max() > self.null_class):
+            raise ValueError(f"labels must be in [0, {self.null_class}] (null class {self.null_class})")
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            return generate(
+                backbone,
+                labels,
+                schedule or self.schedule,
+                make_generator(seed, self.device),
+                num_tokens=self.num_tokens,
+                mask_id=self.mask_id,
+                null_class=self.null_class,
+                return_history=return_history,
+            )
+        finally:
+            backbone.train(was_training)
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, N) -> images (B, C, H, W) in [0, 1] with the data's tokenizer."""
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer config; pass `tokenizer` (linked from the data meta.json)")
+        return self.tokenizer.decode(ids.to(self.device)).clamp(0, 1)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Checkpoints carry the current generation schedule
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["generation_schedule"] = self.schedule.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "generation_schedule" in checkpoint:
+            self.schedule = GenerationSchedule.from_dict(checkpoint["generation_schedule"], source="checkpoint")
+
+    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        ids = batch["ids"]
+        if ids.ndim != 2 or ids.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"batch ids have shape {tuple(ids.shape)}, expected (B, {self.num_tokens}); "
+                "does the data's grid match the model's grid_size?"
+            )
+
+
+def load_model(ckpt_path: str, map_location: str | torch.device = "cpu") -> NATModule:
+    """Load a lit_nat checkpoint for sampling: eval mode, with ``backbone`` holding the EMA weights."""
+    model = NATModule.load_from_checkpoint(ckpt_path, map_location=map_location)
+    model.backbone.load_state_dict(model.ema_backbone.state_dict())
+    return model.eval()
