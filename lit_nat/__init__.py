@@ -15,7 +15,7 @@ def load_model(ckpt_path: str, map_location: str = "cpu"):
 
 
 def load_tokenizer(name: str, **kwargs):
-    """Build a tokenizer by name (``'pixel'``; ``'vqgan'`` with ``checkpoint=path`` later). See ``lit_nat.tokenizers``."""
+    """Build a tokenizer by name, e.g. ``load_tokenizer("pixel", levels=17)``; see ``lit_nat.tokenizers``."""
     from lit_nat.tokenizers import load_tokenizer as _load_tokenizer
 
     return _load_tokenizer(name, **kwargs)

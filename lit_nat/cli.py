@@ -9,11 +9,13 @@ ones it reads. ``import-checkpoint`` has no Trainer and is a plain jsonargparse 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_nat.data import TokenShardDataModule
+from lit_nat.importer import import_checkpoint, import_checkpoint_parser
 from lit_nat.module import NATModule
 
 #: data attribute -> model argument, resolved after the DataModule has read meta.json
@@ -37,12 +39,11 @@ def main(args: ArgsType = None) -> None:
     """Entry point of ``python -m lit_nat`` and the ``lit-nat`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "import-checkpoint":
-        from jsonargparse import CLI
-
-        from lit_nat.importer import import_checkpoint
-
-        CLI(import_checkpoint, args=argv[1:], as_positional=False)
+        parsed = import_checkpoint_parser().parse_args(argv[1:])
+        import_checkpoint(**vars(parsed))
         return
+    # The EMA backbone is in eval mode on purpose (it is only evaluated); Lightning would warn at every fit start.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # Tensor cores on Ampere+ for the transformer; no effect on CPU.
     torch.set_float32_matmul_precision("high")
     NATLightningCLI(

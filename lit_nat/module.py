@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.models import build_backbone
 from lit_nat.objective import apply_mask, build_mask_ratio_law, drop_labels, masked_token_loss, sample_training_mask

@@ -134,7 +134,9 @@ def build_mask_ratio_law(name: str, params: dict[str, Any] | None = None) -> Mas
 def masked_counts(ratios: torch.Tensor, num_tokens: int, min_masked: int = 1, min_visible: int = 0) -> torch.Tensor:
     """Number of masked tokens per sample: ``clamp(round(r * N), min_masked, N - min_visible)`` as long ``(B,)``."""
     if not 0 <= min_masked <= num_tokens - min_visible:
-        raise ValueError(f"need 0 <= min_masked ({min_masked}) <= num_tokens - min_visible ({num_tokens - min_visible})")
+        raise ValueError(
+            f"need 0 <= min_masked ({min_masked}) <= num_tokens - min_visible ({num_tokens - min_visible})"
+        )
     counts = torch.round(ratios * num_tokens).long()
     return counts.clamp(min_masked, num_tokens - min_visible)
 

@@ -206,7 +206,12 @@ def test_official_l_layout_matches_model_on_meta():
     compare_with_target(converted, model.state_dict(), report)
     assert report.ok, report.summary()
     assert infer_autonat_dims(official) == dict(
-        codebook_size=1024, grid_size=(16, 16), num_classes=1000, width=768, num_layers=25, mlp_ratio=4.0,
+        codebook_size=1024,
+        grid_size=(16, 16),
+        num_classes=1000,
+        width=768,
+        num_layers=25,
+        mlp_ratio=4.0,
         qkv_bias=False,
     )
 
@@ -319,8 +324,9 @@ def test_non_strict_loads_what_fits():
 def test_infer_dims_builds_a_loadable_model():
     official = random_official_state_dict()
     dims = infer_autonat_dims({"state_dict": official})
-    assert dims == dict(codebook_size=K, grid_size=(4, 4), num_classes=C, width=D, num_layers=5, mlp_ratio=4.0,
-                        qkv_bias=False)
+    assert dims == dict(
+        codebook_size=K, grid_size=(4, 4), num_classes=C, width=D, num_layers=5, mlp_ratio=4.0, qkv_bias=False
+    )
     assert load_official_autonat(UViT(**dims, num_heads=H), official).ok
     with pytest.raises(ValueError, match="square"):
         infer_autonat_dims({**official, "token_emb.position_embeddings.weight": torch.zeros(12, D)})

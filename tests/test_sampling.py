@@ -32,8 +32,16 @@ class ToyBackbone(nn.Module):
 def run(schedule, seed=0, labels=None, backbone=None, history=True):
     backbone = backbone or ToyBackbone()
     labels = labels if labels is not None else torch.arange(8) % CLASSES
-    out = generate(backbone, labels, schedule, make_generator(seed, "cpu"), num_tokens=N, mask_id=K,
-                   null_class=CLASSES, return_history=history)
+    out = generate(
+        backbone,
+        labels,
+        schedule,
+        make_generator(seed, "cpu"),
+        num_tokens=N,
+        mask_id=K,
+        null_class=CLASSES,
+        return_history=history,
+    )
     return out, backbone
 
 

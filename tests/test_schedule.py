@@ -9,14 +9,44 @@ from lit_nat.schedule import GenerationSchedule
 
 # configs/AutoNAT_L-T8_strategy.yaml of the official release (reference note, section 5.2)
 OFFICIAL_T8 = {
-    "manual_ratios": [0.9531645174140464, 0.8795409806037042, 0.7940230737075623, 0.745995860948045,
-                      0.6249785820461957, 0.407321956652571, 0.260658917067054],
-    "manual_temp": [2.404912789740805, 2.477616274962803, 1.191696577294597, 0.7685444738649722,
-                    1.0673489052089495, 0.9353720330515827, 0.7843839537838292],
-    "manual_samp_temp": [2.8999037830310685, 1.867261830931786, 1.1443729673819831, 1.3796334226014182,
-                         1.4699896959810144, 1.3760684112198358, 1.7082165405200722, 0.7133060703601533],
-    "manual_cfg": [0.0001, 0.0001, 0.0001, 0.9151274967591447, 1.6160182878189675, 1.1945509026838659,
-                   1.38322370140345, 1.22678520936251],
+    "manual_ratios": [
+        0.9531645174140464,
+        0.8795409806037042,
+        0.7940230737075623,
+        0.745995860948045,
+        0.6249785820461957,
+        0.407321956652571,
+        0.260658917067054,
+    ],
+    "manual_temp": [
+        2.404912789740805,
+        2.477616274962803,
+        1.191696577294597,
+        0.7685444738649722,
+        1.0673489052089495,
+        0.9353720330515827,
+        0.7843839537838292,
+    ],
+    "manual_samp_temp": [
+        2.8999037830310685,
+        1.867261830931786,
+        1.1443729673819831,
+        1.3796334226014182,
+        1.4699896959810144,
+        1.3760684112198358,
+        1.7082165405200722,
+        0.7133060703601533,
+    ],
+    "manual_cfg": [
+        0.0001,
+        0.0001,
+        0.0001,
+        0.9151274967591447,
+        1.6160182878189675,
+        1.1945509026838659,
+        1.38322370140345,
+        1.22678520936251,
+    ],
 }
 
 
@@ -90,8 +120,13 @@ def test_yaml_round_trips(tmp_path):
     ],
 )
 def test_bad_values_are_named(tmp_path, change, message):
-    data = {"mask_ratio": [0.6, 0.3, 0.0], "sample_temperature": [1.0] * 3,
-            "remask_temperature": [1.0] * 3, "guidance": [0.0] * 3, **change}
+    data = {
+        "mask_ratio": [0.6, 0.3, 0.0],
+        "sample_temperature": [1.0] * 3,
+        "remask_temperature": [1.0] * 3,
+        "guidance": [0.0] * 3,
+        **change,
+    }
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match=message) as info:
@@ -104,8 +139,15 @@ def test_official_length_mismatch_and_unknown_keys(tmp_path):
     with pytest.raises(ValueError, match="manual_cfg has 7 values"):
         GenerationSchedule.from_official(bad)
     with pytest.raises(ValueError, match=r"unknown keys \['ratio'\]"):
-        GenerationSchedule.from_dict({"mask_ratio": [0.0], "sample_temperature": [1.0],
-                                      "remask_temperature": [1.0], "guidance": [0.0], "ratio": 1})
+        GenerationSchedule.from_dict(
+            {
+                "mask_ratio": [0.0],
+                "sample_temperature": [1.0],
+                "remask_temperature": [1.0],
+                "guidance": [0.0],
+                "ratio": 1,
+            }
+        )
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         GenerationSchedule.load(tmp_path / "nope.yaml")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset
 from lit_nat.data.digits import prepare_digits
@@ -86,6 +87,10 @@ class TokenShardDataModule(L.LightningDataModule):
         train_split: name of the training split in meta.json.
         val_split: name of the validation split in meta.json.
         return_keys: also put the samples' keys into each batch ("key"), e.g. to trace samples.
+        test_split: split read by ``test`` (default: the validation split).
+        predict_num_samples: number of images ``predict`` generates, class-balanced (label of sample i = i mod C).
+        predict_batch_size: batch size of ``predict`` (default: the validation batch size).
+        predict_seed: per-sample seeds of ``predict`` are predict_seed + i.
     """
 
     def __init__(
@@ -102,6 +107,10 @@ class TokenShardDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         return_keys: bool = False,
+        test_split: str | None = None,
+        predict_num_samples: int = 100,
+        predict_batch_size: int | None = None,
+        predict_seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
@@ -120,6 +129,10 @@ class TokenShardDataModule(L.LightningDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.return_keys = return_keys
+        self.test_split = test_split or val_split
+        self.predict_num_samples = predict_num_samples
+        self.predict_batch_size = predict_batch_size or self.val_batch_size
+        self.predict_seed = predict_seed
         self.meta: DatasetMeta = ensure_prepared(self.root, prepare)
         self.codebook_size: int = self.meta.codebook_size
         self.grid_size: tuple[int, int] = self.meta.grid_size
@@ -175,3 +188,26 @@ class TokenShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ShardLoader:
         return self._loader(self._dataset(self.val_split, "eval", self.val_batch_size, "val_split"))
+
+    def test_dataloader(self) -> ShardLoader:
+        return self._loader(self._dataset(self.test_split, "eval", self.val_batch_size, "test_split"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Class-balanced labels with per-sample seeds; Lightning splits it across ranks without padding."""
+        dataset = ClassBalancedLabels(self.predict_num_samples, self.num_classes, self.predict_seed)
+        return DataLoader(dataset, batch_size=self.predict_batch_size, shuffle=False)
+
+
+class ClassBalancedLabels(Dataset):
+    """Sample i has label ``i mod num_classes`` and seed ``seed + i`` (what ``predict`` generates)."""
+
+    def __init__(self, num_samples: int, num_classes: int, seed: int = 0) -> None:
+        if num_samples < 1:
+            raise ValueError(f"predict_num_samples must be >= 1, got {num_samples}")
+        self.num_samples, self.num_classes, self.seed = num_samples, num_classes, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, int]:
+        return {"label": index % self.num_classes, "seed": self.seed + index}

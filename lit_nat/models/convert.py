@@ -156,9 +156,7 @@ def compare_with_target(
         if name not in target:
             report.unexpected.append(label)
         elif tuple(value.shape) != tuple(target[name].shape):
-            report.mismatched.append(
-                f"{label}: expected shape {tuple(target[name].shape)}, got {tuple(value.shape)}"
-            )
+            report.mismatched.append(f"{label}: expected shape {tuple(target[name].shape)}, got {tuple(value.shape)}")
     report.missing.extend(name for name in target if name not in converted)
     return report
 

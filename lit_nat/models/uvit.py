@@ -152,9 +152,7 @@ class UViT(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def forward(
-        self, ids: torch.Tensor, condition: torch.Tensor, state: None = None
-    ) -> tuple[torch.Tensor, None]:
+    def forward(self, ids: torch.Tensor, condition: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
         """Predict logits over the K real codes at every position.
 
         Args:

@@ -1,0 +1,153 @@
+"""``python -m lit_nat import-checkpoint``: official weights -> a lit_nat (Lightning) checkpoint.
+
+The official file holds bare backbone weights (``nnet_ema.pth``). We build the NATModule that the given config
+describes, with the token space inferred from the weights themselves (codebook, grid and class-table sizes), load
+the weights strictly into both the online and the EMA backbone, and write a complete Lightning checkpoint (fresh
+optimiser and scheduler state at step 0), so that ``fit``, ``validate``, ``test`` and ``predict`` accept it with
+``--ckpt_path`` and :func:`lit_nat.load_model` returns the official model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import yaml
+
+from lit_nat.models.convert import CONVERTERS, load_official, read_checkpoint
+from lit_nat.module import NATModule
+
+#: model arguments that come from the weights (or the data's meta.json), never from the config's model section
+TOKEN_SPACE_ARGS = ("codebook_size", "grid_size", "num_classes", "tokenizer")
+
+
+def read_model_section(config: Path) -> dict[str, Any]:
+    """The ``model:`` section of a lit_nat config, checked against NATModule's arguments."""
+    if not config.is_file():
+        raise FileNotFoundError(f"config file {config} does not exist")
+    data = yaml.safe_load(config.read_text()) or {}
+    section = dict(data.get("model") or {})
+    accepted = set(inspect.signature(NATModule.__init__).parameters) - {"self"}
+    unknown = sorted(set(section) - accepted)
+    if unknown:
+        raise ValueError(f"{config}: model section has unknown keys {unknown}; NATModule accepts {sorted(accepted)}")
+    return {key: value for key, value in section.items() if key not in TOKEN_SPACE_ARGS}
+
+
+def read_data_meta(config: Path) -> dict[str, Any] | None:
+    """The data meta.json named by the config (``data.root``), if it exists here."""
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    root = data.get("root") if isinstance(data, dict) else None
+    meta_path = Path(root) / "meta.json" if root else None
+    if meta_path is None or not meta_path.is_file():
+        return None
+    from lit_nat.data import read_metadata
+
+    meta = read_metadata(root)
+    return {
+        "codebook_size": meta.codebook_size,
+        "grid_size": tuple(meta.grid_size),
+        "num_classes": meta.num_classes,
+        "tokenizer": meta.tokenizer,
+    }
+
+
+def build_checkpoint(module: NATModule, extra: dict[str, Any]) -> dict[str, Any]:
+    """A complete Lightning checkpoint at step 0 for ``module`` (what ``Trainer.save_checkpoint`` would write)."""
+    optim_config = module.configure_optimizers()
+    checkpoint: dict[str, Any] = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "optimizer_states": [optim_config["optimizer"].state_dict()],
+        "lr_schedulers": [optim_config["lr_scheduler"]["scheduler"].state_dict()],
+        "callbacks": {},
+        "lit_nat": extra,
+    }
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def import_checkpoint(
+    format: Literal["autonat"],
+    src: Path,
+    config: Path,
+    dst: Path,
+    num_heads: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert an official checkpoint into a lit_nat checkpoint.
+
+    Args:
+        format: layout of the source file: ``autonat`` (LeapLabTHU/ImprovedNAT ``nnet_ema.pth``).
+        src: the official state_dict file.
+        config: the lit_nat config whose ``model`` section describes the architecture (e.g. configs/autonat_l.yaml).
+        dst: the lit_nat checkpoint to write.
+        num_heads: override the attention head count (it cannot be read from the weights); default: the config's.
+        overwrite: replace an existing ``dst`` (by default an existing file is never touched).
+    """
+    src, config, dst = Path(src), Path(config), Path(dst)
+    if format not in CONVERTERS:
+        raise ValueError(f"unknown checkpoint format {format!r}; expected one of {sorted(CONVERTERS)}")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
+    if not src.is_file():
+        raise FileNotFoundError(f"official checkpoint {src} does not exist")
+    official = read_checkpoint(src)
+
+    model_args = read_model_section(config)
+    dims = CONVERTERS[format].infer_dims(official)
+    token_space = {
+        "codebook_size": dims.pop("codebook_size"),
+        "grid_size": dims.pop("grid_size"),
+        "num_classes": dims.pop("num_classes"),
+    }
+    meta = read_data_meta(config)
+    if meta is not None:
+        mismatched = {k: (meta[k], v) for k, v in token_space.items() if _norm(meta[k]) != _norm(v)}
+        if mismatched:
+            raise ValueError(f"{src} does not match the data of {config}: (data meta.json, checkpoint) = {mismatched}")
+        token_space["tokenizer"] = meta["tokenizer"]
+    overrides = dict(model_args.get("arch_overrides") or {})
+    overrides.update(dims)  # width and depth come from the weights
+    if num_heads is not None:
+        overrides["num_heads"] = num_heads
+    model_args["arch_overrides"] = overrides
+
+    module = NATModule(**model_args, **token_space)
+    report = load_official(module.backbone, official, format=format, strict=True)
+    module.ema_backbone.load_state_dict(module.backbone.state_dict())
+
+    checkpoint = build_checkpoint(module, {"imported_from": str(src), "format": format, "report": report.summary()})
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(dst)  # never a half-written checkpoint under the final name
+    print(f"import-checkpoint: {src} -> {dst}\n{report.summary()}")
+    return dst
+
+
+def _norm(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def import_checkpoint_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m lit_nat import-checkpoint`` (their help is import_checkpoint's docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_nat import-checkpoint",
+        description="Convert an official checkpoint (nnet_ema.pth) into a lit_nat checkpoint that fit, validate, "
+        "test and predict accept with --ckpt_path.",
+    )
+    parser.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="layout of the source file")
+    parser.add_argument("--src", required=True, type=Path, help="the official state_dict file")
+    parser.add_argument("--config", required=True, type=Path, help="lit_nat config whose model section is used")
+    parser.add_argument("--dst", required=True, type=Path, help="the lit_nat checkpoint to write")
+    parser.add_argument("--num_heads", type=int, default=None, help="attention heads (not readable from weights)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
+    return parser

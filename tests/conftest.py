@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny token shards in any token space, written with the project's one ShardWriter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lit_nat.data.shards import ShardWriter
+
+# a U-ViT small enough that any config runs a few CPU steps in about a second
+TINY_ARCH = "{width: 32, num_layers: 3, num_heads: 2}"
+
+
+def write_random_shards(
+    root: Path,
+    codebook_size: int,
+    grid: int,
+    num_classes: int,
+    sizes: dict[str, int] | None = None,
+    samples_per_shard: int = 16,
+    seed: int = 0,
+) -> Path:
+    """Token shards (train/val) in the given token space: token i = (i + label) mod K, 20% replaced at random, so a
+    model can learn them and a test can see the loss fall."""
+    rng = np.random.default_rng(seed)
+    sizes = sizes or {"train": 64, "val": 16}
+    tokenizer = {"name": "pixel", "levels": codebook_size, "image_size": grid, "channels": 1}
+    for split, count in sizes.items():
+        with ShardWriter(
+            root,
+            split,
+            codebook_size=codebook_size,
+            grid_size=(grid, grid),
+            num_classes=num_classes,
+            tokenizer_config=tokenizer,
+            samples_per_shard=samples_per_shard,
+        ) as writer:
+            for i in range(count):
+                label = int(rng.integers(num_classes))
+                tokens = (np.arange(grid * grid) + label) % codebook_size
+                noisy = rng.random(grid * grid) < 0.2
+                tokens[noisy] = rng.integers(0, codebook_size, int(noisy.sum()))
+                writer.write(tokens.astype(np.int64), label)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def tiny_shards(tmp_path: Path) -> Path:
+    """Shards with 12 codes on a 4x4 grid and 3 classes."""
+    return write_random_shards(tmp_path / "tiny", codebook_size=12, grid=4, num_classes=3)
+
+
+@pytest.fixture(autouse=True)
+def _clean_argv(monkeypatch):
+    """LightningCLI warns when sys.argv (pytest's) and args= are both given; tests pass args= only."""
+    monkeypatch.setattr("sys.argv", ["lit_nat"])

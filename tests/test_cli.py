@@ -1,0 +1,179 @@
+"""The command line: every shipped config runs at tiny size on CPU; import-checkpoint; Trainer subcommands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lit_nat import load_model
+from lit_nat.cli import main
+from lit_nat.data.digits import prepare_digits
+from tests.conftest import TINY_ARCH, write_random_shards
+from tests.test_models import H, random_official_state_dict, reference_forward, tiny_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def cpu_overrides(tmp_path: Path, steps: int = 2) -> list[str]:
+    return [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=1",
+        "--trainer.strategy=auto",
+        "--trainer.precision=32-true",
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
+        f"--model.arch_overrides={TINY_ARCH}",
+        "--data.num_workers=0",
+        "--data.batch_size=4",
+    ]
+
+
+def data_for(config: Path, tmp_path: Path) -> Path:
+    """Tiny shards in the config's token space (ImageNet-256: 1024 codes, 16x16, 1000 classes), or real digits."""
+    data = yaml.safe_load(config.read_text())["data"]
+    if data.get("prepare") == "digits":
+        return prepare_digits(tmp_path / "digits") and tmp_path / "digits"
+    grid = 32 if "512" in config.name else 16
+    return write_random_shards(
+        tmp_path / "shards", codebook_size=1024, grid=grid, num_classes=1000, sizes={"train": 32, "val": 8}
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_fits_a_few_steps_on_cpu(config, tmp_path):
+    root = data_for(config, tmp_path)
+    args = [
+        "fit",
+        f"--config={config}",
+        *cpu_overrides(tmp_path),
+        f"--data.root={root}",
+        "--data.samples_per_epoch=16",
+        "--trainer.val_check_interval=2",
+        "--trainer.check_val_every_n_epoch=null",
+    ]
+    main(args)
+    assert list((tmp_path / "run").rglob("config.yaml")), "the CLI saves the resolved config into the run"
+    assert list((tmp_path / "run").rglob("samples.png")), "SampleGrid writes the class-conditional grid"
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "TensorBoard logs"
+
+
+def test_print_config_of_the_flagship_needs_no_data(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs/autonat_l.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["arch"] == "autonat-l"
+    assert printed["data"]["root"] == "data/imagenet256_vqgan"
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        main(
+            [
+                "fit",
+                f"--config={REPO / 'configs/autonat_s.yaml'}",
+                *cpu_overrides(tmp_path),
+                f"--data.root={tmp_path / 'nowhere'}",
+            ]
+        )
+
+
+# ---------------------------------------------------------------------------------------------- import-checkpoint
+@pytest.fixture
+def official_setup(tmp_path):
+    """A random state_dict in the official AutoNAT layout (16 codes, 4x4 grid, 10 classes, width 32, 5 layers, 4
+    heads) saved like nnet_ema.pth, shards in the same token space, and a config naming both."""
+    official = random_official_state_dict(seed=5)
+    src = tmp_path / "nnet_ema.pth"
+    torch.save(official, src)
+    root = write_random_shards(tmp_path / "shards", codebook_size=16, grid=4, num_classes=10)
+    config = tmp_path / "autonat_tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"logger": False, "enable_checkpointing": False},
+                "model": {
+                    "arch": "autonat-s",
+                    "arch_overrides": {"num_heads": H},
+                    "schedule": "heuristic",
+                    "schedule_params": {"steps": 4},
+                },
+                "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
+            }
+        )
+    )
+    return official, src, config
+
+
+def test_import_checkpoint_reproduces_the_official_forward(official_setup, tmp_path):
+    official, src, config = official_setup
+    dst = tmp_path / "model.ckpt"
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    model = load_model(str(dst))
+    ids, labels = tiny_inputs()
+    with torch.no_grad():
+        ours, state = model.backbone(ids, labels)
+    assert state is None
+    torch.testing.assert_close(ours, reference_forward(official, ids, labels, num_heads=H), atol=1e-5, rtol=1e-5)
+    assert model.hparams.tokenizer["name"] == "pixel"  # taken from the data's meta.json
+    # an existing checkpoint is never overwritten silently
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(
+            ["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)]
+        )
+
+
+def test_imported_checkpoint_is_accepted_by_trainer_subcommands(official_setup, tmp_path):
+    _, src, config = official_setup
+    dst = tmp_path / "model.ckpt"
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    common = [
+        f"--config={config}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--ckpt_path={dst}",
+    ]
+    main(["validate", *common, "--trainer.limit_val_batches=1"])
+    main(["test", *common, "--trainer.limit_test_batches=1"])
+    main(["predict", *common, "--data.predict_num_samples=4"])
+    main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=1"])
+
+
+def test_import_checkpoint_refuses_data_of_another_token_space(official_setup, tmp_path):
+    _, src, config = official_setup
+    other = write_random_shards(tmp_path / "other", codebook_size=16, grid=8, num_classes=10)
+    data = yaml.safe_load(config.read_text())
+    data["data"]["root"] = str(other)
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="grid_size"):
+        main(
+            [
+                "import-checkpoint",
+                "--format",
+                "autonat",
+                "--src",
+                str(src),
+                "--config",
+                str(config),
+                "--dst",
+                str(tmp_path / "x.ckpt"),
+            ]
+        )
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_import_checkpoint_reads_the_shipped_config_section():
+    from lit_nat.importer import read_model_section
+
+    section = read_model_section(REPO / "configs/autonat_l.yaml")
+    assert section["arch"] == "autonat-l" and "codebook_size" not in section
