@@ -140,3 +140,15 @@ def test_generate_and_decode():
         model.generate(torch.tensor([7]))
     with pytest.raises(ValueError, match="steps but there are only 16 tokens"):
         model.set_schedule(GenerationSchedule.heuristic(20))
+
+
+def test_sample_grid_skips_an_unavailable_tokenizer(tmp_path):
+    from lit_nat.callbacks import SampleGrid
+
+    model = tiny_module(tokenizer={"name": "vqgan-not-here"})
+    fit = trainer(tmp_path)
+    with pytest.warns(UserWarning, match="cannot build the tokenizer"):
+        SampleGrid().on_fit_end(fit, model)
+    assert not list(tmp_path.rglob("*.png"))
+    grid = SampleGrid(samples_per_class=2, max_classes=3, upscale=2).grid(tiny_module())
+    assert grid.shape[0] == 3 and grid.shape[1] == 3 * 8 + 4 * 2  # 3 rows of 8-pixel images, 2-pixel padding

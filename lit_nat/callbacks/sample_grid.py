@@ -53,7 +53,12 @@ class SampleGrid(L.Callback):
         return make_grid(images, nrow=self.samples_per_class, padding=2, pad_value=1.0)
 
     def _usable(self, pl_module: L.LightningModule) -> bool:
-        if pl_module.tokenizer is None:
+        try:
+            tokenizer = pl_module.tokenizer
+        except (ValueError, OSError) as err:  # e.g. a tokenizer whose weights are not on this machine
+            rank_zero_warn(f"SampleGrid: cannot build the tokenizer ({err}); skipping the sample grid")
+            return False
+        if tokenizer is None:
             rank_zero_warn("SampleGrid: the model has no tokenizer config, so samples cannot be decoded; skipping")
             return False
         return True
