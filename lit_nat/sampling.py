@@ -1,6 +1,7 @@
 """The NAT decoding loop: parallel decoding, confidence, Gumbel-top-k re-masking, batched classifier-free guidance.
 
-Works with any backbone that follows the call contract ``backbone(ids, condition, state) -> (logits, state)``
+Works with any backbone that follows the call contract
+``backbone(ids, condition, state, num_masked=...) -> (logits, state)``
 (see :mod:`lit_nat.models`). Design choices, each for speed or reproducibility:
 
 - All randomness comes from one ``torch.Generator`` on the backbone's device, so a seed fixes the images.
@@ -76,7 +77,8 @@ def generate(
     for t in range(schedule.steps):
         is_masked = ids == mask_id  # (B, N)
         model_ids = torch.cat([ids, ids]) if guided else ids
-        logits, state = backbone(model_ids, condition, state)  # (B or 2B, N, K)
+        masked_before = num_tokens if t == 0 else counts[t - 1]
+        logits, state = backbone(model_ids, condition, state, num_masked=masked_before)  # (B or 2B, N, K)
         cond, uncond = logits.chunk(2) if guided else (logits, None)
         log_probs = guided_log_probs(cond, uncond, schedule.guidance[t])  # (B, N, K)
 

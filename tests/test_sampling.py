@@ -22,7 +22,9 @@ class ToyBackbone(nn.Module):
         self.label = nn.Embedding(num_classes + 1, codebook_size)
         self.calls = []
 
-    def forward(self, ids, condition, state=None):
+    def forward(self, ids, condition, state=None, num_masked=None):
+        if num_masked is not None:  # the loop's count must be the true count of every row
+            assert torch.all((ids == K).sum(1) == num_masked)
         self.calls.append((ids.clone(), condition.clone(), state))
         context = self.token(ids).mean(1, keepdim=True)  # every position sees every token
         logits = self.token(ids) + self.position + self.label(condition)[:, None] + context

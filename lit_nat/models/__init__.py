@@ -2,7 +2,7 @@
 
 Every backbone obeys one call contract, which is all the sampler and the objective rely on::
 
-    logits, state = backbone(ids, condition, state=None)
+    logits, state = backbone(ids, condition, state=None, num_masked=None)
 
 - ``ids``: ``(B, N)`` long, values in ``[0, K]``; ``K == backbone.codebook_size == backbone.mask_id`` marks masked
   positions, and ``N == backbone.num_tokens`` (the token grid ``backbone.grid_size`` in raster order).
@@ -10,6 +10,9 @@ Every backbone obeys one call contract, which is all the sampler and the objecti
   backbone.null_class`` is the unconditional label used for classifier-free guidance.
 - ``state``: whatever the previous call returned, for backbones that reuse features across decoding steps (ENAT);
   ``None`` on the first step. Backbones without reuse (U-ViT) ignore it and return ``None``.
+- ``num_masked``: optional Python int, the number of masked positions in every row, when the caller knows it (the
+  sampler does, from the schedule). Backbones that gather masked and visible tokens separately (ENAT) use it to
+  avoid reading a count from the device; others ignore it. Every row must then have exactly that many masked ids.
 - ``logits``: ``(B, N, K)`` float over the real codes only, so the mask id can never be sampled.
 
 Backbones know nothing of schedules, mask laws or Lightning. Sizes live in :mod:`lit_nat.models.registry`; official

@@ -152,13 +152,16 @@ class UViT(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def forward(self, ids: torch.Tensor, condition: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, ids: torch.Tensor, condition: torch.Tensor, state: None = None, num_masked: int | None = None
+    ) -> tuple[torch.Tensor, None]:
         """Predict logits over the K real codes at every position.
 
         Args:
             ids: ``(B, N)`` long token ids in ``[0, K]``, ``K`` marking masked positions.
             condition: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``, ``C`` being the null class.
             state: Ignored; U-ViT recomputes everything each step. Accepted for the shared backbone contract.
+            num_masked: Ignored (U-ViT treats every position alike). Accepted for the shared backbone contract.
 
         Returns:
             ``(logits, None)`` with logits ``(B, N, K)`` in the floating dtype of the computation.
