@@ -14,7 +14,14 @@ import torch
 
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.models import build_backbone
-from lit_nat.objective import apply_mask, build_mask_ratio_law, drop_labels, masked_token_loss, sample_training_mask
+from lit_nat.objective import (
+    apply_mask,
+    build_mask_ratio_law,
+    drop_labels,
+    masked_token_loss,
+    previous_step_mask,
+    sample_training_mask,
+)
 from lit_nat.sampling import GenerationResult, generate, make_generator
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.tokenizers import Tokenizer, tokenizer_from_config
@@ -46,6 +53,9 @@ class NATModule(L.LightningModule):
         schedule: initial generation schedule: ``heuristic``, ``enat`` or a path to a schedule YAML (ours or the
             official AutoNAT format). A checkpoint carries the current (possibly searched) schedule.
         schedule_params: keyword parameters of the schedule preset, e.g. ``{steps: 8, guidance: 2.0}``.
+        reuse_prob: ENAT reuse training: with this probability a step trains the online model on features of a
+            "previous step" (a random part of the visible tokens re-masked) computed by the EMA model without
+            gradient. ENAT uses 0.5; ignored (must be 0) for backbones without reuse.
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class NATModule(L.LightningModule):
         ema_warmup: bool = False,
         schedule: str = "heuristic",
         schedule_params: dict[str, Any] | None = None,
+        reuse_prob: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(grid_size, list):
@@ -79,6 +90,14 @@ class NATModule(L.LightningModule):
             arch, codebook_size=codebook_size, grid_size=grid_size, num_classes=num_classes, overrides=arch_overrides
         )
         self.ema_backbone = make_ema_copy(self.backbone)
+        self.supports_reuse = bool(getattr(self.backbone, "supports_reuse", False))
+        if not 0.0 <= reuse_prob <= 1.0:
+            raise ValueError(f"reuse_prob must be in [0, 1], got {reuse_prob}")
+        if reuse_prob > 0 and not self.supports_reuse:
+            raise ValueError(f"reuse_prob={reuse_prob} but backbone {arch!r} has no feature reuse (use 0)")
+        if self.supports_reuse and mask_ratio_per_sample:
+            # ENAT gathers visible and masked tokens as dense (B, count) blocks: counts must agree within a batch.
+            raise ValueError(f"backbone {arch!r} needs mask_ratio_per_sample: false (one mask ratio per batch)")
         self.mask_ratio_law = build_mask_ratio_law(mask_ratio_law, mask_ratio_params)
         self.schedule = GenerationSchedule.preset(schedule, **(schedule_params or {}))
         # Not an nn.Module attribute: tokenizer weights (a VQGAN) must not enter the NAT's checkpoints.
@@ -138,13 +157,31 @@ class NATModule(L.LightningModule):
         self._check_batch(batch)
         inputs, targets, mask = self.masked_batch(batch)
         labels = drop_labels(batch["label"], self.hparams.p_uncond, self.null_class)
-        logits, _ = self.backbone(inputs, labels)  # (B, N, K)
+        state, num_masked = None, None
+        if self.supports_reuse:
+            num_masked = int(mask[0].sum())  # one read per step; every row has this count
+            # CPU draws: deciding whether to reuse must not wait for the device.
+            if float(torch.rand(())) < self.hparams.reuse_prob:
+                state = self.previous_step_state(batch["ids"], mask, num_masked, labels, float(torch.rand(())))
+            self.log("train/reuse", float(state is not None))
+        logits, _ = self.backbone(inputs, labels, state, num_masked=num_masked)  # (B, N, K)
         loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/masked_acc", accuracy, prog_bar=True)
         self.log("train/mask_ratio", mask.float().mean())
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr)
         return loss
+
+    @torch.no_grad()
+    def previous_step_state(
+        self, ids: torch.Tensor, mask: torch.Tensor, num_masked: int, labels: torch.Tensor, fraction: float
+    ) -> Any:
+        """ENAT reuse training: the EMA model's state on a previous step with ``fraction`` of the visible tokens
+        re-masked (no gradient, eval mode; the same labels the online model sees after dataset-level dropout)."""
+        previous_mask, previous_count = previous_step_mask(mask, num_masked, fraction)
+        previous_inputs = ids.masked_fill(previous_mask, self.mask_id)
+        _, state = self.ema_backbone(previous_inputs, labels, num_masked=previous_count)
+        return state
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Update once per optimiser step (gradient accumulation calls this hook for every micro-batch).

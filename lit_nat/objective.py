@@ -182,6 +182,28 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, null_class: int) -> torch
     return labels.masked_fill(drop, null_class)
 
 
+def previous_step_mask(mask: torch.Tensor, num_masked: int, fraction: float) -> tuple[torch.Tensor, int]:
+    """ENAT reuse training: a plausible *previous* decoding step for the current mask.
+
+    Re-masks ``k = round(fraction * V)`` of the ``V = N - num_masked`` visible tokens (uniformly per row), so the
+    previous step had a superset of masked tokens and those k count as newly revealed now. ``fraction = 1`` gives a
+    previous step with no visible token (identical to no reuse), ``0`` one with nothing newly revealed.
+
+    Args:
+        mask: ``(B, N)`` bool, True = masked now; every row has ``num_masked`` masked tokens.
+        num_masked: the masked count of every row (a Python int, so no device read is needed).
+        fraction: u in [0, 1] (ENAT draws it uniformly once per step).
+
+    Returns:
+        ``(previous_mask, previous_num_masked)``.
+    """
+    visible = mask.shape[1] - num_masked
+    k = min(max(round(visible * fraction), 0), visible)
+    scores = torch.rand(mask.shape, device=mask.device).masked_fill(mask, float("inf"))
+    newly_revealed = scores.argsort(dim=1)[:, :k]  # (B, k): k random currently-visible positions
+    return mask.scatter(1, newly_revealed, True), num_masked + k
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Loss
 # ----------------------------------------------------------------------------------------------------------------------

@@ -121,3 +121,15 @@ def test_drop_labels_rate():
     assert set(dropped.unique().tolist()) == {0, 1000}
     assert (dropped == 1000).float().mean().item() == pytest.approx(0.15, abs=5e-3)
     assert torch.equal(drop_labels(labels, 0.0, 1000), labels)
+
+
+def test_previous_step_mask_is_a_superset_with_exact_counts():
+    from lit_nat.objective import previous_step_mask
+
+    torch.manual_seed(0)
+    mask = random_mask(torch.full((6,), 10), 32)
+    for fraction, expected in ((0.0, 10), (0.5, 21), (1.0, 32)):
+        previous, count = previous_step_mask(mask, 10, fraction)
+        assert count == expected
+        assert torch.all(previous.sum(1) == expected)
+        assert torch.all(previous[mask])  # everything masked now was masked before
