@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 import yaml
 
+from lit_nat.models import ARCHITECTURES
 from lit_nat.models.convert import CONVERTERS, load_official, read_checkpoint
 from lit_nat.module import NATModule
 
@@ -75,7 +76,7 @@ def build_checkpoint(module: NATModule, extra: dict[str, Any]) -> dict[str, Any]
 
 
 def import_checkpoint(
-    format: Literal["autonat"],
+    format: str,
     src: Path,
     config: Path,
     dst: Path,
@@ -85,7 +86,8 @@ def import_checkpoint(
     """Convert an official checkpoint into a lit_nat checkpoint.
 
     Args:
-        format: layout of the source file: ``autonat`` (LeapLabTHU/ImprovedNAT ``nnet_ema.pth``).
+        format: layout of the source file: ``autonat`` (LeapLabTHU/ImprovedNAT ``nnet_ema.pth``) or ``enat``
+            (LeapLabTHU/ENAT ``nnet_ema.pth`` / ``nnet_ema_512.pth``; its unused ``prev_embedder`` is dropped).
         src: the official state_dict file.
         config: the lit_nat config whose ``model`` section describes the architecture (e.g. configs/autonat_l.yaml).
         dst: the lit_nat checkpoint to write.
@@ -102,7 +104,17 @@ def import_checkpoint(
     official = read_checkpoint(src)
 
     model_args = read_model_section(config)
-    dims = CONVERTERS[format].infer_dims(official)
+    arch = model_args.get("arch", "autonat-s")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{config}: unknown model.arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    overrides = dict(model_args.get("arch_overrides") or {})
+    infer = CONVERTERS[format].infer_dims
+    if "decoder_layers" in inspect.signature(infer).parameters:
+        # the encoder/decoder split is not visible in the weights: it comes from the config (registry default 2)
+        split = overrides.get("decoder_layers", ARCHITECTURES[arch].defaults.get("decoder_layers", 2))
+        dims = infer(official, decoder_layers=split)
+    else:
+        dims = infer(official)
     token_space = {
         "codebook_size": dims.pop("codebook_size"),
         "grid_size": dims.pop("grid_size"),
@@ -114,7 +126,6 @@ def import_checkpoint(
         if mismatched:
             raise ValueError(f"{src} does not match the data of {config}: (data meta.json, checkpoint) = {mismatched}")
         token_space["tokenizer"] = meta["tokenizer"]
-    overrides = dict(model_args.get("arch_overrides") or {})
     overrides.update(dims)  # width and depth come from the weights
     if num_heads is not None:
         overrides["num_heads"] = num_heads

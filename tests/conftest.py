@@ -10,8 +10,14 @@ import torch
 
 from lit_nat.data.shards import ShardWriter
 
-# a U-ViT small enough that any config runs a few CPU steps in about a second
+# backbones small enough that any config runs a few CPU steps in about a second
 TINY_ARCH = "{width: 32, num_layers: 3, num_heads: 2}"
+TINY_ENAT = "{width: 32, encoder_layers: 1, decoder_layers: 1, num_heads: 2}"
+
+
+def tiny_overrides(arch: str) -> str:
+    """arch_overrides (YAML) that shrink a registry backbone of either family."""
+    return TINY_ENAT if arch.startswith("enat") else TINY_ARCH
 
 
 def write_random_shards(

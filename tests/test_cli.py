@@ -11,14 +11,14 @@ import yaml
 from lit_nat import load_model
 from lit_nat.cli import main
 from lit_nat.data.digits import prepare_digits
-from tests.conftest import TINY_ARCH, write_random_shards
+from tests.conftest import tiny_overrides, write_random_shards
 from tests.test_models import H, random_official_state_dict, reference_forward, tiny_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
-def cpu_overrides(tmp_path: Path, steps: int = 2) -> list[str]:
+def cpu_overrides(tmp_path: Path, steps: int = 2, arch: str = "autonat-s") -> list[str]:
     return [
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
@@ -31,7 +31,7 @@ def cpu_overrides(tmp_path: Path, steps: int = 2) -> list[str]:
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path / 'run'}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
-        f"--model.arch_overrides={TINY_ARCH}",
+        f"--model.arch_overrides={tiny_overrides(arch)}",
         "--data.num_workers=0",
         "--data.batch_size=4",
     ]
@@ -51,10 +51,11 @@ def data_for(config: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits_a_few_steps_on_cpu(config, tmp_path):
     root = data_for(config, tmp_path)
+    arch = yaml.safe_load(config.read_text())["model"]["arch"]
     args = [
         "fit",
         f"--config={config}",
-        *cpu_overrides(tmp_path),
+        *cpu_overrides(tmp_path, arch=arch),
         f"--data.root={root}",
         "--data.samples_per_epoch=16",
         "--trainer.val_check_interval=2",

@@ -8,8 +8,9 @@ Every backbone obeys one call contract, which is all the sampler and the objecti
   positions, and ``N == backbone.num_tokens`` (the token grid ``backbone.grid_size`` in raster order).
 - ``condition``: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``; ``C == backbone.num_classes ==
   backbone.null_class`` is the unconditional label used for classifier-free guidance.
-- ``state``: whatever the previous call returned, for backbones that reuse features across decoding steps (ENAT);
-  ``None`` on the first step. Backbones without reuse (U-ViT) ignore it and return ``None``.
+- ``state``: whatever the previous call returned, for backbones that reuse features across decoding steps (ENAT's
+  :class:`ENATState`; such backbones set ``supports_reuse = True``); ``None`` on the first step. Backbones without
+  reuse (U-ViT) ignore it and return ``None``.
 - ``num_masked``: optional Python int, the number of masked positions in every row, when the caller knows it (the
   sampler does, from the schedule). Backbones that gather masked and visible tokens separately (ENAT) use it to
   avoid reading a count from the device; others ignore it. Every row must then have exactly that many masked ids.
@@ -23,10 +24,14 @@ from lit_nat.models.convert import (
     CONVERTERS,
     ConversionReport,
     convert_autonat_state_dict,
+    convert_enat_state_dict,
     infer_autonat_dims,
+    infer_enat_dims,
     load_official,
     load_official_autonat,
+    load_official_enat,
 )
+from lit_nat.models.enat import ENAT, ENATBlock, ENATState
 from lit_nat.models.layers import Attention, Mlp, TiedMLMHead, TokenEmbedding, multihead_attention
 from lit_nat.models.registry import ARCHITECTURES, ArchSpec, build_backbone, count_parameters
 from lit_nat.models.uvit import UViT, UViTBlock
@@ -37,6 +42,9 @@ __all__ = [
     "Attention",
     "CONVERTERS",
     "ConversionReport",
+    "ENAT",
+    "ENATBlock",
+    "ENATState",
     "Mlp",
     "TiedMLMHead",
     "TokenEmbedding",
@@ -44,9 +52,12 @@ __all__ = [
     "UViTBlock",
     "build_backbone",
     "convert_autonat_state_dict",
+    "convert_enat_state_dict",
     "count_parameters",
     "infer_autonat_dims",
+    "infer_enat_dims",
     "load_official",
     "load_official_autonat",
+    "load_official_enat",
     "multihead_attention",
 ]

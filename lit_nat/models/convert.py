@@ -3,7 +3,7 @@
 Each official format is a list of renaming rules (regex on the official key -> our key, with an optional value
 transform) plus a function that reads the model dimensions off the tensors. The generic part -- unwrapping a saved
 object, stripping ``module.`` prefixes, applying the rules, comparing with a target model, loading -- is shared, so a
-new format (e.g. ``"enat"``) is one more rule list and one more entry in :data:`CONVERTERS`.
+new format is one more rule list and one more entry in :data:`CONVERTERS` (``"autonat"``, ``"enat"``).
 """
 
 from __future__ import annotations
@@ -23,14 +23,19 @@ from torch import Tensor, nn
 __all__ = [
     "AUTONAT_RULES",
     "CONVERTERS",
+    "ENAT_RULES",
+    "ENAT_UNUSED",
     "CheckpointFormat",
     "ConversionReport",
     "Rule",
     "compare_with_target",
     "convert_autonat_state_dict",
+    "convert_enat_state_dict",
     "infer_autonat_dims",
+    "infer_enat_dims",
     "load_official",
     "load_official_autonat",
+    "load_official_enat",
     "read_checkpoint",
     "unwrap_state_dict",
 ]
@@ -48,12 +53,13 @@ class ConversionReport:
     """What a conversion did, and what did not fit.
 
     Attributes:
-        source_format: Name of the official format (``"autonat"``).
+        source_format: Name of the official format (``"autonat"``, ``"enat"``).
         renamed: Our key -> the official key it came from.
-        dropped: Official keys ignored on purpose (``position_ids`` buffers).
+        dropped: Official keys ignored on purpose (``position_ids`` buffers; ENAT's never-called ``prev_embedder``).
         unexpected: Official keys with no home: no rule matched, or the target model has no such parameter.
         missing: Target keys that received no value (filled by :func:`compare_with_target`).
         mismatched: One message per shape mismatch, naming the key, the expected and the given shape.
+        notes: Why keys were dropped, one line per reason (shown by :meth:`summary`).
     """
 
     source_format: str
@@ -62,6 +68,7 @@ class ConversionReport:
     unexpected: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +78,7 @@ class ConversionReport:
     def summary(self) -> str:
         """Human-readable multi-line description, used in error messages and logs."""
         lines = [f"{self.source_format} checkpoint: {len(self.renamed)} tensors converted, {len(self.dropped)} dropped"]
+        lines.extend(self.notes)
         problems = {"missing": self.missing, "unexpected": self.unexpected, "mismatched": self.mismatched}
         for title, items in problems.items():
             if items:
@@ -128,13 +136,25 @@ def unwrap_state_dict(obj: OfficialInput) -> tuple[dict[str, Tensor], list[str]]
 
 
 def _apply_rules(
-    official: OfficialInput, rules: tuple[Rule, ...], source_format: str
+    official: OfficialInput,
+    rules: tuple[Rule, ...],
+    source_format: str,
+    unused: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Rename every key by the first matching rule; keys matching an ``unused`` pattern (pattern -> reason) are
+    dropped and the reason noted; anything else is reported as unexpected."""
     flat, dropped = unwrap_state_dict(official)
     report = ConversionReport(source_format, dropped=dropped)
     converted: dict[str, Tensor] = {}
     compiled = [(re.compile(r.pattern), r) for r in rules]
+    unused_compiled = [(re.compile(p), reason) for p, reason in (unused or {}).items()]
+    unused_hits: dict[str, list[str]] = {}
     for key, value in flat.items():
+        reason = next((why for regex, why in unused_compiled if regex.fullmatch(key)), None)
+        if reason is not None:
+            report.dropped.append(key)
+            unused_hits.setdefault(reason, []).append(key)
+            continue
         for regex, rule in compiled:
             if regex.fullmatch(key):
                 name = regex.sub(rule.repl, key)
@@ -143,6 +163,8 @@ def _apply_rules(
                 break
         else:
             report.unexpected.append(key)
+    for reason, keys in unused_hits.items():
+        report.notes.append(f"dropped {len(keys)} unused tensor(s) ({', '.join(keys)}): {reason}")
     return converted, report
 
 
@@ -238,6 +260,86 @@ def infer_autonat_dims(official: OfficialInput) -> dict[str, Any]:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------- ENAT
+#: Official ENAT (``libs/models.py`` DiT with multiway K/V) key -> :class:`~lit_nat.models.enat.ENAT` key. Blocks keep
+#: their index (encoder and decoder share one list), so the rules hold for any width, depth and split.
+ENAT_RULES: tuple[Rule, ...] = (
+    Rule(r"x_embedder\.word_embeddings\.weight", r"token_embed.word.weight"),
+    Rule(r"x_embedder\.position_embeddings\.weight", r"token_embed.position"),
+    Rule(rf"x_embedder\.LayerNorm\.{_PARAM}", r"token_embed.norm.\1"),
+    Rule(r"y_embedder\.embedding_table\.weight", r"class_embed.weight"),
+    Rule(rf"prev_proj\.(norm|mlp\.fc1|mlp\.fc2)\.{_PARAM}", r"prev_proj.\1.\2"),
+    Rule(rf"blocks\.(\d+)\.attn\.(q|proj)\.{_PARAM}", r"blocks.\1.attn.\2.\3"),
+    Rule(rf"blocks\.(\d+)\.attn\.kv\.A\.{_PARAM}", r"blocks.\1.attn.kv_context.\2"),  # A: context tokens
+    Rule(rf"blocks\.(\d+)\.attn\.kv\.B\.{_PARAM}", r"blocks.\1.attn.kv_self.\2"),  # B: the updated tokens
+    Rule(rf"blocks\.(\d+)\.mlp\.(fc1|fc2)\.{_PARAM}", r"blocks.\1.mlp.\2.\3"),
+    Rule(rf"blocks\.(\d+)\.adaLN_modulation\.1\.{_PARAM}", r"blocks.\1.modulation.\2"),  # index 0 is the SiLU
+    Rule(rf"norm\.{_PARAM}", r"final_norm.\1"),
+    Rule(r"mlm_layer\.bias", r"head.bias", transform=lambda t: t.reshape(-1)),  # (1, 1, K + 1) -> (K + 1,)
+    Rule(rf"mlm_layer\.fc\.{_PARAM}", r"head.fc.\1"),
+    Rule(rf"mlm_layer\.ln\.{_PARAM}", r"head.norm.\1"),
+)
+
+#: Official ENAT keys that have no counterpart on purpose (pattern -> reason).
+ENAT_UNUSED: Mapping[str, str] = MappingProxyType(
+    {rf"prev_embedder\.(fc1|fc2)\.{_PARAM}": "ENAT's prev_embedder is constructed and saved but never called"}
+)
+
+
+def convert_enat_state_dict(official: OfficialInput) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Rename an official ENAT state_dict (path, flat dict, or wrapped dict) to :class:`ENAT` names.
+
+    The dead ``prev_embedder.*`` tensors are dropped and listed in ``report.dropped`` (with a note); every other key
+    must match a rule or is reported as unexpected.
+    """
+    return _apply_rules(official, ENAT_RULES, "enat", unused=ENAT_UNUSED)
+
+
+def infer_enat_dims(official: OfficialInput, decoder_layers: int = 2) -> dict[str, Any]:
+    """Read :class:`ENAT` constructor arguments off an official ENAT state_dict.
+
+    Returns ``codebook_size``, ``grid_size``, ``num_classes``, ``width``, ``encoder_layers``, ``decoder_layers`` and
+    ``mlp_ratio``. The weights fix only the total block count: encoder and decoder blocks have identical parameters,
+    so the split is ``decoder_layers`` (2 in every released model) from the caller. ``num_heads`` leaves no trace
+    either (16 for ENAT-L).
+
+    Raises:
+        ValueError: A required key is absent, the block indices are not 0..n-1, the split does not fit, or the grid is
+            not square.
+    """
+    sd, _ = unwrap_state_dict(official)
+    required = (
+        "x_embedder.word_embeddings.weight",
+        "x_embedder.position_embeddings.weight",
+        "y_embedder.embedding_table.weight",
+        "blocks.0.mlp.fc1.weight",
+    )
+    absent = [k for k in required if k not in sd]
+    if absent:
+        raise ValueError(f"not an ENAT state_dict: missing {absent}")
+    words = sd["x_embedder.word_embeddings.weight"]
+    num_tokens = sd["x_embedder.position_embeddings.weight"].shape[0]
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"{num_tokens} position rows is not a square grid; give grid_size explicitly")
+    blocks = _block_indices(list(sd), "blocks")
+    if blocks != list(range(len(blocks))):
+        raise ValueError(f"inconsistent ENAT blocks: indices {blocks} (need 0..n-1)")
+    if not 1 <= decoder_layers <= len(blocks):
+        raise ValueError(f"decoder_layers={decoder_layers} does not fit a checkpoint with {len(blocks)} blocks")
+
+    width = words.shape[1]
+    return dict(
+        codebook_size=words.shape[0] - 1,
+        grid_size=(side, side),
+        num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1,
+        width=width,
+        encoder_layers=len(blocks) - decoder_layers,
+        decoder_layers=decoder_layers,
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / width,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class CheckpointFormat:
@@ -248,7 +350,10 @@ class CheckpointFormat:
 
 
 CONVERTERS: Mapping[str, CheckpointFormat] = MappingProxyType(
-    {"autonat": CheckpointFormat(convert_autonat_state_dict, infer_autonat_dims)}
+    {
+        "autonat": CheckpointFormat(convert_autonat_state_dict, infer_autonat_dims),
+        "enat": CheckpointFormat(convert_enat_state_dict, infer_enat_dims),
+    }
 )
 
 
@@ -283,3 +388,8 @@ def load_official(
 def load_official_autonat(backbone: nn.Module, official_sd: OfficialInput, strict: bool = True) -> ConversionReport:
     """Load an official AutoNAT checkpoint (``nnet_ema.pth``, or its dict) into a UViT; see :func:`load_official`."""
     return load_official(backbone, official_sd, format="autonat", strict=strict)
+
+
+def load_official_enat(backbone: nn.Module, official_sd: OfficialInput, strict: bool = True) -> ConversionReport:
+    """Load an official ENAT checkpoint (``nnet_ema.pth``, or its dict) into an ENAT; see :func:`load_official`."""
+    return load_official(backbone, official_sd, format="enat", strict=strict)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from lit_nat.models.enat import ENAT
 from lit_nat.models.uvit import UViT
 
 __all__ = ["ArchSpec", "ARCHITECTURES", "DATA_ARGS", "build_backbone", "count_parameters", "valid_overrides"]
@@ -45,6 +46,25 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
         "autonat-l": ArchSpec(UViT, dict(width=768, num_layers=25, num_heads=8), "AutoNAT-L: 25 blocks, width 768"),
         # Small enough for the digits demo and CPU smoke runs.
         "autonat-tiny": ArchSpec(UViT, dict(width=128, num_layers=5, num_heads=4), "U-ViT for demos: 5 blocks, 128"),
+        # ENAT-L is the released model (22 encoder + 2 decoder blocks, width 1024, 16 heads). ENAT-S/B configs are not
+        # in the official repo: ENAT-B reproduces the paper's 219M parameters (219,646,721 counting the dead
+        # prev_embedder the official model carries; 214,924,289 here), ENAT-S is a plausible smaller size.
+        "enat-s": ArchSpec(
+            ENAT,
+            dict(width=512, encoder_layers=10, decoder_layers=2, num_heads=8),
+            "ENAT-S (UNVERIFIED guess): 10+2 blocks, width 512",
+        ),
+        "enat-b": ArchSpec(
+            ENAT,
+            dict(width=768, encoder_layers=14, decoder_layers=2, num_heads=12),
+            "ENAT-B (UNVERIFIED guess matching the paper's 219M): 14+2 blocks, width 768",
+        ),
+        "enat-l": ArchSpec(
+            ENAT, dict(width=1024, encoder_layers=22, decoder_layers=2, num_heads=16), "ENAT-L: 22+2 blocks, width 1024"
+        ),
+        "enat-tiny": ArchSpec(
+            ENAT, dict(width=128, encoder_layers=3, decoder_layers=1, num_heads=4), "ENAT for demos: 3+1 blocks, 128"
+        ),
     }
 )
 
