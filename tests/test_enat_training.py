@@ -12,7 +12,7 @@ from lit_nat.cli import main
 from lit_nat.data import TokenShardDataModule
 from lit_nat.module import NATModule
 from tests.conftest import write_random_shards
-from tests.test_enat import C, DEC, ENC, H, K, N, random_official_state_dict, reference_enat
+from tests.test_enat import DEC, ENC, C, H, K, N, random_official_state_dict, reference_enat
 
 ENAT_TINY = dict(
     arch="enat-tiny",
