@@ -49,3 +49,19 @@ def test_cli_table_for_shipped_configs(capsys):
     out = capsys.readouterr().out
     assert "| autonat_s | 45.5 |" in out and out.startswith("| config |")
     assert format_markdown(reports, 8).count("\n") == 2
+
+
+def test_enat_reuse_saves_compute_after_the_second_step():
+    overrides = {"width": 32, "encoder_layers": 3, "decoder_layers": 1, "num_heads": 2}
+    with torch.device("meta"):
+        backbone = build_backbone("enat-tiny", overrides=overrides, **SPACE)
+    from lit_nat.flops import WithoutReuse
+
+    schedule = GenerationSchedule.enat(4)
+    reuse = generation_flops(backbone, schedule, guided=False)
+    plain = generation_flops(WithoutReuse(backbone), schedule, guided=False)
+    assert reuse[:2] == plain[:2]  # step 0 has no state, step 1's state has no visible tokens
+    assert all(r < p for r, p in zip(reuse[2:], plain[2:]))
+    report = report_for("tiny", "enat-tiny", overrides, SPACE, steps=4)
+    assert report.per_image_gflops["unguided"] * 1e9 == sum(reuse)
+    assert report.per_image_gflops["unguided, without reuse"] * 1e9 == sum(plain)
