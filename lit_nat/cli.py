@@ -1,9 +1,11 @@
-"""Command line: ``python -m lit_nat {fit,validate,test,predict,import-checkpoint}``.
+"""Command line: ``python -m lit_nat {fit,validate,test,predict,sample,import-checkpoint,reference-stats,flops}``.
 
 The Trainer subcommands come from LightningCLI over :class:`~lit_nat.module.NATModule` and
-:class:`~lit_nat.data.TokenShardDataModule`. The token space of the model (codebook size, grid, classes, tokenizer)
-is *linked* from the data's ``meta.json`` at instantiation, so a model can never be built for other shards than the
-ones it reads. ``import-checkpoint`` has no Trainer and is a plain jsonargparse command.
+:class:`~lit_nat.data.TokenShardDataModule`; ``sample`` is a method of :class:`~lit_nat.sample.NATTrainer` (its
+signature and docstring are the subcommand's options and help). The token space of the model (codebook size, grid,
+classes, tokenizer) is *linked* from the data's ``meta.json`` at instantiation, so a model can never be built for other
+shards than the ones it reads. ``import-checkpoint``, ``reference-stats`` and ``flops`` have no model or Trainer and are
+plain commands.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lit_nat.data import TokenShardDataModule
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
 from lit_nat.module import NATModule
+from lit_nat.sample import NATTrainer
 
 #: data attribute -> model argument, resolved after the DataModule has read meta.json
 DATA_TO_MODEL_LINKS = {
@@ -28,19 +31,49 @@ DATA_TO_MODEL_LINKS = {
 
 
 class NATLightningCLI(LightningCLI):
-    """LightningCLI with the data -> model links of the token space."""
+    """LightningCLI with the data -> model links of the token space and the ``sample`` subcommand."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # the Trainer method's arguments that come from the instantiated classes, not from the command line
+        return {**LightningCLI.subcommands(), "sample": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
 
 
+def _import_checkpoint(argv: list[str]) -> None:
+    import_checkpoint(**vars(import_checkpoint_parser().parse_args(argv)))
+
+
+def _reference_stats(argv: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_nat.metrics.reference import write_reference_stats
+
+    CLI(write_reference_stats, args=argv, as_positional=False)
+
+
+def _flops(argv: list[str]) -> None:
+    from lit_nat.flops import main as flops_main
+
+    flops_main(argv)
+
+
+#: commands that need no Trainer (LightningCLI subcommands always build a model and a datamodule)
+STANDALONE_COMMANDS = {
+    "import-checkpoint": _import_checkpoint,
+    "reference-stats": _reference_stats,
+    "flops": _flops,
+}
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``python -m lit_nat`` and the ``lit-nat`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "import-checkpoint":
-        parsed = import_checkpoint_parser().parse_args(argv[1:])
-        import_checkpoint(**vars(parsed))
+    if argv and argv[0] in STANDALONE_COMMANDS:
+        STANDALONE_COMMANDS[argv[0]](argv[1:])
         return
     # The EMA backbone is in eval mode on purpose (it is only evaluated); Lightning would warn at every fit start.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -49,7 +82,8 @@ def main(args: ArgsType = None) -> None:
     NATLightningCLI(
         NATModule,
         TokenShardDataModule,
+        trainer_class=NATTrainer,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a requeued SLURM job logs into the same run directory
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself (passing both would warn)
     )

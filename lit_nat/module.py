@@ -125,8 +125,13 @@ class NATModule(L.LightningModule):
 
     @property
     def tokenizer(self) -> Tokenizer | None:
+        """The data's tokenizer, built on first use and kept on the module's device (not a submodule)."""
         if self._tokenizer is None and self._tokenizer_config is not None:
-            self._tokenizer = tokenizer_from_config(self._tokenizer_config).to(self.device)
+            # object.__setattr__: as an nn.Module attribute it would register as a child and its weights (a VQGAN)
+            # would enter the NAT's state_dict and every checkpoint.
+            object.__setattr__(self, "_tokenizer", tokenizer_from_config(self._tokenizer_config))
+        if self._tokenizer is not None:
+            self._tokenizer.to(self.device)  # a no-op unless the module moved since
         return self._tokenizer
 
     def train(self, mode: bool = True) -> NATModule:

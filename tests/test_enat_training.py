@@ -40,9 +40,16 @@ def test_reuse_training_trains_prev_proj_from_ema_features(tiny_shards, tmp_path
 
     model.previous_step_state = spy
     data = TokenShardDataModule(str(tiny_shards), batch_size=8, num_workers=0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=data)
     assert len(seen) == 3 and trainer.callback_metrics["train/reuse"] == 1.0
     for state in seen:
@@ -75,13 +82,23 @@ def test_import_official_enat_checkpoint_through_the_cli(tmp_path):
     torch.save({f"module.{k}": v for k, v in official.items()}, src)
     root = write_random_shards(tmp_path / "shards", codebook_size=K, grid=4, num_classes=C)
     config = tmp_path / "enat_tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "trainer": {"logger": False, "enable_checkpointing": False},
-        "model": {"arch": "enat-s", "arch_overrides": {"num_heads": H, "decoder_layers": DEC},
-                  "mask_ratio_per_sample": False, "min_visible_tokens": 1, "reuse_prob": 0.5,
-                  "schedule": "enat", "schedule_params": {"steps": 4}},
-        "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"logger": False, "enable_checkpointing": False},
+                "model": {
+                    "arch": "enat-s",
+                    "arch_overrides": {"num_heads": H, "decoder_layers": DEC},
+                    "mask_ratio_per_sample": False,
+                    "min_visible_tokens": 1,
+                    "reuse_prob": 0.5,
+                    "schedule": "enat",
+                    "schedule_params": {"steps": 4},
+                },
+                "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
+            }
+        )
+    )
     dst = tmp_path / "enat.ckpt"
     main(["import-checkpoint", "--format", "enat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
     model = load_model(str(dst))
@@ -95,6 +112,14 @@ def test_import_official_enat_checkpoint_through_the_cli(tmp_path):
         ours, _ = model.backbone(ids, labels, num_masked=9)
         reference, _ = reference_enat(official, ids, labels, num_heads=H, encoder_layers=ENC)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
-    main(["validate", f"--config={config}", f"--ckpt_path={dst}", "--trainer.accelerator=cpu",
-          "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1",
-          f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    main(
+        [
+            "validate",
+            f"--config={config}",
+            f"--ckpt_path={dst}",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+        ]
+    )

@@ -44,6 +44,10 @@ def test_uvit_forward_matches_a_hand_count():
 
 
 def test_cli_table_for_shipped_configs(capsys):
+    from lit_nat.cli import main as cli_main
+
+    cli_main(["flops", "--config", str(REPO / "configs/autonat_s.yaml"), "--steps", "8"])
+    assert "| autonat_s | 45.5 |" in capsys.readouterr().out
     reports = main(["--config", str(REPO / "configs/autonat_s.yaml"), "--steps", "8"])
     assert reports[0].parameters == 45_546_497
     out = capsys.readouterr().out

@@ -152,3 +152,11 @@ def test_sample_grid_skips_an_unavailable_tokenizer(tmp_path):
     assert not list(tmp_path.rglob("*.png"))
     grid = SampleGrid(samples_per_class=2, max_classes=3, upscale=2).grid(tiny_module())
     assert grid.shape[0] == 3 and grid.shape[1] == 3 * 8 + 4 * 2  # 3 rows of 8-pixel images, 2-pixel padding
+
+
+def test_tokenizer_is_not_part_of_the_checkpointed_state():
+    model = tiny_module()
+    keys = set(model.state_dict())
+    assert model.tokenizer is not None  # built on first use
+    assert set(model.state_dict()) == keys
+    assert not any(key.startswith("_tokenizer") for key in keys)

@@ -1,4 +1,5 @@
-"""A callback that shows what the model generates: a class-conditional grid in TensorBoard and as a PNG."""
+"""A callback that shows what the model generates: a class-conditional grid in TensorBoard and as a PNG, a strip of
+tokens being revealed step by step, and the generation schedule's curves (figure + scalars)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,23 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid, save_image
+
+from lit_nat.callbacks.visuals import reveal_strip, schedule_figure, schedule_scalars
 
 
 class SampleGrid(L.Callback):
     """Generates ``samples_per_class`` images for each of the first ``max_classes`` classes with the module's current
     generation schedule and EMA weights: after validation (TensorBoard ``samples/grid``) and at the end of fit
     (``<log_dir>/<filename>``). Rows are classes, columns samples; the seed is fixed so grids are comparable.
+
+    After each validation it also logs, with the schedule in use at that moment (a schedule search may change it):
+    ``samples/reveal`` (one row per sample: the canvas before step 1 and after each step, masked tokens painted
+    ``mask_color``), the figure ``schedule/curves`` (r(t), tau1(t), tau2(t), s(t)), the scalars
+    ``schedule/<field>/step_<t>`` (t = 1..T) and the schedule as YAML text (``schedule/yaml``).
 
     Args:
         samples_per_class: images per class (grid columns).
@@ -23,6 +32,9 @@ class SampleGrid(L.Callback):
         every_n_epochs: log to TensorBoard after every n-th validation.
         filename: PNG written into the run directory when fit ends.
         upscale: integer nearest-neighbour upscaling for tiny images (8x8 digits are unreadable otherwise).
+        reveal_samples: rows of the reveal strip (one sample of each of the first classes); 0 turns it off.
+        mask_color: RGB in [0, 1] of masked tokens in the reveal strip.
+        schedule_curves: log the schedule's figure, scalars and YAML.
     """
 
     def __init__(
@@ -33,6 +45,9 @@ class SampleGrid(L.Callback):
         every_n_epochs: int = 1,
         filename: str = "samples.png",
         upscale: int = 1,
+        reveal_samples: int = 2,
+        mask_color: tuple[float, float, float] = (0.3, 0.45, 0.85),
+        schedule_curves: bool = True,
     ) -> None:
         super().__init__()
         self.samples_per_class = samples_per_class
@@ -41,6 +56,9 @@ class SampleGrid(L.Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.filename = filename
         self.upscale = max(1, upscale)
+        self.reveal_samples = max(0, reveal_samples)
+        self.mask_color = tuple(float(c) for c in mask_color)
+        self.schedule_curves = schedule_curves
 
     def grid(self, pl_module: L.LightningModule) -> torch.Tensor:
         """The image grid (C, H', W') in [0, 1]."""
@@ -51,6 +69,11 @@ class SampleGrid(L.Callback):
         if self.upscale > 1:
             images = torch.nn.functional.interpolate(images, scale_factor=self.upscale, mode="nearest")
         return make_grid(images, nrow=self.samples_per_class, padding=2, pad_value=1.0)
+
+    def reveal(self, pl_module: L.LightningModule) -> torch.Tensor:
+        """The reveal strip (3, H', W'): rows are samples of classes 0, 1, ..., columns the steps."""
+        labels = torch.arange(self.reveal_samples) % pl_module.hparams.num_classes
+        return reveal_strip(pl_module, labels, self.seed, mask_color=self.mask_color, upscale=self.upscale)
 
     def _usable(self, pl_module: L.LightningModule) -> bool:
         try:
@@ -68,16 +91,31 @@ class SampleGrid(L.Callback):
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers or not self._usable(pl_module):
+        if not loggers:
             return
-        loggers[0].experiment.add_image("samples/grid", self.grid(pl_module), global_step=trainer.global_step)
-
-    @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer, step = loggers[0].experiment, trainer.global_step
+        if self.schedule_curves:  # needs no decoding
+            schedule = pl_module.schedule
+            for tag, value in schedule_scalars(schedule).items():
+                writer.add_scalar(tag, value, global_step=step)
+            writer.add_figure("schedule/curves", schedule_figure(schedule, pl_module.num_tokens), global_step=step)
+            writer.add_text("schedule/yaml", _as_markdown_code(schedule.to_dict()), global_step=step)
         if not self._usable(pl_module):
             return
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        writer.add_image("samples/grid", self.grid(pl_module), global_step=step)
+        if self.reveal_samples:
+            writer.add_image("samples/reveal", self.reveal(pl_module), global_step=step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: log_dir is a collective
+        if not trainer.is_global_zero or not self._usable(pl_module):
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / self.filename
         save_image(self.grid(pl_module), path)
         print(f"SampleGrid: wrote {path}")
+
+
+def _as_markdown_code(data: dict) -> str:
+    # TensorBoard renders text as markdown; indenting by 4 spaces keeps the YAML verbatim
+    return "\n".join("    " + line for line in yaml.safe_dump(data, sort_keys=False).splitlines())

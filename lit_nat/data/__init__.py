@@ -1,5 +1,6 @@
 """Pre-tokenised shards: one writer (:class:`ShardWriter`), one reader (:class:`TokenShardDataset` through
-:class:`TokenShardDataModule`), the DDP/worker planning (:mod:`lit_nat.data.split`) and the digits preparation.
+:class:`TokenShardDataModule`), the DDP/worker planning (:mod:`lit_nat.data.split`), the digits preparation, and the
+plan of what to generate on which rank (:mod:`lit_nat.data.labels`).
 
 The DataModule (and with it Lightning) is imported on first access, so writing and preparing shards stays light.
 """
@@ -8,6 +9,7 @@ from typing import Any
 
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset, read_range
 from lit_nat.data.digits import prepare_digits
+from lit_nat.data.labels import GenerationBatch, GenerationBatches, class_balanced_labels, plan_generation
 from lit_nat.data.shards import (
     FORMAT,
     META_FILE,
@@ -26,6 +28,8 @@ __all__ = [
     "META_FILE",
     "PREPARATIONS",
     "DatasetMeta",
+    "GenerationBatch",
+    "GenerationBatches",
     "MetadataError",
     "ReadRange",
     "ShardInfo",
@@ -35,9 +39,11 @@ __all__ = [
     "TokenShardDataModule",
     "TokenShardDataset",
     "WorkerPlan",
+    "class_balanced_labels",
     "ensure_prepared",
     "plan_epoch",
     "plan_eval",
+    "plan_generation",
     "plan_resampled",
     "plan_train",
     "prepare_digits",

@@ -11,14 +11,20 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset
-from lit_nat.data.digits import prepare_digits
+from lit_nat.data.digits import complete_digits, digits_evaluation_missing, prepare_digits
+from lit_nat.data.labels import GenerationBatches
 from lit_nat.data.shards import META_FILE, DatasetMeta, read_metadata
 
 #: built-in preparations, by the name given to ``--data.prepare``: ``fn(root)`` writes shards and meta.json
 PREPARATIONS: dict[str, Callable[[Path], Any]] = {"digits": prepare_digits}
+#: artefacts a preparation gained later (e.g. the digits-FID classifier): ``(missing(root), complete(root))``, run
+#: on a root that has meta.json but not them, so an existing data directory is upgraded in place
+COMPLETIONS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], Any]]] = {
+    "digits": (digits_evaluation_missing, complete_digits)
+}
 
 
 def _silence_len_warning() -> None:
@@ -54,12 +60,15 @@ def ensure_prepared(root: str | os.PathLike, prepare: str | None = None) -> Data
     root = Path(root)
     if prepare is not None and prepare not in PREPARATIONS:
         raise ValueError(f"unknown preparation {prepare!r}; built-in ones are {sorted(PREPARATIONS)}")
-    if prepare is None or (root / META_FILE).exists():
+    missing, complete = COMPLETIONS.get(prepare, (lambda _: False, None))
+    if prepare is None or ((root / META_FILE).exists() and not missing(root)):
         return read_metadata(root)
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / ".lit_nat-prepare.lock"):
         if not (root / META_FILE).exists():  # another rank may have finished while we waited
             PREPARATIONS[prepare](root)
+        elif complete is not None and missing(root):
+            complete(root)
     return read_metadata(root)
 
 
@@ -89,8 +98,8 @@ class TokenShardDataModule(L.LightningDataModule):
         return_keys: also put the samples' keys into each batch ("key"), e.g. to trace samples.
         test_split: split read by ``test`` (default: the validation split).
         predict_num_samples: number of images ``predict`` generates, class-balanced (label of sample i = i mod C).
-        predict_batch_size: batch size of ``predict`` (default: the validation batch size).
-        predict_seed: per-sample seeds of ``predict`` are predict_seed + i.
+        predict_batch_size: batch size of ``predict`` (default: the validation batch size); fixed batch composition.
+        predict_seed: batch b of ``predict`` is seeded with predict_seed + b * predict_batch_size.
     """
 
     def __init__(
@@ -193,21 +202,16 @@ class TokenShardDataModule(L.LightningDataModule):
         return self._loader(self._dataset(self.test_split, "eval", self.val_batch_size, "test_split"))
 
     def predict_dataloader(self) -> DataLoader:
-        """Class-balanced labels with per-sample seeds; Lightning splits it across ranks without padding."""
-        dataset = ClassBalancedLabels(self.predict_num_samples, self.num_classes, self.predict_seed)
-        return DataLoader(dataset, batch_size=self.predict_batch_size, shuffle=False)
+        """Class-balanced labels in fixed batches with fixed seeds (:mod:`lit_nat.data.labels`): Lightning deals
+        whole batches to ranks, so the images do not depend on the number of devices."""
+        return generation_loader(self.predict_num_samples, self.predict_batch_size, self.predict_seed, self.num_classes)
 
 
-class ClassBalancedLabels(Dataset):
-    """Sample i has label ``i mod num_classes`` and seed ``seed + i`` (what ``predict`` generates)."""
-
-    def __init__(self, num_samples: int, num_classes: int, seed: int = 0) -> None:
-        if num_samples < 1:
-            raise ValueError(f"predict_num_samples must be >= 1, got {num_samples}")
-        self.num_samples, self.num_classes, self.seed = num_samples, num_classes, seed
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int) -> dict[str, int]:
-        return {"label": index % self.num_classes, "seed": self.seed + index}
+def generation_loader(
+    num_samples: int, batch_size: int, seed: int = 0, num_classes: int | None = None, labels: list[int] | None = None
+) -> DataLoader:
+    """A DataLoader over :class:`~lit_nat.data.labels.GenerationBatches` (items are whole batches)."""
+    if num_samples < 1:
+        raise ValueError(f"the number of samples to generate must be >= 1, got {num_samples}")
+    dataset = GenerationBatches(num_samples, batch_size, seed, num_classes=num_classes, labels=labels)
+    return DataLoader(dataset, batch_size=None, shuffle=False)

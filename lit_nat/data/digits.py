@@ -2,6 +2,11 @@
 
 The images ship inside scikit-learn (no download). Their 17 grey levels 0..16 become ids 0..16 of
 ``PixelTokenizer(levels=17, image_size=8)``, one token per pixel, so decoding the shards gives the images back exactly.
+
+The preparation also writes what the demo's "digits-FID" needs (:func:`write_digits_evaluation`, a few seconds on
+CPU): a small classifier trained on the train split (``digits_classifier.pt``, the feature extractor ``digits``) and
+the reference statistics of its features on both splits (``digits_fid_stats_train.npz``, ``digits_fid_stats_val.npz``).
+A root prepared before these existed is completed on the next use (:func:`digits_evaluation_missing`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from lit_nat.data.shards import META_FILE, DatasetMeta, ShardWriter, read_metada
 from lit_nat.tokenizers import PixelTokenizer
 
 NUM_CLASSES = 10
+CLASSIFIER_FILE = "digits_classifier.pt"
+#: split -> reference statistics of the digits classifier's features on that split
+REFERENCE_FILES = {"train": "digits_fid_stats_train.npz", "val": "digits_fid_stats_val.npz"}
 
 
 def stratified_split(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +82,9 @@ def prepare_digits(
         "seed": seed,
         "key": "index in load_digits()",
     }
-    splits = {}
+    splits, arrays = {}, {}
     for split, indices in zip(("train", "val"), stratified_split(labels, val_per_class, seed)):
+        arrays[split] = (images[indices], torch.from_numpy(labels[indices]))
         writer = ShardWriter.for_tokenizer(
             root,
             split,
@@ -90,6 +99,7 @@ def prepare_digits(
             for i in indices:
                 writer.write(ids[i], int(labels[i]), key=f"{i:04d}")
         splits[split] = writer.split_info
+    write_digits_evaluation(root, arrays, seed=seed)  # before meta.json: its presence means everything is there
     meta = DatasetMeta(
         codebook_size=tokenizer.codebook_size,
         grid_size=tokenizer.grid_size,
@@ -100,3 +110,72 @@ def prepare_digits(
     )
     write_metadata(root, meta)
     return read_metadata(root)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# digits-FID: the classifier and the reference statistics
+def write_digits_evaluation(
+    root: str | os.PathLike, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0
+) -> dict[str, float]:
+    """Train the digits classifier on ``splits["train"]`` and write it and the reference statistics of every split.
+
+    Args:
+        root: the data root.
+        splits: split name -> (images (N, 1, 8, 8) in [0, 1], labels (N,)); must hold ``train`` (and ``val``).
+        seed: seed of the classifier's initialisation and batches.
+
+    Returns:
+        Facts for the record: validation accuracy and the digits-FID of the real val images against the train
+        statistics (the value a perfect generator would reach with that many samples).
+    """
+    from lit_nat.metrics.digits import classifier_accuracy, save_digits_classifier, train_digits_classifier
+    from lit_nat.metrics.extractors import build_extractor
+    from lit_nat.metrics.fid import ReferenceFID
+    from lit_nat.metrics.reference import compute_reference_stats, save_reference_stats
+
+    root = Path(root)
+    train_images, train_labels = splits["train"]
+    model = train_digits_classifier(train_images, train_labels, seed=seed)
+    info: dict[str, float] = {"train_accuracy": classifier_accuracy(model, train_images, train_labels)}
+    if "val" in splits:
+        info["val_accuracy"] = classifier_accuracy(model, *splits["val"])
+    save_digits_classifier(model, root / CLASSIFIER_FILE, **info)
+    extractor = build_extractor("digits", root / CLASSIFIER_FILE)  # the exact pipeline evaluation will use
+    stats = {}
+    for split, (images, _) in splits.items():
+        mu, sigma, n = compute_reference_stats(extractor, images.split(500), sync=False)
+        stats[split] = (mu, sigma)
+        source = f"{root.name}/{split} ({n} real images)"
+        save_reference_stats(
+            root / REFERENCE_FILES[split], mu, sigma, extractor=extractor.identity, num_samples=n, source=source
+        )
+    if "val" in splits:
+        fid = ReferenceFID(*stats["train"], sync_on_compute=False)
+        with torch.no_grad():
+            fid.update(extractor(splits["val"][0])[0])
+        info["real_val_fid_vs_train"] = float(fid.compute())
+    return info
+
+
+def digits_evaluation_missing(root: str | os.PathLike) -> bool:
+    """Whether a prepared digits root lacks the classifier or a reference statistics file."""
+    root = Path(root)
+    return not all((root / name).is_file() for name in (CLASSIFIER_FILE, *REFERENCE_FILES.values()))
+
+
+def complete_digits(root: str | os.PathLike) -> dict[str, float]:
+    """Write the digits-FID files into a root prepared without them, from its own shards (ids decode exactly)."""
+    from lit_nat.data.dataset import TokenShardDataset
+
+    root = Path(root)
+    meta = read_metadata(root)
+    tokenizer = PixelTokenizer(levels=17, image_size=8)
+    splits = {}
+    for split in ("train", "val"):
+        info = meta.splits[split]
+        dataset = TokenShardDataset(
+            root, [s.name for s in info.shards], info.shard_sizes, batch_size=info.num_samples, mode="eval"
+        )
+        batch = next(iter(dataset))
+        splits[split] = (tokenizer.decode(batch["ids"]), batch["label"])
+    return write_digits_evaluation(root, splits, seed=int(meta.extra.get("seed", 0)))

@@ -1,0 +1,302 @@
+"""FID (and IS) of generated images in validation, with the module's *current* generation schedule.
+
+At every ``every_n_validations``-th validation, each rank generates its share of a fixed, class-balanced plan
+(:func:`lit_nat.data.labels.plan_generation`: fixed batches, batch b seeded with ``seed + b * batch_size``, batch b on
+rank ``b mod W``), decodes the tokens with the data's tokenizer, extracts features in float32 outside autocast, and
+accumulates float64 sums; ``compute()`` all-gathers those sums on *every* rank, so each rank logs the same value.
+Two validations therefore differ only because the weights or ``pl_module.schedule`` changed, and the images do not
+depend on the number of devices.
+
+The extractor and the metric live here, in the callback, so their weights never enter the LightningModule's
+``state_dict`` or checkpoints. Everything (generation, metric updates, reset) runs under ``torch.inference_mode`` so
+metric states are always inference tensors, whichever hook calls :meth:`GenerativeEvaluation.evaluate` (a schedule
+search may call it from a training hook).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_nat.data.labels import plan_generation
+from lit_nat.metrics.extractors import FeatureExtractor, build_extractor, full_precision
+from lit_nat.metrics.fid import InceptionScore, ReferenceFID
+from lit_nat.metrics.reference import (
+    ReferenceStats,
+    compute_reference_stats,
+    load_reference_stats,
+    save_reference_stats,
+    shard_images,
+)
+from lit_nat.schedule import GenerationSchedule
+
+
+def count_label(n: int) -> str:
+    """50000 -> '50k', 180 -> '180' (the N of 'FID-N')."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+class GenerativeEvaluation(L.Callback):
+    """FID/IS of ``num_samples`` generated images against reference statistics, logged as ``val/<prefix>fid`` and
+    ``val/<prefix>is`` (prefix ``digits_`` for the digits extractor) and written to a JSON report.
+
+    Args:
+        extractor: registered feature extractor (``inception``, ``digits``; see ``lit_nat.metrics.EXTRACTORS``).
+        weights_path: local weights file of the extractor (nothing is ever downloaded). ``{data_root}`` in this path or
+            in ``reference_stats`` stands for the data module's root (the digits files live beside the shards).
+        extractor_options: extra keyword arguments of the extractor, e.g. ``{protocol: torch-fidelity}``.
+        reference_stats: ``.npz`` with ``mu`` and ``sigma`` of the real data (ADM / U-ViT files work as they are).
+        reference_split: if ``reference_stats`` does not exist, compute the statistics from this split of the data's
+            token shards (decoded with the tokenizer; every rank reads its part) and cache them there.
+        num_samples: images generated per evaluation over all ranks (the N of FID-N); class-balanced.
+        batch_size: images per generation batch (global composition: changing it changes the images).
+        seed: base seed of the decoding loops.
+        every_n_validations: evaluate at every n-th validation of fit (``validate`` always evaluates).
+        inception_score: also compute the Inception Score (needs an extractor with class logits).
+        report: JSON file written into the run's log directory after each evaluation (None: none).
+    """
+
+    def __init__(
+        self,
+        extractor: str = "inception",
+        weights_path: str | None = None,
+        extractor_options: dict[str, Any] | None = None,
+        reference_stats: str | None = None,
+        reference_split: str | None = None,
+        num_samples: int = 10_000,
+        batch_size: int = 100,
+        seed: int = 0,
+        every_n_validations: int = 1,
+        inception_score: bool = True,
+        report: str | None = "eval_report.json",
+    ) -> None:
+        super().__init__()
+        if num_samples < 2:
+            raise ValueError(f"GenerativeEvaluation: num_samples must be >= 2 (a covariance), got {num_samples}")
+        if batch_size < 1 or every_n_validations < 1:
+            raise ValueError(
+                f"GenerativeEvaluation: batch_size and every_n_validations must be >= 1, "
+                f"got {batch_size} and {every_n_validations}"
+            )
+        if reference_stats is None and reference_split is None:
+            raise ValueError("GenerativeEvaluation: give reference_stats (an .npz) and/or reference_split")
+        self.extractor_name = extractor
+        self.weights_path = weights_path
+        self.extractor_options = dict(extractor_options or {})
+        self.reference_stats = reference_stats
+        self.reference_split = reference_split
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.every_n_validations = every_n_validations
+        self.inception_score = inception_score
+        self.report = report
+        self.extractor: FeatureExtractor | None = None
+        self.fid: ReferenceFID | None = None
+        self.inception: InceptionScore | None = None
+        self.reference: ReferenceStats | None = None
+        self.validations = 0  # validations seen in fit (checkpointed, so every_n survives a resume)
+        self.history: list[dict[str, Any]] = []
+        self.last: dict[str, Any] | None = None
+        self.checkpoint_progress: tuple[int | None, int | None] = (None, None)  # (global_step, epoch) of a loaded ckpt
+        # The value is synced by the metric itself (identical on every rank); Lightning's generic advice does not apply.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/(digits_)?(fid|is)'")
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(extractor=self.extractor_name, num_samples=self.num_samples)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Set-up: extractor, reference statistics, metrics (on every rank; may all-gather when computing the reference)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage in ("fit", "validate") and self.fid is None:
+            self.build(trainer, pl_module)
+
+    def resolve_path(self, trainer: L.Trainer, path: str | None) -> str | None:
+        """Replace ``{data_root}`` by the data module's root (files that live beside the shards follow --data.root)."""
+        if path is None or "{data_root}" not in path:
+            return path
+        root = getattr(trainer.datamodule, "root", None)
+        if root is None:
+            raise ValueError(
+                f"GenerativeEvaluation: {path!r} uses {{data_root}} but the trainer has no data module root"
+            )
+        return path.replace("{data_root}", str(root))
+
+    def build(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Load the extractor and the reference statistics (computing and caching them if asked) onto the device."""
+        try:  # fail now, not at the first validation hours later
+            tokenizer = pl_module.tokenizer
+        except (ValueError, OSError) as err:
+            raise ValueError(
+                f"GenerativeEvaluation: cannot build the model's tokenizer to decode samples: {err}"
+            ) from err
+        if tokenizer is None:
+            raise ValueError("GenerativeEvaluation: the model has no tokenizer config, so samples cannot be decoded")
+        device = trainer.strategy.root_device
+        weights = self.resolve_path(trainer, self.weights_path)
+        extractor = build_extractor(self.extractor_name, weights, **self.extractor_options).to(device)
+        reference_stats = self.resolve_path(trainer, self.reference_stats)
+        path = Path(reference_stats) if reference_stats else None
+        if path is not None and (path.exists() or self.reference_split is None):
+            reference = load_reference_stats(path, extractor.num_features, extractor.identity)
+        else:
+            reference = self._compute_reference(trainer, pl_module, extractor, path)
+        self.extractor, self.reference = extractor, reference
+        self.fid = ReferenceFID(reference.mu, reference.sigma, source=reference.path or "computed").to(device)
+        self.inception = None
+        if self.inception_score and extractor.num_logits:
+            self.inception = InceptionScore(extractor.num_logits).to(device)
+        elif self.inception_score:
+            rank_zero_info(f"GenerativeEvaluation: extractor {self.extractor_name!r} has no class logits; no IS")
+
+    def _compute_reference(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, extractor: FeatureExtractor, path: Path | None
+    ) -> ReferenceStats:
+        datamodule = trainer.datamodule
+        root = getattr(datamodule, "root", None)
+        if root is None:
+            raise ValueError("GenerativeEvaluation: reference_split needs a TokenShardDataModule (data with a root)")
+        device = trainer.strategy.root_device
+        rank_zero_info(f"GenerativeEvaluation: computing reference statistics of {root}/{self.reference_split} ...")
+        images = shard_images(
+            root, self.reference_split, pl_module.tokenizer, self.batch_size, trainer.global_rank, trainer.world_size,
+            device,
+        )  # fmt: skip
+        mu, sigma, n = compute_reference_stats(extractor, images, device, sync=True)
+        source = f"{root}/{self.reference_split} ({n} real images)"
+        if path is not None and trainer.is_global_zero:
+            save_reference_stats(path, mu, sigma, extractor=extractor.identity, num_samples=n, source=source)
+            rank_zero_info(f"GenerativeEvaluation: wrote {path}")
+        meta = {"extractor": extractor.identity, "num_samples": n, "source": source}
+        return ReferenceStats(mu.numpy(), sigma.numpy(), str(path or ""), meta)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit":
+            self.validations += 1
+            if self.validations % self.every_n_validations:
+                return
+        values = self.evaluate(trainer, pl_module)
+        prefix = self.extractor.metric_prefix
+        # sync_dist=False: every rank holds the same, already synced value
+        pl_module.log(f"val/{prefix}fid", values["fid"], sync_dist=False)
+        if values.get("inception_score") is not None:
+            pl_module.log(f"val/{prefix}is", values["inception_score"], sync_dist=False)
+        self._write_report(trainer, pl_module, values)
+
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, schedule: GenerationSchedule | None = None
+    ) -> dict[str, Any]:
+        """Generate this rank's share with ``schedule`` (default: ``pl_module.schedule``) and return the synced
+        ``{"fid", "inception_score", "num_samples", "seconds"}``. Call it on every rank (the metrics all-gather)."""
+        if self.fid is None:
+            self.build(trainer, pl_module)
+        schedule = schedule or pl_module.schedule
+        plan = plan_generation(
+            self.num_samples,
+            self.batch_size,
+            self.seed,
+            num_classes=pl_module.hparams.num_classes,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
+        metrics = [m for m in (self.fid, self.inception) if m is not None]
+        device = pl_module.device
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for metric in metrics:
+                metric.reset()
+            for batch in plan:
+                labels = torch.tensor(batch.labels, device=device)
+                # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
+                with trainer.precision_plugin.forward_context():
+                    ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed).ids
+                with full_precision(device.type):
+                    features, logits = self.extractor(pl_module.decode(ids).float())
+                self.fid.update(features)
+                if self.inception is not None:
+                    self.inception.update(logits)
+            fid = float(self.fid.compute())
+            inception = float(self.inception.compute()) if self.inception is not None else None
+            for metric in metrics:
+                metric.reset()
+        return {
+            "fid": fid,
+            "inception_score": inception,
+            "num_samples": self.num_samples,
+            "seconds": round(time.perf_counter() - start, 3),
+            "schedule": schedule,
+        }
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def _write_report(self, trainer: L.Trainer, pl_module: L.LightningModule, values: dict[str, Any]) -> None:
+        schedule: GenerationSchedule = values["schedule"]
+        name = ("digits-" if self.extractor.metric_prefix == "digits_" else "") + f"FID-{count_label(self.num_samples)}"
+        fitting = trainer.state.fn == "fit"
+        # validate/test do not restore the loops' counters: take the step of the checkpoint being evaluated
+        step, epoch = self.checkpoint_progress
+        if fitting or step is None:
+            step, epoch = trainer.global_step, trainer.current_epoch
+        entry = {
+            "global_step": step,
+            "epoch": epoch,
+            "fid": values["fid"],
+            "inception_score": values["inception_score"],
+        }
+        if fitting:  # the training curve; a validate run reports without extending it
+            self.history.append(entry)
+        self.last = {
+            "metric": name,
+            name: values["fid"],
+            "fid": values["fid"],
+            "inception_score": values["inception_score"],
+            "num_samples": self.num_samples,
+            "steps": schedule.steps,
+            "schedule": schedule.to_dict(),
+            "checkpoint": trainer.ckpt_path,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "extractor": self.extractor.identity,
+            "weights_path": getattr(self.extractor, "weights_path", self.weights_path),
+            "reference_stats": self.reference.path or None,
+            "reference_num_samples": self.reference.meta.get("num_samples"),
+            "stage": getattr(trainer.state.fn, "value", str(trainer.state.fn)),
+            "global_step": step,
+            "epoch": epoch,
+            "world_size": trainer.world_size,
+            "seconds": values["seconds"],
+            "history": list(self.history),
+        }
+        if self.report is None:
+            return
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
+        if trainer.is_global_zero:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            path = log_dir / self.report
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.last, indent=2) + "\n")
+            tmp.replace(path)
+            is_text = f", IS {values['inception_score']:.3f}" if values["inception_score"] is not None else ""
+            rank_zero_info(
+                f"GenerativeEvaluation: {name} {values['fid']:.4f}{is_text} ({values['seconds']} s) -> {path}"
+            )
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_progress = (checkpoint.get("global_step"), checkpoint.get("epoch"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations, "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = int(state_dict.get("validations", 0))
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,97 @@
+"""Pictures of generation for TensorBoard: tokens being revealed step by step, and the schedule's curves.
+
+Pure functions of a module (or a schedule); :class:`~lit_nat.callbacks.sample_grid.SampleGrid` logs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid
+
+from lit_nat.schedule import FIELDS, GenerationSchedule
+
+#: how each schedule field is labelled in figures (the AutoNAT paper's symbols)
+FIELD_LABELS = {
+    "mask_ratio": "r(t): masked after step t",
+    "sample_temperature": "tau1(t): sampling temperature",
+    "remask_temperature": "tau2(t): re-masking temperature",
+    "guidance": "s(t): guidance scale",
+}
+
+
+def paint_masked(images: torch.Tensor, masked: torch.Tensor, color: tuple[float, float, float]) -> torch.Tensor:
+    """Paint the image area of masked tokens with ``color``.
+
+    Args:
+        images: (B, C, H, W) in [0, 1]; grey images become RGB.
+        masked: (B, h, w) bool token grid; each token covers an (H/h, W/w) patch.
+        color: RGB in [0, 1].
+    """
+    rgb = images.float().expand(-1, 3, -1, -1) if images.shape[1] == 1 else images.float()
+    cover = F.interpolate(masked[:, None].float(), size=rgb.shape[-2:], mode="nearest").bool()  # (B, 1, H, W)
+    fill = torch.tensor(color, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1).expand_as(rgb)
+    return torch.where(cover, fill, rgb)
+
+
+@torch.no_grad()
+def reveal_strip(
+    pl_module: Any,
+    labels: torch.Tensor,
+    seed: int = 0,
+    schedule: GenerationSchedule | None = None,
+    mask_color: tuple[float, float, float] = (0.3, 0.45, 0.85),
+    upscale: int = 1,
+) -> torch.Tensor:
+    """One row per label: the canvas before step 1 (all masked) and after each of the T steps; (3, H', W') in [0, 1].
+
+    Masked tokens are painted ``mask_color`` (a colour no tokenizer produces, unlike a grey level); the ids under them
+    are decoded as id 0, which the paint hides.
+    """
+    result = pl_module.generate(labels, schedule=schedule, seed=seed, return_history=True)
+    history = [torch.full_like(result.ids, pl_module.mask_id), *result.history]  # T + 1 canvases of (B, N)
+    grid_h, grid_w = pl_module.backbone.grid_size  # part of the backbone contract (lit_nat.models)
+    frames = []
+    for ids in history:
+        masked = ids == pl_module.mask_id
+        images = pl_module.decode(torch.where(masked, torch.zeros_like(ids), ids)).float()
+        frames.append(paint_masked(images, masked.view(-1, grid_h, grid_w), mask_color).cpu())
+    strip = torch.stack(frames, dim=1).flatten(0, 1)  # (B * (T + 1), 3, H, W): row = sample, column = step
+    if upscale > 1:
+        strip = F.interpolate(strip, scale_factor=upscale, mode="nearest")
+    return make_grid(strip, nrow=len(history), padding=2, pad_value=1.0)
+
+
+def schedule_scalars(schedule: GenerationSchedule, prefix: str = "schedule") -> dict[str, float]:
+    """``{"schedule/<field>/step_<t>": value}`` for every field and step (t = 1..T, the paper's numbering)."""
+    return {
+        f"{prefix}/{key}/step_{t + 1}": float(value) for key in FIELDS for t, value in enumerate(getattr(schedule, key))
+    }
+
+
+def schedule_figure(schedule: GenerationSchedule, num_tokens: int | None = None) -> Any:
+    """A matplotlib figure with r(t), tau1(t), tau2(t) and s(t) against the step t = 1..T.
+
+    With ``num_tokens``, the mask-ratio panel also shows the fraction actually left masked (the count rule's integers).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, schedule.steps + 1))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.8), constrained_layout=True)
+    for ax, key in zip(axes, FIELDS):
+        ax.plot(steps, getattr(schedule, key), marker="o", label="schedule")
+        if key == "mask_ratio" and num_tokens:
+            realised = [c / num_tokens for c in schedule.masked_counts(num_tokens)]
+            ax.step(steps, realised, where="mid", linestyle="--", label=f"realised (N={num_tokens})")
+            ax.legend(fontsize=7)
+        ax.set_title(FIELD_LABELS[key], fontsize=9)
+        ax.set_xlabel("step t")
+        ax.set_xticks(steps if len(steps) <= 16 else steps[:: max(1, len(steps) // 8)])
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"generation schedule '{schedule.name}' (T = {schedule.steps})", fontsize=10)
+    return fig
