@@ -20,6 +20,7 @@ Backbones know nothing of schedules, mask laws or Lightning. Sizes live in :mod:
 checkpoints are converted by :mod:`lit_nat.models.convert`.
 """
 
+from lit_nat.models.base import TokenSpaceBackbone
 from lit_nat.models.convert import (
     CONVERTERS,
     ConversionReport,
@@ -37,6 +38,7 @@ from lit_nat.models.registry import ARCHITECTURES, ArchSpec, build_backbone, cou
 from lit_nat.models.uvit import UViT, UViTBlock
 
 __all__ = [
+    "TokenSpaceBackbone",
     "ARCHITECTURES",
     "ArchSpec",
     "Attention",

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_nat.models.base import TokenSpaceBackbone
 from lit_nat.models.layers import Mlp, TiedMLMHead, TokenEmbedding, multihead_attention
 
 __all__ = ["ENAT", "ENATBlock", "ENATState", "ContextAttention", "PrevProjection"]
@@ -152,7 +153,7 @@ class PrevProjection(nn.Module):
         return x + self.mlp(self.norm(x))
 
 
-class ENAT(nn.Module):
+class ENAT(TokenSpaceBackbone):
     """ENAT non-autoregressive transformer with encoder/decoder split over visible/masked tokens and feature reuse.
 
     Called as ``logits, state = model(ids, condition, state=None, num_masked=None)``; see :meth:`forward`. Every row
@@ -190,24 +191,14 @@ class ENAT(nn.Module):
         embed_dropout: float = 0.1,
         class_dropout: float = 0.1,
     ) -> None:
-        super().__init__()
-        if isinstance(grid_size, Integral):
-            grid_size = (grid_size, grid_size)
-        grid_size = tuple(int(s) for s in grid_size)
-        if len(grid_size) != 2 or min(grid_size) < 1:
-            raise ValueError(f"grid_size must be a positive int or an (h, w) pair, got {grid_size}")
+        super().__init__(codebook_size, grid_size, num_classes)
         if encoder_layers < 0 or decoder_layers < 1:
             raise ValueError(
                 f"need encoder_layers >= 0 and decoder_layers >= 1, got {encoder_layers} and {decoder_layers}"
             )
-        if codebook_size < 1 or num_classes < 1:
-            raise ValueError(f"codebook_size and num_classes must be positive, got {codebook_size}, {num_classes}")
         if not 0.0 <= class_dropout <= 1.0:
             raise ValueError(f"class_dropout must be in [0, 1], got {class_dropout}")
 
-        self.codebook_size = codebook_size
-        self.num_classes = num_classes
-        self.grid_size: tuple[int, int] = grid_size  # type: ignore[assignment]
         self.width = width
         self.encoder_layers = encoder_layers
         self.decoder_layers = decoder_layers
@@ -226,21 +217,6 @@ class ENAT(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------ properties
-    @property
-    def mask_id(self) -> int:
-        """Id of the mask token, K (one past the last real code)."""
-        return self.codebook_size
-
-    @property
-    def null_class(self) -> int:
-        """Class id of the unconditional ("null") label, C."""
-        return self.num_classes
-
-    @property
-    def num_tokens(self) -> int:
-        """Number of image tokens N = h * w."""
-        return self.grid_size[0] * self.grid_size[1]
-
     @property
     def encoder(self) -> nn.ModuleList:
         """The blocks run over visible tokens (the first ``encoder_layers`` of :attr:`blocks`)."""

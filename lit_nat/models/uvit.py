@@ -13,11 +13,10 @@ attention, so the first out-block sees the last in-block and the last out-block 
 
 from __future__ import annotations
 
-from numbers import Integral
-
 import torch
 from torch import nn
 
+from lit_nat.models.base import TokenSpaceBackbone
 from lit_nat.models.layers import Attention, Mlp, TiedMLMHead, TokenEmbedding
 
 __all__ = ["UViT", "UViTBlock"]
@@ -53,7 +52,7 @@ class UViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class UViT(nn.Module):
+class UViT(TokenSpaceBackbone):
     """AutoNAT's U-ViT non-autoregressive transformer over a grid of VQ token ids.
 
     Called as ``logits, state = model(ids, condition)``: ``ids`` ``(B, N)`` long in ``[0, K]`` (``K`` = mask id),
@@ -85,20 +84,10 @@ class UViT(nn.Module):
         qkv_bias: bool = False,
         embed_dropout: float = 0.1,
     ) -> None:
-        super().__init__()
-        if isinstance(grid_size, Integral):
-            grid_size = (grid_size, grid_size)
-        grid_size = tuple(int(s) for s in grid_size)
-        if len(grid_size) != 2 or min(grid_size) < 1:
-            raise ValueError(f"grid_size must be a positive int or an (h, w) pair, got {grid_size}")
+        super().__init__(codebook_size, grid_size, num_classes)
         if num_layers < 1 or num_layers % 2 == 0:
             raise ValueError(f"num_layers must be odd (in-blocks + 1 mid-block + out-blocks), got {num_layers}")
-        if codebook_size < 1 or num_classes < 1:
-            raise ValueError(f"codebook_size and num_classes must be positive, got {codebook_size}, {num_classes}")
 
-        self.codebook_size = codebook_size
-        self.num_classes = num_classes
-        self.grid_size: tuple[int, int] = grid_size  # type: ignore[assignment]
         self.width = width
         self.num_layers = num_layers
         self.num_heads = num_heads
@@ -116,22 +105,6 @@ class UViT(nn.Module):
         self.final_norm = nn.LayerNorm(width)
         self.head = TiedMLMHead(width, codebook_size + 1)
         self.reset_parameters()
-
-    # ------------------------------------------------------------------------------------------------ properties
-    @property
-    def mask_id(self) -> int:
-        """Id of the mask token, K (one past the last real code)."""
-        return self.codebook_size
-
-    @property
-    def null_class(self) -> int:
-        """Class id of the unconditional ("null") label, C."""
-        return self.num_classes
-
-    @property
-    def num_tokens(self) -> int:
-        """Number of image tokens N = h * w."""
-        return self.grid_size[0] * self.grid_size[1]
 
     # ------------------------------------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
