@@ -499,3 +499,12 @@ def test_datamodule_in_a_trainer(digits_root):
     ref = TokenShardDataModule(str(digits_root), batch_size=100, num_workers=2, return_keys=True).train_dataloader()
     ref.epoch_fn = lambda: 1
     assert [k for b in ref for k in b["key"]] == seen[1]
+
+
+def test_datamodule_hparams_are_plain_even_for_a_path_root(tmp_path):
+    from lit_nat.data import TokenShardDataModule
+    from lit_nat.data.digits import prepare_digits
+
+    prepare_digits(tmp_path / "digits")
+    data = TokenShardDataModule(tmp_path / "digits", num_workers=0)
+    assert data.hparams.root == str(tmp_path / "digits")  # loads under torch.load(weights_only=True)

@@ -126,6 +126,7 @@ class TokenShardDataModule(L.LightningDataModule):
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {val_batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        root = str(root)  # a Path in the checkpoint's hyper-parameters would not load with weights_only=True
         self.save_hyperparameters()
         self.root = Path(root)
         self.batch_size = batch_size

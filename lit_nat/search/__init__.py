@@ -1,0 +1,18 @@
+"""AutoNAT's generation-strategy search (Sec. 4.2): the xi vector and its feasible set, forward-difference
+gradients with projected momentum SGD, and a Lightning callback that runs it between training epochs."""
+
+from lit_nat.search.callback import ScheduleSearch
+from lit_nat.search.gradient import GradientEstimate, StrategySearch, UpdateRecord, estimate_gradient
+from lit_nat.search.strategy import Group, SearchSpace, default_groups, isotonic_nonincreasing
+
+__all__ = [
+    "GradientEstimate",
+    "Group",
+    "ScheduleSearch",
+    "SearchSpace",
+    "StrategySearch",
+    "UpdateRecord",
+    "default_groups",
+    "estimate_gradient",
+    "isotonic_nonincreasing",
+]
