@@ -1,11 +1,11 @@
-"""Command line: ``python -m lit_nat {fit,validate,test,predict,sample,import-checkpoint,reference-stats,flops}``.
+"""Command line: ``python -m lit_nat <command>``.
 
-The Trainer subcommands come from LightningCLI over :class:`~lit_nat.module.NATModule` and
-:class:`~lit_nat.data.TokenShardDataModule`; ``sample`` is a method of :class:`~lit_nat.sample.NATTrainer` (its
-signature and docstring are the subcommand's options and help). The token space of the model (codebook size, grid,
-classes, tokenizer) is *linked* from the data's ``meta.json`` at instantiation, so a model can never be built for other
-shards than the ones it reads. ``import-checkpoint``, ``reference-stats`` and ``flops`` have no model or Trainer and are
-plain commands.
+Trainer subcommands (LightningCLI over :class:`~lit_nat.module.NATModule` and
+:class:`~lit_nat.data.TokenShardDataModule`): ``fit``, ``validate``, ``test``, ``predict``, and ``sample`` and
+``search``, which are methods of :class:`~lit_nat.sample.NATTrainer` (their signatures and docstrings are the
+subcommands' options and help). The token space of the model (codebook size, grid, classes, tokenizer) is *linked*
+from the data's ``meta.json`` at instantiation, so a model can never be built for other shards than the ones it reads.
+Standalone commands without a model or Trainer: ``import-checkpoint``, ``reference-stats`` and ``flops``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class NATLightningCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # the Trainer method's arguments that come from the instantiated classes, not from the command line
-        return {**LightningCLI.subcommands(), "sample": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "sample": {"model", "datamodule"}, "search": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
@@ -77,6 +77,8 @@ def main(args: ArgsType = None) -> None:
         return
     # The EMA backbone is in eval mode on purpose (it is only evaluated); Lightning would warn at every fit start.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Tensor cores on Ampere+ for the transformer; no effect on CPU.
     torch.set_float32_matmul_precision("high")
     NATLightningCLI(

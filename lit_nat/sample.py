@@ -185,7 +185,7 @@ class SampleWriter(BasePredictionWriter):
 
 
 class NATTrainer(L.Trainer):
-    """The Lightning Trainer plus ``sample`` (the CLI subcommand of the same name)."""
+    """The Lightning Trainer plus ``sample`` and ``search`` (the CLI subcommands of the same names)."""
 
     def sample(
         self,
@@ -249,3 +249,45 @@ class NATTrainer(L.Trainer):
         finally:
             self.callbacks.remove(writer)
         return out_dir / NPZ_FILE
+
+    def search(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        updates: int = 10,
+        schedule: str | None = None,
+        num_samples: int | None = None,
+        momentum: float = 0.5,
+        ratio_step: float = 0.01,
+        ratio_lr: float = 1e-3,
+        other_step: float = 0.1,
+        other_lr: float = 0.1,
+        out: str = "search",
+    ) -> dict[str, Any]:
+        """Generation-strategy search (AutoNAT Sec. 4.2, the official ``--mode search``) on a trained checkpoint.
+
+        Projected momentum SGD on the schedule with forward-difference gradients of the FID of the config's
+        GenerativeEvaluation callback (common random numbers). Writes out/search_{k}.yaml, out/stp_{k}.yaml
+        (official format), out/best.yaml and out/state.json after every update; running the same command again
+        resumes from out/state.json. See :mod:`lit_nat.search.standalone`.
+
+        Args:
+            model: the NATModule (built from --config; weights from ckpt_path, EMA weights used for sampling).
+            datamodule: the config's data (the checkpoint is loaded by a one-batch validate run).
+            ckpt_path: checkpoint to search on (lit_nat or imported official weights).
+            updates: total number of SGD updates (a resumed search continues up to this count).
+            schedule: starting schedule: a schedule YAML (ours or official) or a preset name; default: the
+                checkpoint's. When resuming it must have the saved search's number of steps.
+            num_samples: images per FID evaluation (default: the evaluator's num_samples).
+            momentum: SGD momentum (official 0.5).
+            ratio_step: forward-difference step of the mask ratios (official 0.01).
+            ratio_lr: learning rate of the mask ratios (official 1e-3).
+            other_step: forward-difference step of temperatures and guidance (official 0.1).
+            other_lr: learning rate of temperatures and guidance (official 0.1).
+            out: output folder (state and strategy files).
+        """
+        from lit_nat.search.standalone import run_search
+
+        return run_search(self, model, datamodule, ckpt_path, updates, schedule, num_samples, momentum, ratio_step,
+                          ratio_lr, other_step, other_lr, out)  # fmt: skip
