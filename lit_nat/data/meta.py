@@ -1,0 +1,220 @@
+"""The metadata of a token-shard root: ``<root>/meta.json`` (:class:`DatasetMeta`), read and written atomically.
+
+``meta.json`` names the token space (codebook, grid, classes, tokenizer) and lists every shard of every split with its
+sample count; readers take the shard list from it and never glob. See :mod:`lit_nat.data.shards` for the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+FORMAT = "lit_nat.tokens/1"
+META_FILE = "meta.json"
+PARTIAL_SUFFIX = ".partial"  # a file being written; never matches "*.tar" or "meta.json"
+TOKENS_FIELD = "tokens.npy"
+LABEL_FIELD = "cls"
+TEXT_FIELD = "txt"
+
+
+class MetadataError(ValueError):
+    """A ``meta.json`` that is unreadable, of an unknown format, or with a missing or ill-typed key."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One tar file of a split: its file name (relative to the root) and how many samples it holds."""
+
+    name: str
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """The ordered shards of one split (``train``, ``val``, ...)."""
+
+    shards: tuple[ShardInfo, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [s.num_samples for s in self.shards]
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Everything a reader (and, through the DataModule, the model) must know about a tokenised data root.
+
+    Args:
+        codebook_size: number of token ids K; ids are in ``[0, K)``.
+        grid_size: token grid ``(h, w)``; each sample holds ``h * w`` ids in raster order.
+        num_classes: number of class labels; labels are in ``[0, num_classes)``.
+        tokenizer: the tokenizer's :meth:`~lit_nat.tokenizers.Tokenizer.config`, to decode ids back to images.
+        splits: split name -> its shards.
+        fields: the members every sample carries (``tokens.npy``, ``cls`` and, for captioned data, ``txt``).
+        extra: free-form provenance (source data set, seed, ...), not interpreted.
+    """
+
+    codebook_size: int
+    grid_size: tuple[int, int]
+    num_classes: int
+    tokenizer: dict[str, Any]
+    splits: dict[str, SplitInfo] = field(default_factory=dict)
+    fields: tuple[str, ...] = (TOKENS_FIELD, LABEL_FIELD)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def split(self, name: str) -> SplitInfo:
+        """The split ``name``, or a clear error listing the splits there are."""
+        if name not in self.splits:
+            raise ValueError(f"the data set has no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+    def with_split(self, name: str, info: SplitInfo | None) -> DatasetMeta:
+        """A copy with split ``name`` set to ``info`` (removed when ``None``)."""
+        splits = {k: v for k, v in self.splits.items() if k != name}
+        if info is not None:
+            splits[name] = info
+        return replace(self, splits=splits)
+
+    def differences(self, other: DatasetMeta) -> list[str]:
+        """What makes ``other`` describe a different token space (empty when shards of both may share a root)."""
+        diffs = []
+        for key in ("codebook_size", "grid_size", "num_classes", "tokenizer"):
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                diffs.append(f"{key} {theirs!r} != {mine!r}")
+        return diffs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "codebook_size": self.codebook_size,
+            "grid_size": list(self.grid_size),
+            "num_classes": self.num_classes,
+            "tokenizer": dict(self.tokenizer),
+            "fields": list(self.fields),
+            "splits": {
+                name: {
+                    "num_samples": info.num_samples,
+                    "shards": [{"name": s.name, "num_samples": s.num_samples} for s in info.shards],
+                }
+                for name, info in self.splits.items()
+            },
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "meta.json") -> DatasetMeta:
+        """Validate and build; every error names ``source``, the key, what was expected and what was found."""
+
+        def fail(key: str, expected: str, got: Any = None, missing: bool = False) -> MetadataError:
+            found = "it is missing" if missing else f"got {got!r}"
+            return MetadataError(f"{source}: key {key!r} must be {expected}; {found}")
+
+        def get(mapping: dict, key: str, path: str, expected: str) -> Any:
+            if key not in mapping:
+                raise fail(path, expected, missing=True)
+            return mapping[key]
+
+        def pos_int(value: Any, path: str, minimum: int = 1) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise fail(path, f"an integer >= {minimum}", value)
+            return value
+
+        if not isinstance(data, dict):
+            raise MetadataError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        fmt = get(data, "format", "format", f"the string {FORMAT!r}")
+        if fmt != FORMAT:
+            raise fail("format", f"{FORMAT!r} (this version of lit_nat reads no other)", fmt)
+        codebook = pos_int(get(data, "codebook_size", "codebook_size", "an integer >= 1"), "codebook_size")
+        grid = get(data, "grid_size", "grid_size", "a list [h, w] of 2 positive integers")
+        if (
+            not isinstance(grid, list)
+            or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
+        ):
+            raise fail("grid_size", "a list [h, w] of 2 positive integers", grid)
+        num_classes = pos_int(get(data, "num_classes", "num_classes", "an integer >= 1"), "num_classes")
+        tokenizer = get(data, "tokenizer", "tokenizer", "a tokenizer config object with a 'name'")
+        if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("name"), str):
+            raise fail("tokenizer", "a tokenizer config object with a string 'name'", tokenizer)
+        fields = data.get("fields", [TOKENS_FIELD, LABEL_FIELD])
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields) or TOKENS_FIELD not in fields:
+            raise fail("fields", f"a list of member names including {TOKENS_FIELD!r}", fields)
+        extra = data.get("extra", {})
+        if not isinstance(extra, dict):
+            raise fail("extra", "an object", extra)
+        raw_splits = get(data, "splits", "splits", "an object {split name: {num_samples, shards}}")
+        if not isinstance(raw_splits, dict):
+            raise fail("splits", "an object {split name: {num_samples, shards}}", raw_splits)
+        splits = {}
+        for name, raw in raw_splits.items():
+            where = f"splits.{name}"
+            if not isinstance(raw, dict):
+                raise fail(where, "an object {num_samples, shards}", raw)
+            raw_shards = get(raw, "shards", f"{where}.shards", "a list of {name, num_samples} objects")
+            if not isinstance(raw_shards, list):
+                raise fail(f"{where}.shards", "a list of {name, num_samples} objects", raw_shards)
+            shards = []
+            for i, s in enumerate(raw_shards):
+                at = f"{where}.shards[{i}]"
+                if not isinstance(s, dict):
+                    raise fail(at, "an object {name, num_samples}", s)
+                shard_name = get(s, "name", f"{at}.name", "a file name in the data root")
+                if not isinstance(shard_name, str) or not shard_name or "/" in shard_name or "\\" in shard_name:
+                    raise fail(f"{at}.name", "a plain file name in the data root (no directories)", shard_name)
+                count = pos_int(get(s, "num_samples", f"{at}.num_samples", "an integer >= 0"), f"{at}.num_samples", 0)
+                shards.append(ShardInfo(shard_name, count))
+            info = SplitInfo(tuple(shards))
+            total = pos_int(
+                get(raw, "num_samples", f"{where}.num_samples", "an integer >= 0"), f"{where}.num_samples", 0
+            )
+            if total != info.num_samples:
+                raise fail(f"{where}.num_samples", f"the sum of its shards' counts ({info.num_samples})", total)
+            splits[name] = info
+        return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra)
+
+
+def read_metadata(root: str | os.PathLike) -> DatasetMeta:
+    """Read and validate ``<root>/meta.json``.
+
+    Raises:
+        FileNotFoundError: no ``meta.json`` (the message says how to prepare data).
+        MetadataError: unreadable JSON, unknown format, or a missing or ill-typed key (named in the message).
+    """
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no token-shard metadata at {path}. Prepare the data first, e.g. "
+            f"`python data/prepare_digits.py --root {Path(root)}` for the digits demo (or pass "
+            f"`--data.prepare digits` to let the DataModule do it), or point `--data.root` at a prepared root."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetadataError(f"{path}: not valid JSON ({err})") from err
+    return DatasetMeta.from_dict(data, source=str(path))
+
+
+def write_metadata(root: str | os.PathLike, meta: DatasetMeta) -> Path:
+    """Write ``<root>/meta.json`` atomically (temporary file + rename): readers see the old or the new file, never
+    a torn one. Returns the path."""
+    path = Path(root) / META_FILE
+    tmp = path.with_name(f"{META_FILE}.{os.getpid()}{PARTIAL_SUFFIX}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta.to_dict(), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
