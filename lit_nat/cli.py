@@ -55,6 +55,12 @@ def _reference_stats(argv: list[str]) -> None:
     CLI(write_reference_stats, args=argv, as_positional=False)
 
 
+def _autonat(argv: list[str]) -> None:
+    from lit_nat.search.alternating import main as autonat_main
+
+    autonat_main(argv)
+
+
 def _flops(argv: list[str]) -> None:
     from lit_nat.flops import main as flops_main
 
@@ -66,6 +72,7 @@ STANDALONE_COMMANDS = {
     "import-checkpoint": _import_checkpoint,
     "reference-stats": _reference_stats,
     "flops": _flops,
+    "autonat": _autonat,
 }
 
 

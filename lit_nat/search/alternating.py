@@ -1,0 +1,427 @@
+"""``python -m lit_nat autonat``: AutoNAT's alternating optimisation (Sec. 4.1, Algorithm 1) as a resumable driver.
+
+One *round* of Algorithm 1:
+
+1. **generation** (OptimizeGenerationStrategy(p(r))): the generation-strategy search (the ``search`` subcommand,
+   :func:`~lit_nat.search.standalone.run_search`) on the current best checkpoint, starting from the current schedule;
+   its ``best.yaml`` becomes the round's schedule.
+2. **training** (OptimizeTrainingStrategy(schedule)): :class:`~lit_nat.search.line_search.BetaLineSearch` over
+   (alpha, beta), starting from the current point. Scoring a candidate = one fit with
+   ``--model.mask_ratio_law beta --model.mask_ratio_params {alpha: a, beta: b} --model.schedule <round schedule>``
+   for the budget given by the extra fit arguments, scored by the FID of its last validation (``eval_report.json``
+   of its :class:`~lit_nat.callbacks.GenerativeEvaluation`).
+3. **evaluate**: F_new = the FID of the best candidate (TrainModel(p(r)) and Evaluate(...) of Algorithm 1: the best
+   candidate *is* a model trained with p(r) for the budget, evaluated with the round's schedule); its checkpoint is
+   the next round's. Stop when ``|F_new - F_prev| <= epsilon`` (F_prev = inf before the first round) or after
+   ``max_rounds`` rounds.
+
+State: everything is in ``OUT/autonat_state.json`` (rewritten atomically after every step and every candidate), so
+running the same command again resumes without recomputing anything saved: a finished generation search is not run
+again (an interrupted one resumes from its own ``state.json``), scored candidates are cache hits of the line search
+(the walk is replayed from them), and a candidate fit that finished but was not yet recorded is detected by its
+``DONE`` marker and report file; a half-finished one (no marker) is deleted and rerun.
+
+Layout under ``OUT``: ``rounds/r{k}/search/`` (the generation search of round k) and
+``candidates/r{k}/a{alpha}_b{beta}/`` (one fit per candidate; per round, as the schedule differs between rounds).
+
+Both steps are injectable (``generation=``, ``train=``), so the loop can be driven by synthetic functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lit_nat.search.line_search import BetaLineSearch, key, snap
+
+STATE_FILE = "autonat_state.json"
+REPORT_FILE = "eval_report.json"
+DONE_FILE = "DONE"  # written by the launcher (local) or the sbatch script (slurm) once the fit exited with status 0
+FAILED_FILE = "FAILED"  # written by the sbatch script when the fit failed (its content: the exit status)
+ROOT = Path(__file__).resolve().parents[2]
+SBATCH_SCRIPT = ROOT / "scripts" / "slurm" / "autonat_candidate.sbatch"
+
+
+@dataclass
+class CandidateResult:
+    """What a trained candidate gives the driver: its FID (NaN: diverged) and its checkpoint (None: none saved)."""
+
+    fid: float
+    checkpoint: str | None
+
+
+#: generation(round, checkpoint, start_schedule, out_dir) -> path of the searched schedule
+Generation = Callable[[int, "str | None", "str | None", Path], str]
+#: train(alpha, beta, schedule, run_dir) -> CandidateResult
+Train = Callable[[float, float, "str | None", Path], CandidateResult]
+
+
+def _fmt(value: float) -> str:
+    return f"{snap(value):.10g}"
+
+
+def candidate_dir(out: Path, round_index: int, alpha: float, beta: float) -> Path:
+    return Path(out) / "candidates" / f"r{round_index}" / f"a{_fmt(alpha)}_b{_fmt(beta)}"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Candidate fits: markers, report, checkpoint
+def fit_overrides(alpha: float, beta: float, schedule: str | None) -> list[str]:
+    """The fit arguments that make a candidate: its Beta law and the round's generation schedule."""
+    args = ["--model.mask_ratio_law=beta", f"--model.mask_ratio_params={{alpha: {_fmt(alpha)}, beta: {_fmt(beta)}}}"]
+    if schedule is not None:
+        args.append(f"--model.schedule={schedule}")
+    return args
+
+
+def find_report(run_dir: Path) -> Path | None:
+    found = sorted(Path(run_dir).rglob(REPORT_FILE), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def find_checkpoint(run_dir: Path) -> str | None:
+    found = list(Path(run_dir).rglob("*.ckpt"))
+    last = [p for p in found if p.name == "last.ckpt"]
+    pool = last or found
+    return str(max(pool, key=lambda p: p.stat().st_mtime)) if pool else None
+
+
+def finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / DONE_FILE).exists() and find_report(run_dir) is not None
+
+
+def read_result(run_dir: Path) -> CandidateResult:
+    """The result of a finished candidate: FID of its last validation (``eval_report.json``) and its checkpoint."""
+    report = find_report(run_dir)
+    if report is None:
+        raise RuntimeError(
+            f"autonat: the fit in {run_dir} finished without {REPORT_FILE}: its config needs a GenerativeEvaluation "
+            "callback and a validation at the end of the budget (e.g. --trainer.val_check_interval / "
+            "check_val_every_n_epoch matching --trainer.max_steps / max_epochs)"
+        )
+    fid = json.loads(report.read_text()).get("fid")
+    return CandidateResult(math.nan if fid is None else float(fid), find_checkpoint(run_dir))
+
+
+class LocalLauncher:
+    """Trains candidates one after another as ``python -m lit_nat fit --config CONFIG <overrides> <fit_args>``.
+
+    Args:
+        config: the fit config (it must have a GenerativeEvaluation callback).
+        fit_args: extra fit arguments (the budget, e.g. ``--trainer.max_steps=2000``), after the candidate's.
+        command: the command prefix (default ``[sys.executable, "-m", "lit_nat"]``).
+    """
+
+    def __init__(self, config: str, fit_args: Sequence[str] = (), command: Sequence[str] | None = None) -> None:
+        self.config, self.fit_args = str(config), list(fit_args)
+        self.command = list(command) if command is not None else [sys.executable, "-m", "lit_nat"]
+
+    def arguments(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> list[str]:
+        return [f"--config={self.config}", f"--trainer.default_root_dir={run_dir}",
+                *fit_overrides(alpha, beta, schedule), *self.fit_args]  # fmt: skip
+
+    def __call__(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> CandidateResult:
+        run_dir = Path(run_dir)
+        if finished(run_dir):
+            return read_result(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)  # half-finished: rerun from scratch
+        run_dir.mkdir(parents=True)
+        command = [*self.command, "fit", *self.arguments(alpha, beta, schedule, run_dir)]
+        print(f"autonat: candidate alpha={_fmt(alpha)} beta={_fmt(beta)}: {shlex.join(command)}", flush=True)
+        status = subprocess.run(command).returncode
+        if status != 0:
+            raise RuntimeError(f"autonat: candidate fit failed (exit status {status}): {shlex.join(command)}")
+        (run_dir / DONE_FILE).write_text("0\n")
+        return read_result(run_dir)
+
+
+class SlurmLauncher(LocalLauncher):
+    """Submits each candidate with ``sbatch [sbatch_args] autonat_candidate.sbatch CONFIG RUN_DIR <overrides>`` and
+    waits for it by polling its ``DONE`` / ``FAILED`` marker every ``poll`` seconds (``timeout``: give up after this
+    many seconds; None: never). ``sbatch`` is the submit command (a test substitutes a fake one)."""
+
+    def __init__(
+        self,
+        config: str,
+        fit_args: Sequence[str] = (),
+        sbatch: Sequence[str] | str = "sbatch",
+        sbatch_args: Sequence[str] = (),
+        script: str | Path = SBATCH_SCRIPT,
+        poll: float = 60.0,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(config, fit_args)
+        self.sbatch = shlex.split(sbatch) if isinstance(sbatch, str) else list(sbatch)
+        self.sbatch_args, self.script = list(sbatch_args), str(script)
+        self.poll, self.timeout = float(poll), timeout
+
+    def __call__(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> CandidateResult:
+        run_dir = Path(run_dir)
+        if finished(run_dir):
+            return read_result(run_dir)
+        # half-finished (e.g. the driver died while it ran): rerun. Cancel a job of a crashed driver still running.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        name = f"autonat_{run_dir.parent.name}_{run_dir.name}"
+        command = [*self.sbatch, f"--job-name={name}", f"--output={run_dir / 'slurm-%j.out'}", *self.sbatch_args,
+                   self.script, self.config, str(run_dir), *fit_overrides(alpha, beta, schedule),
+                   *self.fit_args]  # fmt: skip
+        print(f"autonat: submitting {shlex.join(command)}", flush=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"autonat: sbatch failed ({done.returncode}): {done.stderr.strip()}")
+        (run_dir / "SUBMITTED").write_text(done.stdout)
+        start = time.monotonic()
+        while not (run_dir / DONE_FILE).exists():
+            if (run_dir / FAILED_FILE).exists():
+                status = (run_dir / FAILED_FILE).read_text().strip()
+                raise RuntimeError(f"autonat: candidate job failed (exit status {status}), see {run_dir}/slurm-*.out")
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                raise TimeoutError(f"autonat: no {DONE_FILE} in {run_dir} after {self.timeout} s")
+            time.sleep(self.poll)
+        return read_result(run_dir)
+
+
+class SearchStep:
+    """The generation step as a subprocess: ``python -m lit_nat search --config CONFIG --ckpt_path CKPT
+    --out OUT [--schedule START] <search_args>``; returns ``OUT/best.yaml``. The search resumes itself from
+    ``OUT/state.json`` if it was interrupted."""
+
+    def __init__(self, config: str, search_args: Sequence[str] = (), command: Sequence[str] | None = None) -> None:
+        self.config, self.search_args = str(config), list(search_args)
+        self.command = list(command) if command is not None else [sys.executable, "-m", "lit_nat"]
+
+    def __call__(self, round_index: int, checkpoint: str | None, schedule: str | None, out: Path) -> str:
+        command = [*self.command, "search", f"--config={self.config}", f"--out={out}"]
+        if checkpoint is not None:
+            command.append(f"--ckpt_path={checkpoint}")
+        if schedule is not None:
+            command.append(f"--schedule={schedule}")
+        command += self.search_args
+        print(f"autonat: round {round_index} generation search: {shlex.join(command)}", flush=True)
+        status = subprocess.run(command).returncode
+        if status != 0:
+            raise RuntimeError(f"autonat: generation search failed (exit status {status}): {shlex.join(command)}")
+        best = Path(out) / "best.yaml"
+        if not best.exists():
+            raise RuntimeError(f"autonat: the generation search wrote no {best} (no finite FID?)")
+        return str(best)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+class AutoNAT:
+    """Algorithm 1 as a resumable state machine over ``out/autonat_state.json`` (see the module docstring).
+
+    Args:
+        out: output folder.
+        generation: the generation step (see :data:`Generation`).
+        train: trains and scores a candidate (see :data:`Train`).
+        checkpoint: the starting model (trained with Beta(alpha, beta)); None: round 0 first trains one
+            (``candidates/init/``) with the config's schedule.
+        schedule: the starting generation schedule (None: the checkpoint's).
+        alpha, beta: the starting Beta law of the training mask ratio.
+        epsilon: stop once ``|F_new - F_prev| <= epsilon``.
+        max_rounds: stop after this many rounds.
+        line_search: keyword arguments of :class:`BetaLineSearch` (factor, refinements, tolerance, lower, upper,
+            max_evaluations); alpha and beta are the round's starting point.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        generation: Generation,
+        train: Train,
+        checkpoint: str | None = None,
+        schedule: str | None = None,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        epsilon: float = 0.1,
+        max_rounds: int = 3,
+        line_search: dict[str, Any] | None = None,
+    ) -> None:
+        if epsilon < 0 or max_rounds < 1:
+            raise ValueError(f"autonat: need epsilon >= 0 and max_rounds >= 1, got {epsilon}, {max_rounds}")
+        self.out, self.generation, self.train = Path(out), generation, train
+        self.line_search = dict(line_search or {})
+        BetaLineSearch(alpha=alpha, beta=beta, **self.line_search)  # bad settings fail before any work
+        self.path = self.out / STATE_FILE
+        start = {"checkpoint": checkpoint, "schedule": schedule, "alpha": snap(alpha), "beta": snap(beta)}
+        settings = {"epsilon": float(epsilon), "max_rounds": int(max_rounds), "line_search": self.line_search}
+        if self.path.exists():
+            self.state = json.loads(self.path.read_text())
+            if self.state["start"] != start:
+                raise ValueError(
+                    f"autonat: {self.path} was started from {self.state['start']}, not {start}; "
+                    "pass another --out for a new run"
+                )
+            if self.state["settings"]["line_search"] != self.line_search:
+                raise ValueError(f"autonat: {self.path} used other line-search settings; pass another --out")
+            self.state["settings"].update(epsilon=float(epsilon), max_rounds=int(max_rounds))  # may be changed
+        else:
+            self.state = {"start": start, "settings": settings, "current": {**start, "fid": None},
+                          "f_prev": None, "rounds": [], "status": "running"}  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(_json_safe(self.state), indent=1, allow_nan=False) + "\n")
+        tmp.replace(self.path)  # atomic: a crash never leaves a half-written state
+
+    def _initial_checkpoint(self) -> None:
+        """No starting checkpoint: train one with the starting law and the config's schedule."""
+        current = self.state["current"]
+        if current["checkpoint"] is not None:
+            return
+        result = self.train(current["alpha"], current["beta"], current["schedule"], self.out / "candidates" / "init")
+        if result.checkpoint is None:
+            raise RuntimeError("autonat: the initial fit saved no checkpoint (enable checkpointing in the config)")
+        current.update(checkpoint=result.checkpoint, fid=_json_safe(result.fid))
+        self.save()
+
+    def _training(self, index: int, record: dict[str, Any]) -> None:
+        """OptimizeTrainingStrategy: the line search from the current point, every candidate saved in ``record``."""
+        candidates: list[dict[str, Any]] = record.setdefault("candidates", [])
+        start = record["start"]
+        search = BetaLineSearch(alpha=start["alpha"], beta=start["beta"], **self.line_search)
+        search.load_state_dict({"evaluations": [{k: c[k] for k in ("alpha", "beta", "score")} for c in candidates]})
+        schedule = record["schedule"]
+
+        def score(alpha: float, beta: float) -> float:
+            run_dir = candidate_dir(self.out, index, alpha, beta)
+            result = self.train(alpha, beta, schedule, run_dir)
+            fid = float(result.fid)
+            candidates.append({"alpha": snap(alpha), "beta": snap(beta), "score": fid if math.isfinite(fid) else None,
+                               "checkpoint": result.checkpoint, "run_dir": str(run_dir)})  # fmt: skip
+            self.save()
+            return fid
+
+        result = search.run(score)
+        best = next((c for c in candidates if key(c["alpha"], c["beta"]) == key(result.alpha, result.beta)), None)
+        if best is None or not math.isfinite(result.score):
+            raise RuntimeError(f"autonat: round {index}: no candidate reached a finite FID")
+        record["line_search"] = {
+            "converged": result.converged,
+            "path": [list(p) for p in result.path],
+            "failed": [list(p) for p in result.failed],
+            "evaluations": result.total_evaluations,
+        }
+        record["result"] = {"alpha": best["alpha"], "beta": best["beta"], "fid": best["score"],
+                            "checkpoint": best["checkpoint"], "schedule": schedule}  # fmt: skip
+
+    def step(self) -> bool:
+        """Advance by one phase (generation, training or evaluation); returns False once the run has stopped."""
+        state = self.state
+        if state["status"] != "running":
+            return False
+        self._initial_checkpoint()
+        rounds, current = state["rounds"], state["current"]
+        if not rounds or rounds[-1]["phase"] == "done":
+            index = len(rounds)
+            rounds.append({"round": index, "phase": "generation", "start": dict(current)})
+            self.save()
+        record = rounds[-1]
+        index = record["round"]
+        if record["phase"] == "generation":
+            start = record["start"]
+            out = self.out / "rounds" / f"r{index}" / "search"
+            record["schedule"] = str(self.generation(index, start["checkpoint"], start["schedule"], out))
+            record["phase"] = "training"
+        elif record["phase"] == "training":
+            self._training(index, record)
+            record["phase"] = "evaluate"
+        elif record["phase"] == "evaluate":
+            f_new = float(record["result"]["fid"])
+            f_prev = math.inf if state["f_prev"] is None else float(state["f_prev"])
+            delta = abs(f_new - f_prev)
+            record.update(f_new=f_new, f_prev=state["f_prev"], delta=_json_safe(delta), phase="done")  # inf: null
+            state["current"] = {k: record["result"][k] for k in ("alpha", "beta", "checkpoint", "schedule", "fid")}
+            state["f_prev"] = f_new
+            if delta <= state["settings"]["epsilon"]:
+                state["status"] = "converged"
+            elif len(rounds) >= state["settings"]["max_rounds"]:
+                state["status"] = "max_rounds"
+            print(f"autonat: round {index}: F {f_prev:.4f} -> {f_new:.4f} (|dF| {delta:.4f}), "
+                  f"Beta({record['result']['alpha']:.4g}, {record['result']['beta']:.4g}), {state['status']}",
+                  flush=True)  # fmt: skip
+        self.save()
+        return state["status"] == "running"
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) until convergence or ``max_rounds``; returns the state (as saved)."""
+        if self.state["status"] == "max_rounds" and len(self.state["rounds"]) < self.state["settings"]["max_rounds"]:
+            self.state["status"] = "running"  # a larger --max_rounds continues a run stopped by the round limit
+        while self.step():
+            pass
+        self.save()
+        return _json_safe(self.state)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lit_nat autonat",
+        description="AutoNAT's alternating optimisation (Algorithm 1): generation-strategy search, then a line search "
+        "over the Beta(alpha, beta) training law (one fit per candidate), until |F_new - F_prev| <= epsilon. "
+        "Arguments it does not know are passed to every candidate fit (the budget, e.g. --trainer.max_steps=2000). "
+        "Running the same command again resumes from OUT/autonat_state.json.",
+    )
+    p.add_argument("--config", required=True, help="fit config with a GenerativeEvaluation callback")
+    p.add_argument("--out", required=True, help="output folder (state, searches, candidate runs)")
+    p.add_argument("--ckpt_path", default=None, help="starting checkpoint (default: train one first)")
+    p.add_argument("--schedule", default=None, help="starting generation schedule (default: the checkpoint's)")
+    p.add_argument("--alpha", type=float, default=1.0, help="starting alpha of the Beta training law")
+    p.add_argument("--beta", type=float, default=1.0, help="starting beta of the Beta training law")
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("--max_rounds", type=int, default=3)
+    p.add_argument("--factor", type=float, default=2.0, help="line search: multiplicative grid step")
+    p.add_argument("--refinements", type=int, default=1, help="line search: step refinements")
+    p.add_argument("--tolerance", type=float, default=0.0, help="line search: minimal FID improvement")
+    p.add_argument("--max_evaluations", type=int, default=None, help="line search: candidates per round")
+    p.add_argument("--search_args", default="", help="arguments of the search subcommand (one string), e.g. "
+                   "'--updates=10 --num_samples=5000'")  # fmt: skip
+    p.add_argument("--fit_args", default="", help="extra fit arguments (one string), after the unknown ones")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument("--sbatch", default="sbatch", help="slurm: submit command")
+    p.add_argument("--sbatch_args", default="", help="slurm: sbatch options (one string), e.g. '--gres=gpu:8'")
+    p.add_argument("--sbatch_script", default=str(SBATCH_SCRIPT), help="slurm: the candidate script")
+    p.add_argument("--poll", type=float, default=60.0, help="slurm: seconds between checks for a finished job")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args, unknown = parser().parse_known_args(None if argv is None else list(argv))
+    fit_args = [*unknown, *shlex.split(args.fit_args)]
+    if args.launcher == "local":
+        train: Train = LocalLauncher(args.config, fit_args)
+    else:
+        train = SlurmLauncher(args.config, fit_args, sbatch=args.sbatch, sbatch_args=shlex.split(args.sbatch_args),
+                              script=args.sbatch_script, poll=args.poll)  # fmt: skip
+    line_search = {"factor": args.factor, "refinements": args.refinements, "tolerance": args.tolerance,
+                   "max_evaluations": args.max_evaluations}  # fmt: skip
+    checkpoint = None if args.ckpt_path is None else os.path.abspath(args.ckpt_path)
+    driver = AutoNAT(args.out, SearchStep(args.config, shlex.split(args.search_args)), train, checkpoint=checkpoint,
+                     schedule=args.schedule, alpha=args.alpha, beta=args.beta, epsilon=args.epsilon,
+                     max_rounds=args.max_rounds, line_search=line_search)  # fmt: skip
+    return driver.run()
