@@ -178,6 +178,7 @@ def test_local_launcher_args_markers_and_half_finished_rerun(tmp_path, fake, mon
     assert result.fid == pytest.approx(math.log(0.5) ** 2) and result.checkpoint.endswith("last.ckpt")
     (opts,) = logged(log)
     assert opts["config"] == "cfg.yaml" and opts["trainer.max_steps"] == "2" and opts["model.schedule"] == "sched.yaml"
+    assert opts["model.schedule_params"] == "null"  # found by a real run: presets' params clash with a file
     assert opts["model.mask_ratio_law"] == "beta" and opts["model.mask_ratio_params"] == "{alpha: 2, beta: 1}"
     assert (run_dir / DONE_FILE).exists()
     assert launcher(2.0, 1.0, "sched.yaml", run_dir).fid == result.fid and len(logged(log)) == 1  # finished: reused

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lit_nat.search.line_search import BetaLineSearch, key, snap
 
 STATE_FILE = "autonat_state.json"
@@ -87,11 +89,25 @@ def _json_safe(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Candidate fits: markers, report, checkpoint
+def run_dir_overrides(config: str | Path, run_dir: Path) -> list[str]:
+    """Send a fit's outputs into ``run_dir``: the Trainer's root and, when the config names a logger class with init
+    args (the shipped configs' TensorBoardLogger), the logger's save_dir, where eval_report.json is written."""
+    args = [f"--trainer.default_root_dir={run_dir}"]
+    try:
+        logger = ((yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}).get("logger")
+    except (OSError, yaml.YAMLError):
+        logger = None
+    if isinstance(logger, dict) and "class_path" in logger:
+        args.append(f"--trainer.logger.init_args.save_dir={run_dir}")
+    return args
+
+
 def fit_overrides(alpha: float, beta: float, schedule: str | None) -> list[str]:
     """The fit arguments that make a candidate: its Beta law and the round's generation schedule."""
     args = ["--model.mask_ratio_law=beta", f"--model.mask_ratio_params={{alpha: {_fmt(alpha)}, beta: {_fmt(beta)}}}"]
     if schedule is not None:
-        args.append(f"--model.schedule={schedule}")
+        # a schedule file carries every value: preset parameters of the config must not be combined with it
+        args += [f"--model.schedule={schedule}", "--model.schedule_params=null"]
     return args
 
 
@@ -138,7 +154,7 @@ class LocalLauncher:
         self.command = list(command) if command is not None else [sys.executable, "-m", "lit_nat"]
 
     def arguments(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> list[str]:
-        return [f"--config={self.config}", f"--trainer.default_root_dir={run_dir}",
+        return [f"--config={self.config}", *run_dir_overrides(self.config, run_dir),
                 *fit_overrides(alpha, beta, schedule), *self.fit_args]  # fmt: skip
 
     def __call__(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> CandidateResult:
@@ -185,7 +201,8 @@ class SlurmLauncher(LocalLauncher):
         run_dir.mkdir(parents=True)
         name = f"autonat_{run_dir.parent.name}_{run_dir.name}"
         command = [*self.sbatch, f"--job-name={name}", f"--output={run_dir / 'slurm-%j.out'}", *self.sbatch_args,
-                   self.script, self.config, str(run_dir), *fit_overrides(alpha, beta, schedule),
+                   self.script, self.config, str(run_dir), *run_dir_overrides(self.config, run_dir)[1:],
+                   *fit_overrides(alpha, beta, schedule),
                    *self.fit_args]  # fmt: skip
         print(f"autonat: submitting {shlex.join(command)}", flush=True)
         done = subprocess.run(command, capture_output=True, text=True)
