@@ -218,6 +218,20 @@ def _block_indices(keys: list[str], prefix: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := re.match(rf"{prefix}\.(\d+)\.", k))})
 
 
+def _require(sd: dict[str, Tensor], format_name: str, keys: tuple[str, ...]) -> None:
+    absent = [k for k in keys if k not in sd]
+    if absent:
+        raise ValueError(f"not an {format_name} state_dict: missing {absent}")
+
+
+def _square_side(num_tokens: int) -> int:
+    """Side of the square token grid with ``num_tokens`` position rows (official grids are square)."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"{num_tokens} position rows is not a square grid; give grid_size explicitly")
+    return side
+
+
 def infer_autonat_dims(official: OfficialInput) -> dict[str, Any]:
     """Read :class:`UViT` constructor arguments off an official AutoNAT state_dict.
 
@@ -228,20 +242,18 @@ def infer_autonat_dims(official: OfficialInput) -> dict[str, Any]:
         ValueError: A required key is absent, the block lists are inconsistent, or the grid is not square.
     """
     sd, _ = unwrap_state_dict(official)
-    required = (
-        "token_emb.word_embeddings.weight",
-        "token_emb.position_embeddings.weight",
-        "context_embed.word_embeddings.weight",
-        "mid_block.mlp.fc1.weight",
+    _require(
+        sd,
+        "AutoNAT",
+        (
+            "token_emb.word_embeddings.weight",
+            "token_emb.position_embeddings.weight",
+            "context_embed.word_embeddings.weight",
+            "mid_block.mlp.fc1.weight",
+        ),
     )
-    absent = [k for k in required if k not in sd]
-    if absent:
-        raise ValueError(f"not an AutoNAT state_dict: missing {absent}")
     words = sd["token_emb.word_embeddings.weight"]
-    num_tokens = sd["token_emb.position_embeddings.weight"].shape[0]
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"{num_tokens} position rows is not a square grid; give grid_size explicitly")
+    side = _square_side(sd["token_emb.position_embeddings.weight"].shape[0])
 
     keys = list(sd)
     ins, outs = _block_indices(keys, "in_blocks"), _block_indices(keys, "out_blocks")
@@ -308,20 +320,18 @@ def infer_enat_dims(official: OfficialInput, decoder_layers: int = 2) -> dict[st
             not square.
     """
     sd, _ = unwrap_state_dict(official)
-    required = (
-        "x_embedder.word_embeddings.weight",
-        "x_embedder.position_embeddings.weight",
-        "y_embedder.embedding_table.weight",
-        "blocks.0.mlp.fc1.weight",
+    _require(
+        sd,
+        "ENAT",
+        (
+            "x_embedder.word_embeddings.weight",
+            "x_embedder.position_embeddings.weight",
+            "y_embedder.embedding_table.weight",
+            "blocks.0.mlp.fc1.weight",
+        ),
     )
-    absent = [k for k in required if k not in sd]
-    if absent:
-        raise ValueError(f"not an ENAT state_dict: missing {absent}")
     words = sd["x_embedder.word_embeddings.weight"]
-    num_tokens = sd["x_embedder.position_embeddings.weight"].shape[0]
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"{num_tokens} position rows is not a square grid; give grid_size explicitly")
+    side = _square_side(sd["x_embedder.position_embeddings.weight"].shape[0])
     blocks = _block_indices(list(sd), "blocks")
     if blocks != list(range(len(blocks))):
         raise ValueError(f"inconsistent ENAT blocks: indices {blocks} (need 0..n-1)")
