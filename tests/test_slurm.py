@@ -1,0 +1,124 @@
+"""scripts/slurm/fit.sbatch: its overrides parse for every shipped config, and a preempted job that SLURM requeues
+resumes from Lightning's hpc checkpoint and logs into the same TensorBoard run.
+
+The requeue test runs the real sbatch script with a fake ``srun`` (runs the command once, locally) and a fake
+``scontrol`` (records its arguments) on PATH and the variables SLURM sets, so Lightning's SLURM environment is the one
+that handles SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from lit_nat.cli import main
+from tests.conftest import TINY_ARCH, write_random_shards
+
+REPO = Path(__file__).resolve().parents[1]
+FIT_SBATCH = REPO / "scripts" / "slurm" / "fit.sbatch"
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+JOB_ID = "4242"
+
+
+class PreemptAtStep(L.Callback):
+    """Plays SLURM's preemption in the first run: SIGUSR1 at ``step`` (Lightning saves an hpc checkpoint and calls
+    ``scontrol requeue``), then the process dies as SLURM would kill it."""
+
+    def __init__(self, step: int = 3) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if os.environ.get("SLURM_RESTART_COUNT", "0") == "0" and trainer.global_step == self.step:
+            signal.raise_signal(signal.SIGUSR1)  # the handler runs before raise_signal returns
+            sys.stdout.flush()
+            os._exit(143)
+
+
+def script_overrides() -> list[str]:
+    """The ``--trainer.*=`` options fit.sbatch passes, with example values in place of the shell variables."""
+    text = FIT_SBATCH.read_text()
+    keys = re.findall(r"(--trainer\.[a-z_.]+)=", text)
+    assert {"--trainer.num_nodes", "--trainer.devices", "--trainer.default_root_dir"} <= set(keys)
+    values = {"--trainer.num_nodes": "2", "--trainer.devices": "8", "--trainer.logger.init_args.version": JOB_ID}
+    return [f"{k}={values.get(k, 'runs/slurm/' + JOB_ID)}" for k in keys]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_fit_sbatch_overrides_parse_for_every_config(config, capsys):
+    text = FIT_SBATCH.read_text()
+    commands = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "srun" in commands and "torchrun" not in commands
+    assert "#SBATCH --requeue" in text and re.search(r"#SBATCH --signal=SIGUSR1@\d+", text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *script_overrides(), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["num_nodes"] == 2 and str(printed["trainer"]["devices"]) == "8"
+    assert printed["trainer"]["logger"]["init_args"]["version"] == int(JOB_ID)
+
+
+def fake_tools(bin_dir: Path, record: Path) -> None:
+    bin_dir.mkdir()
+    # srun: drop its own options, run the command once (one task)
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {record}\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+
+
+def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
+    shards = write_random_shards(tmp_path / "shards", codebook_size=12, grid=4, num_classes=3, sizes={"train": 64})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_epochs": 2, "limit_val_batches": 0, "enable_progress_bar": False,
+                    "log_every_n_steps": 1,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(tmp_path / "elsewhere"), "name": "tensorboard"}},
+                    "callbacks": [{"class_path": "tests.test_slurm.PreemptAtStep", "init_args": {"step": 3}}]},
+        "model": {"arch": "autonat-tiny", "arch_overrides": yaml.safe_load(TINY_ARCH)},
+        "data": {"root": str(shards), "batch_size": 16, "num_workers": 0},
+    }))  # fmt: skip
+    bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.log"
+    fake_tools(bin_dir, record)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", PYTHONPATH=str(REPO), LIT_NAT_PYTHON=sys.executable,
+               LIT_NAT_RUN_ROOT=str(tmp_path / "runs"), SLURM_JOB_ID=JOB_ID, SLURM_JOB_NAME="lit_nat",
+               SLURM_NNODES="1", SLURM_NTASKS_PER_NODE="1", SLURM_NTASKS="1", SLURM_PROCID="0", SLURM_LOCALID="0",
+               SLURM_NODEID="0", SLURM_NODELIST="localhost")  # fmt: skip
+
+    def sbatch(restart: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(FIT_SBATCH), str(config)], cwd=REPO, capture_output=True, text=True,
+                              env={**env, "SLURM_RESTART_COUNT": str(restart)}, timeout=300)  # fmt: skip
+
+    first = sbatch(0)
+    run_dir = tmp_path / "runs" / JOB_ID
+    assert first.returncode == 143, first.stdout + first.stderr
+    assert (run_dir / "hpc_ckpt_1.ckpt").exists()  # saved by Lightning's SIGUSR1 handler, into the job's run dir
+    assert record.read_text().split() == ["requeue", JOB_ID]
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)["global_step"] == 3
+
+    second = sbatch(1)  # the requeued job: same id, same run dir
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output
+    assert f"Restored all states from the checkpoint at {run_dir / 'hpc_ckpt_1.ckpt'}" in output
+    versions = sorted(p.name for p in (run_dir / "tensorboard").iterdir())
+    assert versions == [f"version_{JOB_ID}"]  # one TensorBoard run for both attempts, none under the config's save_dir
+    assert not (tmp_path / "elsewhere").exists()
+    (final,) = (run_dir / "tensorboard" / f"version_{JOB_ID}" / "checkpoints").glob("*.ckpt")
+    last = torch.load(final, weights_only=False)
+    assert last["global_step"] == 8 and last["epoch"] == 1  # 2 epochs x 4 batches: resumed, not restarted
+
+    # a new submission (another job id) starts fresh in its own run dir
+    third = subprocess.run(["bash", str(FIT_SBATCH), str(config)], cwd=REPO, capture_output=True, text=True,
+                           env={**env, "SLURM_JOB_ID": "4243", "SLURM_RESTART_COUNT": "1"}, timeout=300)  # fmt: skip
+    assert third.returncode == 0 and "Restored all states" not in third.stdout + third.stderr
