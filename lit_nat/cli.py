@@ -5,7 +5,8 @@ Trainer subcommands (LightningCLI over :class:`~lit_nat.module.NATModule` and
 ``search``, which are methods of :class:`~lit_nat.sample.NATTrainer` (their signatures and docstrings are the
 subcommands' options and help). The token space of the model (codebook size, grid, classes, tokenizer) is *linked*
 from the data's ``meta.json`` at instantiation, so a model can never be built for other shards than the ones it reads.
-Standalone commands without a model or Trainer: ``import-checkpoint``, ``reference-stats`` and ``flops``.
+Standalone commands without a model or Trainer: ``import-checkpoint``, ``reference-stats``, ``flops``, ``autonat``,
+and ``tokenize`` / ``tokenize-verify`` (image folder -> token shards, :mod:`lit_nat.data.tokenize`).
 """
 
 from __future__ import annotations
@@ -67,12 +68,26 @@ def _flops(argv: list[str]) -> None:
     flops_main(argv)
 
 
+def _tokenize(argv: list[str]) -> None:
+    from lit_nat.data.tokenize import main as tokenize_main
+
+    tokenize_main(argv)
+
+
+def _tokenize_verify(argv: list[str]) -> None:
+    from lit_nat.data.tokenize_verify import main as verify_main
+
+    verify_main(argv)
+
+
 #: commands that need no Trainer (LightningCLI subcommands always build a model and a datamodule)
 STANDALONE_COMMANDS = {
     "import-checkpoint": _import_checkpoint,
     "reference-stats": _reference_stats,
     "flops": _flops,
     "autonat": _autonat,
+    "tokenize": _tokenize,
+    "tokenize-verify": _tokenize_verify,
 }
 
 

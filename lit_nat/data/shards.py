@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,55 @@ def encode_tokens(tokens: Any, num_tokens: int, codebook_size: int) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr.astype(np.uint16), allow_pickle=False)
     return buf.getvalue()
+
+
+def make_sample(
+    key: str, tokens: Any, label: int, *, num_tokens: int, codebook_size: int, num_classes: int, text: str | None = None
+) -> dict[str, Any]:
+    """One validated sample of the format: ``{"__key__", "tokens.npy", "cls"[, "txt"]}`` as bytes, ready for a tar.
+
+    The key must be non-empty, without ``.``, ``/``, ``\\`` or a leading ``__`` (webdataset splits member names at
+    the first dot); the label must be in ``[0, num_classes)``; the ids as in :func:`encode_tokens`.
+    """
+    label = int(label)
+    if not 0 <= label < num_classes:
+        raise ValueError(f"label {label} is outside [0, {num_classes})")
+    key = str(key)
+    if not key or any(c in key for c in "./\\") or key.startswith("__"):
+        raise ValueError(f"sample key must be non-empty without '.', '/', '\\' or a leading '__', got {key!r}")
+    sample: dict[str, Any] = {
+        "__key__": key,
+        TOKENS_FIELD: encode_tokens(tokens, num_tokens, codebook_size),
+        LABEL_FIELD: str(label).encode("ascii"),
+    }
+    if text is not None:
+        sample[TEXT_FIELD] = text.encode("utf-8")
+    return sample
+
+
+def tar_bytes(samples: Iterable[dict[str, Any]]) -> bytes:
+    """A whole shard in memory: the samples (from :func:`make_sample`) as a tar with fixed mtime, so the same
+    samples always give the same bytes."""
+    buf = io.BytesIO()
+    # an integer mtime: a float one makes tarfile add a PAX header (1 KiB) to every member
+    tar = wds.TarWriter(buf, encoder=False, mtime=0)
+    for sample in samples:
+        tar.write(sample)
+    tar.close()  # closes the tar stream, not the BytesIO
+    return buf.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``<path>.partial``, fsync, and rename it to ``path``: a file of that name is always whole.
+    A leftover ``.partial`` from a crash is simply overwritten. Returns the path."""
+    path = Path(path)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    return path
 
 
 def decode_tokens(data: bytes) -> np.ndarray:
@@ -189,27 +239,24 @@ class ShardWriter:
         caption ``text`` (all samples or none) and a ``key`` (default: the running index in the split)."""
         if self._closed:
             raise RuntimeError("ShardWriter is closed")
-        label = int(label)
-        if not 0 <= label < self.meta.num_classes:
-            raise ValueError(f"label {label} is outside [0, {self.meta.num_classes})")
-        if self._has_text is None:
-            self._has_text = text is not None
-        elif self._has_text != (text is not None):
+        if self._has_text is not None and self._has_text != (text is not None):
             raise ValueError("either every sample of a split has a text or none has")
         key = f"{self._index:09d}" if key is None else str(key)
-        if not key or any(c in key for c in "./\\") or key.startswith("__"):
-            raise ValueError(f"sample key must be non-empty without '.', '/', '\\' or a leading '__', got {key!r}")
-        sample: dict[str, Any] = {
-            "__key__": key,
-            TOKENS_FIELD: encode_tokens(tokens, self.meta.num_tokens, self.meta.codebook_size),
-            LABEL_FIELD: str(label).encode("ascii"),
-        }
-        if text is not None:
-            sample[TEXT_FIELD] = text.encode("utf-8")
+        sample = make_sample(
+            key,
+            tokens,
+            label,
+            num_tokens=self.meta.num_tokens,
+            codebook_size=self.meta.codebook_size,
+            num_classes=self.meta.num_classes,
+            text=text,
+        )
+        if self._has_text is None:
+            self._has_text = text is not None
         if self._tar is None:
             self._file = open(self._partial(len(self._shards)), "wb")
             # mtime fixed: the same samples give byte-identical shards
-            self._tar = wds.TarWriter(self._file, encoder=False, mtime=0.0)
+            self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)  # int: no PAX header per member
         self._tar.write(sample)
         self._count += 1
         self._index += 1

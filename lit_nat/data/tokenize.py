@@ -1,0 +1,324 @@
+"""``python -m lit_nat tokenize``: an image folder (ImageNet class-folder layout) -> token shards of one split.
+
+Resumable and parallel (a SLURM array: ``--task_index/--num_tasks``), with shard contents that depend only on the
+image list and the plan, never on the number of tasks or workers, nor on the batch size as long as the tokenizer's
+ids do not (the VQGAN encodes image by image by default for that reason). Files in the output root::
+
+    tokenize_<split>_plan.json    # the plan: tokenizer, resolution, flip, order, images per shard, image-list hash
+    classes.txt                   # the class names, label = line index (pass it as --classes for another split)
+    <split>-000003.json           # the record of a complete shard: sample count, skipped files, sha256 of the tar
+    <split>-000003.tar            # the shard (the format of lit_nat.data.shards)
+    tokenize_<split>_report.json  # written by tokenize-verify (counts, token histogram, problems)
+    tokenize_<split>_skipped.txt  # unreadable files and why ("path<TAB>reason"), written by tokenize-verify
+    meta.json                     # the split is added only by finalisation (tokenize-verify --finalize)
+
+Shard ``i`` holds images ``[i * S, (i + 1) * S)`` of the image list in plan order (class folders and files sorted,
+then, by default, a hash shuffle so every shard mixes classes; ``--sorted`` keeps the sorted order); with ``--flip``
+every image is followed by its horizontal flip, as its own sample (key ``<key>_flip``). Shards are dealt to tasks
+round-robin (shard ``i`` to task ``i mod num_tasks``).
+
+Crash ordering, per shard: the tar is built in memory; its record (with the tar's sha256) is written atomically;
+then the tar goes to ``<name>.tar.partial`` (fsync) and is renamed to ``<name>.tar``. So a ``.tar`` always has its
+record and is whole; a crash leaves at most a record without tar or a ``.partial``, and the shard is redone on
+restart (both are overwritten). A ``.tar`` without a record is not ours: the run stops rather than touch it.
+
+Finalisation (adding the split to ``meta.json``) is a separate, single step: ``tokenize-verify --finalize`` checks
+every shard first and publishes only a verified split, under a file lock, merging with splits already listed. A
+run with ``--num_tasks 1`` does it itself when it completes the split; array tasks never do (deciding which task is
+last needs a lock that works across nodes, which NFS/Lustre do not promise), so run it after the array, e.g. as a
+job with ``--dependency=afterok:<array job id>`` (see ``scripts/slurm/tokenize.sbatch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_nat.data.imagefolder import (
+    FLIP_SUFFIX,
+    CroppedImages,
+    collate_crops,
+    list_image_folder,
+    read_class_list,
+    sample_keys,
+)
+from lit_nat.data.meta import META_FILE
+from lit_nat.data.shards import make_sample, shard_name
+from lit_nat.data.tokenize_plan import (
+    PATCH,
+    TokenizeError,
+    build_tokenizer,
+    claim_root,
+    make_plan,
+    shard_complete,
+    write_shard,
+)
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def tokenize_folder(
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    tokenizer: Any,
+    *,
+    split: str = "train",
+    resolution: int = 256,
+    flip: bool | None = None,
+    images_per_shard: int = 1000,
+    classes: list[str] | None = None,
+    shuffle_seed: int | None = 0,
+    task_index: int = 0,
+    num_tasks: int = 1,
+    device: str = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 4,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Tokenise this task's shards of ``images`` into ``out`` (see the module docstring); returns a summary.
+
+    Args:
+        images: the split's class-folder tree.
+        out: the data root.
+        tokenizer: a :class:`~lit_nat.tokenizers.Tokenizer` whose ``image_size`` is ``(resolution, resolution)``.
+        split: split name (``train``, ``val``).
+        resolution: side of the centre crop; a multiple of 16.
+        flip: also store each image's horizontal flip (default: for the ``train`` split only).
+        images_per_shard: images per shard (samples: twice that with flips).
+        classes: class names (label = index); default: the sorted class folders.
+        shuffle_seed: seed of the hash shuffle of the image order; ``None`` keeps the sorted order.
+        task_index: this task's number in ``[0, num_tasks)``; it writes shards ``task_index, task_index + num_tasks,
+            ...``.
+        num_tasks: number of tasks sharing the split.
+        device: where the tokenizer runs.
+        batch_size: images per encoder call (plus as many flips).
+        num_workers: DataLoader processes decoding and cropping images.
+        dry_run: only list the images and report the plan; write nothing.
+    """
+    if not split or any(c in split for c in "-./\\"):
+        raise TokenizeError(f"split name must be non-empty without '-', '.', '/' or '\\', got {split!r}")
+    if resolution < PATCH or resolution % PATCH:
+        raise TokenizeError(f"--resolution must be a positive multiple of {PATCH} (e.g. 256 or 512), got {resolution}")
+    if tuple(tokenizer.image_size) != (resolution, resolution):
+        raise TokenizeError(
+            f"the tokenizer encodes {tuple(tokenizer.image_size)} images but --resolution is {resolution}; "
+            f"they must agree (load the tokenizer for {resolution} px)"
+        )
+    if tokenizer.channels != 3:
+        raise TokenizeError(f"the tokenizer takes {tokenizer.channels}-channel images; image folders give RGB")
+    if not 0 <= task_index < num_tasks:
+        raise TokenizeError(f"need 0 <= task_index < num_tasks, got task {task_index} of {num_tasks}")
+    if images_per_shard < 1 or batch_size < 1 or num_workers < 0:
+        raise TokenizeError("images_per_shard and batch_size must be >= 1 and num_workers >= 0")
+    flip = split == "train" if flip is None else flip
+    try:
+        listing = list_image_folder(images, classes)
+    except ValueError as err:
+        raise TokenizeError(str(err)) from None
+    order = "sorted"
+    if shuffle_seed is not None:
+        listing, order = listing.shuffled(shuffle_seed), f"shuffled:{shuffle_seed}"
+    plan = make_plan(listing, split, tokenizer, resolution, flip, images_per_shard, order)
+    mine = list(range(task_index, plan.num_shards, num_tasks))
+    summary = {"plan": plan.to_dict(), "num_shards": plan.num_shards, "task_shards": len(mine)}
+    if dry_run:
+        return summary
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    claim_root(root, plan)
+    pending = [i for i in mine if not shard_complete(root, plan, i)]
+    tag = f"tokenize {split} [task {task_index}/{num_tasks}]"
+    _progress(
+        f"{tag}: {plan.num_images} images in {plan.num_shards} shards; this task: {len(mine)} shards, "
+        f"{len(mine) - len(pending)} already complete, {len(pending)} to write"
+    )
+    if pending:
+        _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag)
+    summary["written"] = len(pending)
+    summary["complete"] = all(shard_complete(root, plan, i) for i in range(plan.num_shards))
+    if summary["complete"] and num_tasks == 1:
+        from lit_nat.data.tokenize_verify import verify_split
+
+        report = summary["report"] = verify_split(root, split, finalize=True)
+        if not report["ok"]:
+            raise TokenizeError(f"the shards failed verification: {report['problems'][:3]} (see {report['path']})")
+        _progress(
+            f"{tag}: verified and added to {root / META_FILE}: {report['num_samples']} samples, "
+            f"{report['skipped_images']} unreadable files skipped (tokenize_{split}_skipped.txt)"
+        )
+    elif num_tasks > 1:
+        _progress(
+            f"{tag}: done. When all tasks are, run `python -m lit_nat tokenize-verify --root {root} "
+            f"--split {split} --finalize` to check the shards and add the split to {META_FILE}"
+        )
+    return summary
+
+
+def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag) -> None:
+    dev = torch.device(device)
+    tokenizer = tokenizer.to(dev).eval()
+    keys = sample_keys(listing.files)
+    # a batch never straddles two shards, so each shard is published as soon as its last batch is encoded
+    batches = [
+        list(r[j : j + batch_size])
+        for i in pending
+        for r in [plan.shard_images(i)]
+        for j in range(0, len(r), batch_size)
+    ]
+    loader = torch.utils.data.DataLoader(
+        CroppedImages(listing.root, listing.files, plan.resolution),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate_crops,
+        pin_memory=dev.type == "cuda",
+    )
+    token_space = {"num_tokens": plan.grid_size[0] * plan.grid_size[1], "codebook_size": plan.codebook_size}
+    total = sum(len(plan.shard_images(i)) for i in pending)
+    done, start, written = 0, time.monotonic(), 0
+    samples: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    for batch in loader:
+        ids = flipped = None
+        if batch["images"] is not None:
+            ids, flipped = _encode(tokenizer, batch["images"], dev, plan.flip, token_space["num_tokens"])
+        j = 0
+        for i, ok in zip(batch["index"], batch["ok"]):
+            if not ok:
+                skipped.append((listing.files[i], batch["errors"][i]))
+                continue
+            label = listing.labels[i]
+            samples.append(make_sample(keys[i], ids[j], label, num_classes=len(plan.classes), **token_space))
+            if flipped is not None:
+                key = keys[i] + FLIP_SUFFIX
+                samples.append(make_sample(key, flipped[j], label, num_classes=len(plan.classes), **token_space))
+            j += 1
+        done += len(batch["index"])
+        index = batch["index"][-1] // plan.images_per_shard
+        if batch["index"][-1] + 1 == plan.shard_images(index).stop:
+            write_shard(root, plan, index, samples, skipped)
+            written += 1
+            rate = done / max(time.monotonic() - start, 1e-9)
+            _progress(
+                f"{tag}: {shard_name(plan.split, index)} ({len(samples)} samples, {len(skipped)} skipped) | "
+                f"{written}/{len(pending)} shards, {done}/{total} images | {rate:.1f} images/s | "
+                f"ETA {_duration((total - done) / rate)}"
+            )
+            samples, skipped = [], []
+
+
+def _encode(tokenizer, images: torch.Tensor, device: torch.device, flip: bool, num_tokens: int):
+    """uint8 ``(B, H, W, 3)`` -> ids ``(B, L)`` of the images and (with ``flip``) of their mirror images."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W) in [0, 1]
+    if flip:
+        x = torch.cat([x, x.flip(-1)])  # originals then horizontal flips, encoded together as upstream does
+    with torch.inference_mode():
+        ids = tokenizer.encode(x)
+    ids = ids.cpu().numpy()
+    if ids.shape != (x.shape[0], num_tokens):
+        raise TokenizeError(f"the tokenizer returned ids of shape {ids.shape}, expected {(x.shape[0], num_tokens)}")
+    n = images.shape[0]
+    return ids[:n], (ids[n:] if flip else None)
+
+
+# ------------------------------------------------------------------------------------------------------ command line
+def tokenize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lit_nat tokenize",
+        description="Tokenise an image folder (<images>/<class>/**/*.{jpg,jpeg,png,gif}, the ImageNet layout) into "
+        "token shards of one split: ADM centre crop, horizontal flips as extra samples, resumable, and parallel as "
+        "a SLURM array (--task_index/--num_tasks). Array runs are finalised by `tokenize-verify --finalize`.",
+    )
+    p.add_argument("--images", required=True, help="the split's image folder, e.g. /data/ILSVRC2012/train")
+    p.add_argument("--out", required=True, help="the data root to write (shards, plan, records)")
+    p.add_argument("--split", default="train", help="split name (default: train)")
+    p.add_argument("--resolution", type=int, default=256, help="centre-crop side in pixels, a multiple of 16")
+    p.add_argument("--tokenizer", default="vqgan", help="registry name of the tokenizer (default: vqgan)")
+    p.add_argument("--checkpoint", default=None, help="the tokenizer's weights (passed as checkpoint=...)")
+    p.add_argument(
+        "--tokenizer_arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another tokenizer argument (repeatable; value parsed as YAML); image_size defaults to --resolution",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="class list file (one name per line, label = line index; "
+        "first word counts); default: the sorted class folders",
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also store each image's horizontal flip (default: on for split train, off otherwise)",
+    )
+    p.add_argument("--images_per_shard", type=int, default=1000, help="images per shard (default 1000)")
+    p.add_argument("--shuffle_seed", type=int, default=0, help="seed of the image order's hash shuffle (default 0)")
+    p.add_argument("--sorted", action="store_true", help="keep the sorted order (shards hold one class or two)")
+    env = os.environ
+    default_task = int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    p.add_argument(
+        "--task_index",
+        type=int,
+        default=default_task,
+        help="this task's index (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, or 0)",
+    )
+    p.add_argument(
+        "--num_tasks",
+        type=int,
+        default=int(env.get("SLURM_ARRAY_TASK_COUNT", 1)),
+        help="number of tasks (default: SLURM_ARRAY_TASK_COUNT, or 1)",
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch_size", type=int, default=64, help="images per encoder call (default 64)")
+    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
+    p.add_argument("--dry_run", action="store_true", help="list the images, print the plan and shard count, exit")
+    return p
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    args = tokenize_parser().parse_args(argv)
+    try:
+        tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg, args.resolution)
+        summary = tokenize_folder(
+            args.images,
+            args.out,
+            tokenizer,
+            split=args.split,
+            resolution=args.resolution,
+            flip=args.flip,
+            images_per_shard=args.images_per_shard,
+            classes=read_class_list(args.classes) if args.classes else None,
+            shuffle_seed=None if args.sorted else args.shuffle_seed,
+            task_index=args.task_index,
+            num_tasks=args.num_tasks,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            dry_run=args.dry_run,
+        )
+    except (TokenizeError, FileNotFoundError) as err:
+        raise SystemExit(f"python -m lit_nat tokenize: error: {err}") from err
+    if args.dry_run:
+        plan = summary["plan"]
+        print(json.dumps({k: v for k, v in plan.items() if k != "classes"}, indent=2))
+        print(
+            f"{plan['num_images']} images -> {summary['num_shards']} shards; e.g. sbatch --array=0-"
+            f"{min(summary['num_shards'], 64) - 1} (at most one task per shard is useful)"
+        )
+    return summary

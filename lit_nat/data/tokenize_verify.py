@@ -1,0 +1,314 @@
+"""``python -m lit_nat tokenize-verify``: check a tokenised split, report on its tokens, and finalise it.
+
+Every shard of the plan must exist with its record; its bytes must match the record's sha256 (a truncated or edited
+tar is caught here); it must parse, hold the planned number of samples (images minus skipped files, doubled with
+flips; every ``<key>`` followed by ``<key>_flip``), ids of the right length inside the codebook and labels inside
+the class range. The report (``tokenize_<split>_report.json``) adds a token histogram summary (codes used out of K,
+entropy, the most frequent codes) and the samples per class; ``tokenize_<split>_skipped.txt`` lists the files that
+could not be read. ``--decode N`` writes the first N samples decoded by the tokenizer as PNGs.
+
+With ``--finalize`` and no problem found, the split is added to ``meta.json`` (merged with the splits already there,
+under a file lock), which makes it readable by :class:`~lit_nat.data.TokenShardDataModule`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from lit_nat.data.imagefolder import FLIP_SUFFIX
+from lit_nat.data.meta import (
+    LABEL_FIELD,
+    META_FILE,
+    TOKENS_FIELD,
+    DatasetMeta,
+    ShardInfo,
+    SplitInfo,
+    read_metadata,
+    write_metadata,
+)
+from lit_nat.data.shards import decode_tokens, shard_name, write_atomic
+from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
+
+PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
+
+
+def report_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"tokenize_{split}_report.json"
+
+
+def skipped_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"tokenize_{split}_skipped.txt"
+
+
+def _read_shard(data: bytes, name: str) -> list[dict[str, Any]]:
+    return list(group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}])))
+
+
+def check_shard(root: Path, plan: TokenizePlan, index: int, counts: np.ndarray, labels: np.ndarray) -> tuple:
+    """Check shard ``index``; add its ids to ``counts`` and labels to ``labels``.
+
+    Returns ``(problems, record or None, samples)``, where ``samples`` are the parsed samples (for decoding).
+    """
+    name = shard_name(plan.split, index)
+    tar, rec = root / name, record_path(root, plan.split, index)
+    if not tar.exists():
+        return [f"{name}: missing (not tokenised yet)"], None, []
+    if not rec.exists():
+        return [f"{name}: its record {rec.name} is missing"], None, []
+    record = json.loads(rec.read_text(encoding="utf-8"))
+    if record.get("plan") != plan.digest():
+        return [f"{rec.name}: belongs to another plan"], None, []
+    data = tar.read_bytes()
+    problems = []
+    if len(data) != record["bytes"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
+        problems.append(f"{name}: {len(data)} bytes whose sha256 differs from its record (truncated or modified)")
+    try:
+        samples = _read_shard(data, str(tar))
+    except Exception as err:  # noqa: BLE001 - a broken tar is a finding, not a crash
+        return [*problems, f"{name}: unreadable ({type(err).__name__}: {err})"], record, []
+    expected = (record["num_images"] - len(record["skipped"])) * plan.samples_per_image()
+    if len(plan.shard_images(index)) != record["num_images"]:
+        problems.append(f"{name}: record says {record['num_images']} images, the plan {len(plan.shard_images(index))}")
+    if not len(samples) == record["num_samples"] == expected:
+        problems.append(
+            f"{name}: {len(samples)} samples; record {record['num_samples']}, plan {expected} "
+            f"({record['num_images']} images - {len(record['skipped'])} skipped, x{plan.samples_per_image()})"
+        )
+    num_tokens, keys, all_ids, all_labels = plan.grid_size[0] * plan.grid_size[1], set(), [], []
+    for j, sample in enumerate(samples):
+        key = sample["__key__"]
+        try:
+            if set(sample) - {"__key__", "__url__"} != {TOKENS_FIELD, LABEL_FIELD}:
+                raise ValueError(f"members {sorted(sample)}")
+            ids, label = decode_tokens(sample[TOKENS_FIELD]), int(sample[LABEL_FIELD])
+            if ids.shape != (num_tokens,) or int(ids.max()) >= plan.codebook_size:
+                raise ValueError(f"ids of shape {ids.shape}, max {ids.max()} (expected {num_tokens} in [0, K))")
+            if not 0 <= label < len(plan.classes):
+                raise ValueError(f"label {label} outside [0, {len(plan.classes)})")
+            if key in keys:
+                raise ValueError("key appears twice")
+            if plan.flip and (j % 2 == 1) != key.endswith(FLIP_SUFFIX):
+                raise ValueError("originals and flips do not alternate")
+            if plan.flip and j % 2 == 1 and key != samples[j - 1]["__key__"] + FLIP_SUFFIX:
+                raise ValueError(f"is not the flip of the sample before it ({samples[j - 1]['__key__']})")
+        except ValueError as err:
+            problems.append(f"{name}: sample {j} ({key}): {err}")
+            break
+        keys.add(key)
+        all_ids.append(ids)
+        all_labels.append(label)
+    if all_ids:
+        counts += np.bincount(np.concatenate(all_ids), minlength=plan.codebook_size)
+        labels += np.bincount(np.asarray(all_labels), minlength=labels.size)
+    return problems, record, samples
+
+
+def token_summary(counts: np.ndarray, top: int = 10) -> dict[str, Any]:
+    total = int(counts.sum())
+    p = counts[counts > 0] / max(total, 1)
+    entropy = float(-(p * np.log2(p)).sum())
+    order = np.argsort(-counts, kind="stable")[:top]
+    return {
+        "tokens": total,
+        "codebook_size": int(counts.size),
+        "codes_used": int((counts > 0).sum()),
+        "entropy_bits": round(entropy, 4),
+        "max_entropy_bits": round(float(np.log2(counts.size)), 4),
+        "perplexity": round(2.0**entropy, 2),
+        "most_frequent": [{"code": int(c), "fraction": round(float(counts[c]) / max(total, 1), 6)} for c in order],
+    }
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An inter-process ``flock`` (best effort: a no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipped: int) -> DatasetMeta:
+    """Add the split to ``meta.json`` (merged with the splits already there), atomically and under a lock."""
+    ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer)
+    with _lock(root / ".lit_nat-tokenize.lock"):
+        base = read_metadata(root) if (root / META_FILE).exists() else ours
+        if diffs := ours.differences(base):
+            raise TokenizeError(f"{root / META_FILE} describes another token space: {'; '.join(diffs)}")
+        if base.extra.get("classes", list(plan.classes)) != list(plan.classes):
+            raise TokenizeError(f"{root / META_FILE} records other class names than the plan of {plan.split!r}")
+        if base.fields != (TOKENS_FIELD, LABEL_FIELD):
+            raise TokenizeError(f"{root / META_FILE} holds splits with fields {base.fields}; use another root")
+        info = {
+            "source": plan.source,
+            "num_images": plan.num_images,
+            "skipped_images": skipped,
+            "flip": plan.flip,
+            "order": plan.order,
+            "images_per_shard": plan.images_per_shard,
+            "files_sha256": plan.files_sha256,
+        }
+        extra = {
+            **base.extra,
+            "classes": list(plan.classes),
+            "resolution": plan.resolution,
+            "preprocessing": PREPROCESSING,
+            "tokenize": {**base.extra.get("tokenize", {}), plan.split: info},
+        }
+        meta = replace(base, extra=extra).with_split(plan.split, SplitInfo(tuple(shards)))
+        write_metadata(root, meta)
+    return meta
+
+
+def decode_samples(samples: list[dict], plan: TokenizePlan, out_dir: Path, tokenizer: Any, device: str) -> list[str]:
+    """Decode samples with the tokenizer and write them as ``<out_dir>/<key>.png``; returns the file names."""
+    from PIL import Image
+
+    ids = torch.from_numpy(np.stack([decode_tokens(s[TOKENS_FIELD]) for s in samples]).astype(np.int64))
+    with torch.inference_mode():
+        images = tokenizer.to(device).eval().decode(ids.to(device)).clamp(0, 1).cpu()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for sample, image in zip(samples, images):
+        array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        name = f"{sample['__key__']}.png"
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out_dir / name)
+        names.append(name)
+    return names
+
+
+def verify_split(
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    finalize: bool = False,
+    decode: int = 0,
+    tokenizer: Any = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Check every shard of ``split`` against its plan and records; write the report and the skipped list; with
+    ``finalize`` (and no problem) add the split to ``meta.json``; with ``decode`` write that many decoded samples
+    (``tokenizer`` default: rebuilt from the plan's tokenizer config). Returns the report (``report["ok"]``)."""
+    root = Path(root)
+    plan = read_plan(root, split)
+    counts = np.zeros(plan.codebook_size, dtype=np.int64)
+    labels = np.zeros(len(plan.classes), dtype=np.int64)
+    problems: list[str] = []
+    shards: list[ShardInfo] = []
+    skipped: list[tuple[str, str]] = []
+    first: list[dict] = []
+    for index in range(plan.num_shards):
+        found, record, samples = check_shard(root, plan, index, counts, labels)
+        problems += found
+        if record is not None:
+            shards.append(ShardInfo(record["name"], record["num_samples"]))
+            skipped += [(s["file"], s["reason"]) for s in record["skipped"]]
+        if len(first) < decode and not found:
+            first += samples[: decode - len(first)]
+    numbered = [(p.name, p.stem.split("-", 1)[1]) for p in root.glob(f"{split}-[0-9]*.tar")]
+    if stray := sorted(name for name, n in numbered if not n.isdigit() or int(n) >= plan.num_shards):
+        problems.append(f"shards beyond the plan's {plan.num_shards}: {stray[:3]} (from another plan?)")
+    write_atomic(skipped_path(root, split), "".join(f"{f}\t{r}\n" for f, r in skipped).encode())
+    report: dict[str, Any] = {
+        "split": split,
+        "ok": not problems,
+        "problems": problems,
+        "num_shards": plan.num_shards,
+        "num_images": plan.num_images,
+        "skipped_images": len(skipped),
+        "num_samples": sum(s.num_samples for s in shards),
+        "expected_samples": (plan.num_images - len(skipped)) * plan.samples_per_image(),
+        "flip": plan.flip,
+        "tokens": token_summary(counts),
+        "labels": {
+            "classes": len(plan.classes),
+            "classes_present": int((labels > 0).sum()),
+            "min_per_class": int(labels.min()),
+            "max_per_class": int(labels.max()),
+            "empty_classes": [plan.classes[c] for c in np.flatnonzero(labels == 0)[:20]],
+        },
+        "finalized": False,
+        "path": str(report_path(root, split)),
+    }
+    if decode and first:
+        if tokenizer is None:
+            from lit_nat.tokenizers import tokenizer_from_config
+
+            try:
+                tokenizer = tokenizer_from_config(plan.tokenizer)
+            except Exception as err:  # noqa: BLE001 - e.g. weights not at the recorded path on this machine
+                raise TokenizeError(
+                    f"--decode: cannot rebuild the plan's tokenizer {plan.tokenizer} ({type(err).__name__}: {err}); "
+                    f"pass --tokenizer, --checkpoint and --tokenizer_arg"
+                ) from err
+        out_dir = root / f"tokenize_{split}_decoded"
+        report["decoded"] = [str(out_dir / n) for n in decode_samples(first, plan, out_dir, tokenizer, device)]
+    if finalize and not problems:
+        publish_split(root, plan, shards, len(skipped))
+        report["finalized"] = True
+    write_atomic(report_path(root, split), (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lit_nat tokenize-verify",
+        description="Check a split written by `python -m lit_nat tokenize` (every shard complete, unmodified, with "
+        "the planned sample counts), write tokenize_<split>_report.json (token histogram, samples per class) and "
+        "tokenize_<split>_skipped.txt; with --finalize add the split to meta.json. Exit status 1 on any problem.",
+    )
+    p.add_argument("--root", required=True, help="the data root given to tokenize as --out")
+    p.add_argument("--split", default="train", help="split name (default: train)")
+    p.add_argument("--finalize", action="store_true", help="add the split to meta.json when every check passes")
+    p.add_argument("--decode", type=int, default=0, metavar="N", help="decode the first N samples to PNGs")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for --decode (default: the plan's config)")
+    p.add_argument("--checkpoint", default=None, help="its weights (with --tokenizer)")
+    p.add_argument("--tokenizer_arg", action="append", default=[], metavar="KEY=VALUE", help="(with --tokenizer)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for --decode")
+    return p
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    args = verify_parser().parse_args(argv)
+    try:
+        tokenizer = None
+        if args.tokenizer is not None:
+            tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg)
+        report = verify_split(
+            args.root, args.split, finalize=args.finalize, decode=args.decode, tokenizer=tokenizer, device=args.device
+        )
+    except TokenizeError as err:
+        raise SystemExit(f"python -m lit_nat tokenize-verify: error: {err}") from err
+    tokens, labels = report["tokens"], report["labels"]
+    print(
+        f"{args.split}: {report['num_samples']} samples in {report['num_shards']} shards ({report['num_images']} "
+        f"images, {report['skipped_images']} skipped, flip {report['flip']}); codes used {tokens['codes_used']}/"
+        f"{tokens['codebook_size']}, entropy {tokens['entropy_bits']} bits (max {tokens['max_entropy_bits']}); "
+        f"classes present {labels['classes_present']}/{labels['classes']}; report {report['path']}"
+    )
+    for problem in report["problems"][:20]:
+        print(f"PROBLEM: {problem}")
+    if not report["ok"]:
+        raise SystemExit(1)
+    print(f"finalised: {args.split} is in {Path(args.root) / META_FILE}" if report["finalized"] else "OK")
+    return report
