@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.models import build_backbone
@@ -53,6 +54,9 @@ class NATModule(L.LightningModule):
         schedule: initial generation schedule: ``heuristic``, ``enat`` or a path to a schedule YAML (ours or the
             official AutoNAT format). A checkpoint carries the current (possibly searched) schedule.
         schedule_params: keyword parameters of the schedule preset, e.g. ``{steps: 8, guidance: 2.0}``.
+        schedule_source: which schedule wins when a checkpoint is loaded (``--ckpt_path`` of fit/validate/test/
+            predict): ``checkpoint`` (default: the schedule the model was trained or searched with, as saved) or
+            ``config`` (``schedule``/``schedule_params`` above, e.g. to validate a checkpoint with another schedule).
         reuse_prob: ENAT reuse training: with this probability a step trains the online model on features of a
             "previous step" (a random part of the visible tokens re-masked) computed by the EMA model without
             gradient. ENAT uses 0.5; ignored (must be 0) for backbones without reuse.
@@ -80,6 +84,7 @@ class NATModule(L.LightningModule):
         ema_warmup: bool = False,
         schedule: str = "heuristic",
         schedule_params: dict[str, Any] | None = None,
+        schedule_source: str = "checkpoint",
         reuse_prob: float = 0.0,
     ) -> None:
         super().__init__()
@@ -100,6 +105,9 @@ class NATModule(L.LightningModule):
             raise ValueError(f"backbone {arch!r} needs mask_ratio_per_sample: false (one mask ratio per batch)")
         self.mask_ratio_law = build_mask_ratio_law(mask_ratio_law, mask_ratio_params)
         self.schedule = GenerationSchedule.preset(schedule, **(schedule_params or {}))
+        if schedule_source not in ("checkpoint", "config"):
+            raise ValueError(f"schedule_source must be 'checkpoint' or 'config', got {schedule_source!r}")
+        self.schedule_source = schedule_source
         # Not an nn.Module attribute: tokenizer weights (a VQGAN) must not enter the NAT's checkpoints.
         self._tokenizer_config = tokenizer
         self._tokenizer: Tokenizer | None = None
@@ -291,8 +299,19 @@ class NATModule(L.LightningModule):
         checkpoint["generation_schedule"] = self.schedule.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "generation_schedule" in checkpoint:
-            self.schedule = GenerationSchedule.from_dict(checkpoint["generation_schedule"], source="checkpoint")
+        if "generation_schedule" not in checkpoint:
+            return
+        saved = GenerationSchedule.from_dict(checkpoint["generation_schedule"], source="checkpoint")
+        if self.schedule_source == "config":
+            rank_zero_info(f"generation schedule: {self.schedule.name!r} of the config (schedule_source=config), "
+                           f"not the checkpoint's {saved.name!r}")  # fmt: skip
+            return
+        if saved.to_dict() != self.schedule.to_dict():
+            rank_zero_info(
+                f"generation schedule: the checkpoint's {saved.name!r} ({saved.steps} steps) replaces the config's "
+                f"{self.schedule.name!r}; --model.schedule_source=config keeps the config's"
+            )
+        self.schedule = saved
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         ids = batch["ids"]

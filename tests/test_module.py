@@ -129,6 +129,15 @@ def test_checkpoint_carries_schedule_and_load_model_uses_ema(tiny_shards, tmp_pa
     labels = torch.tensor([0, 1, 2])
     assert torch.equal(loaded.generate(labels, seed=3).ids, model.generate(labels, seed=3).ids)
 
+    # validate --ckpt_path: the checkpoint's schedule wins unless schedule_source=config asks for the config's
+    checkpoint = torch.load(path, weights_only=False)
+    for source, expected in (("checkpoint", searched), ("config", GenerationSchedule.heuristic(steps=6))):
+        other = tiny_module(schedule="heuristic", schedule_params={"steps": 6}, schedule_source=source)
+        other.on_load_checkpoint(checkpoint)
+        assert other.schedule == expected
+    with pytest.raises(ValueError, match="schedule_source must be 'checkpoint' or 'config', got 'yaml'"):
+        tiny_module(schedule_source="yaml")
+
 
 def test_generate_and_decode():
     model = tiny_module(schedule="heuristic", schedule_params={"steps": 4})
