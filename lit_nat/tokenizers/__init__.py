@@ -6,12 +6,14 @@ from typing import Any
 
 from lit_nat.tokenizers.base import Tokenizer
 from lit_nat.tokenizers.pixel import PixelTokenizer
+from lit_nat.tokenizers.vqgan import VQGANTokenizer
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"pixel": PixelTokenizer}
+TOKENIZERS: dict[str, type[Tokenizer]] = {"pixel": PixelTokenizer, "vqgan": VQGANTokenizer}
 
 
 def load_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
-    """Build a tokenizer by registry name, e.g. ``load_tokenizer('pixel', levels=17, image_size=8)``."""
+    """Build a tokenizer by registry name, e.g. ``load_tokenizer('pixel', levels=17, image_size=8)`` or
+    ``load_tokenizer('vqgan', checkpoint='assets/vqgan_jax_strongaug.ckpt', image_size=512)``."""
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; expected one of {sorted(TOKENIZERS)}")
     return TOKENIZERS[name](**kwargs).eval()
@@ -26,4 +28,4 @@ def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
     return load_tokenizer(name, **config)
 
 
-__all__ = ["Tokenizer", "PixelTokenizer", "TOKENIZERS", "load_tokenizer", "tokenizer_from_config"]
+__all__ = ["Tokenizer", "PixelTokenizer", "VQGANTokenizer", "TOKENIZERS", "load_tokenizer", "tokenizer_from_config"]
