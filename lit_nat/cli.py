@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.data import TokenShardDataModule
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
@@ -31,6 +34,10 @@ DATA_TO_MODEL_LINKS = {
 }
 
 
+#: model arguments taken from the checkpoint's hyperparameters when --ckpt_path is given (see _parse_ckpt_path)
+STRUCTURE_ARGS = ("arch", "arch_overrides")
+
+
 class NATLightningCLI(LightningCLI):
     """LightningCLI with the data -> model links of the token space and the ``sample`` subcommand."""
 
@@ -42,6 +49,45 @@ class NATLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``: the checkpoint decides what the network *is*, the config how it is trained and sampled.
+
+        LightningCLI (2.3+) replaces *every* model argument by the hyperparameters saved in the checkpoint, which
+        silently drops explicit overrides such as ``validate --ckpt_path X --model.schedule Y
+        --model.schedule_source=config``. Here only the backbone's structure (``arch``, ``arch_overrides``: they must
+        match the weights, e.g. an imported official checkpoint whose widths were read from its tensors) comes from the
+        checkpoint; every other argument keeps the config's and command line's value, and the differences are reported.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        try:  # mmap: only the small hyper_parameters entry is read, not the weights
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+        except Exception:  # noqa: BLE001  (not our job to judge the file here: the restore will say what is wrong)
+            return
+        model = self.config[subcommand].get("model")
+        if not saved or model is None:
+            return
+        current = model.as_dict() if hasattr(model, "as_dict") else dict(model)
+        structure = {k: saved[k] for k in STRUCTURE_ARGS if k in saved}
+        differ = [f"{k}: {_plain(saved[k])!r} -> {_plain(current[k])!r}" for k in sorted(saved)
+                  if k in current and k not in structure and _plain(saved[k]) != _plain(current[k])]  # fmt: skip
+        if structure:
+            self.config = self.parser.parse_object({subcommand: {"model": structure}}, self.config)
+        if differ:
+            rank_zero_info(f"{ckpt_path}: model arguments that differ from the checkpoint's (the config's are used): "
+                           + "; ".join(differ))  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and mappings as dicts, to compare saved hyperparameters with parsed config values."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in dict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _import_checkpoint(argv: list[str]) -> None:

@@ -11,6 +11,7 @@ import yaml
 from lit_nat import load_model
 from lit_nat.cli import main
 from lit_nat.data.digits import prepare_digits
+from lit_nat.module import NATModule
 from tests.conftest import tiny_overrides, write_random_shards
 from tests.test_models import H, random_official_state_dict, reference_forward, tiny_inputs
 
@@ -148,6 +149,28 @@ def test_imported_checkpoint_is_accepted_by_trainer_subcommands(official_setup, 
     main(["test", *common, "--trainer.limit_test_batches=1"])
     main(["predict", *common, "--data.predict_num_samples=4"])
     main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=1"])
+
+
+def test_command_line_model_arguments_win_over_the_checkpoints(official_setup, tmp_path, monkeypatch):
+    """LightningCLI would replace the model arguments by the checkpoint's hyperparameters; ours keeps the config's."""
+    _, src, config = official_setup
+    dst = tmp_path / "model.ckpt"
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    seen = []
+    original = NATModule.on_load_checkpoint
+
+    def record(self, checkpoint):
+        original(self, checkpoint)
+        seen.append((self.schedule_source, self.schedule.steps))
+
+    monkeypatch.setattr(NATModule, "on_load_checkpoint", record)
+    common = [f"--config={config}", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+              f"--trainer.default_root_dir={tmp_path / 'run'}", f"--ckpt_path={dst}",
+              "--trainer.limit_val_batches=1"]  # fmt: skip
+    main(["validate", *common, "--model.schedule_params={steps: 3}", "--model.schedule_source=config"])
+    main(["validate", *common, "--model.schedule_params={steps: 3}"])  # default: the checkpoint's schedule
+    saved_steps = torch.load(dst, weights_only=False)["generation_schedule"]["mask_ratio"]
+    assert seen == [("config", 3), ("checkpoint", len(saved_steps))] and len(saved_steps) != 3
 
 
 def test_import_checkpoint_refuses_data_of_another_token_space(official_setup, tmp_path):
