@@ -13,6 +13,7 @@ import yaml
 from lit_nat.cli import main
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.schedule import GenerationSchedule
+from lit_nat.search.report import search_curve
 from tests.conftest import write_random_shards
 
 
@@ -91,6 +92,9 @@ def test_search_writes_files_resumes_and_checks_the_schedule_length(setup, tmp_p
     assert state["fingerprint"]["num_samples"] == 6 and len(state["cache"]) >= 1 + 2 * 7
     best = GenerationSchedule.load(out / "best.yaml")
     assert best.steps == 2
+    # the FID-vs-update curve of the report: the start, then the point after each update
+    curve = search_curve(out, offset=3)
+    assert curve == [(3, initial), *((4 + k, h["fid_after"]) for k, h in enumerate(first["history"]))]
 
     # the same command resumes: nothing recomputed that was saved (the evaluator is never called)
     from lit_nat.callbacks.evaluation import GenerativeEvaluation
