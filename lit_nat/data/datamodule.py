@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset
 from lit_nat.data.digits import complete_digits, digits_evaluation_missing, prepare_digits
 from lit_nat.data.labels import GenerationBatches
+from lit_nat.data.meta import exclusive_lock
 from lit_nat.data.shards import META_FILE, DatasetMeta, read_metadata
 
 #: built-in preparations, by the name given to ``--data.prepare``: ``fn(root)`` writes shards and meta.json
@@ -34,22 +34,6 @@ def _silence_len_warning() -> None:
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An inter-process lock (``flock``, released by the OS if the holder dies); a no-op where unavailable."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_prepared(root: str | os.PathLike, prepare: str | None = None) -> DatasetMeta:
     """Read ``<root>/meta.json``, first running the preparation ``prepare`` if it is missing.
 
@@ -64,7 +48,7 @@ def ensure_prepared(root: str | os.PathLike, prepare: str | None = None) -> Data
     if prepare is None or ((root / META_FILE).exists() and not missing(root)):
         return read_metadata(root)
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / ".lit_nat-prepare.lock"):
+    with exclusive_lock(root / ".lit_nat-prepare.lock"):
         if not (root / META_FILE).exists():  # another rank may have finished while we waited
             PREPARATIONS[prepare](root)
         elif complete is not None and missing(root):

@@ -18,8 +18,6 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from lit_nat.data.meta import (
     DatasetMeta,
     ShardInfo,
     SplitInfo,
+    exclusive_lock,
     read_metadata,
     write_metadata,
 )
@@ -132,26 +131,10 @@ def token_summary(counts: np.ndarray, top: int = 10) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An inter-process ``flock`` (best effort: a no-op where unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipped: int) -> DatasetMeta:
     """Add the split to ``meta.json`` (merged with the splits already there), atomically and under a lock."""
     ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer)
-    with _lock(root / ".lit_nat-tokenize.lock"):
+    with exclusive_lock(root / ".lit_nat-tokenize.lock"):
         base = read_metadata(root) if (root / META_FILE).exists() else ours
         if diffs := ours.differences(base):
             raise TokenizeError(f"{root / META_FILE} describes another token space: {'; '.join(diffs)}")
