@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lit_nat.data.shards import ShardWriter
 
@@ -51,6 +52,27 @@ def write_random_shards(
                 tokens[noisy] = rng.integers(0, codebook_size, int(noisy.sum()))
                 writer.write(tokens.astype(np.int64), label)
     return root
+
+
+def fit_tiny_checkpoint(tmp_path: Path, root: Path, steps: int, callbacks: list | None = None) -> tuple[Path, Path]:
+    """A tiny U-ViT config over the shards at ``root`` (a ``steps``-step schedule, optional trainer callbacks) and the
+    checkpoint of one training step: ``(config, checkpoint)``."""
+    from lit_nat.cli import main
+
+    trainer = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "default_root_dir": str(tmp_path / "run")}  # fmt: skip
+    if callbacks:
+        trainer["callbacks"] = callbacks
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": trainer,
+        "model": {"arch": "autonat-tiny", "arch_overrides": {"width": 32, "num_layers": 1, "num_heads": 2},
+                  "schedule_params": {"steps": steps}},
+        "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
+    }))  # fmt: skip
+    main(["fit", f"--config={config}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+    (ckpt,) = (tmp_path / "run").rglob("*.ckpt")
+    return config, ckpt
 
 
 @pytest.fixture(autouse=True)

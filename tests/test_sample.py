@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from lit_nat import load_model
 from lit_nat.cli import main
@@ -17,37 +16,14 @@ from lit_nat.metrics import load_reference_stats
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.sample import merge_parts, to_uint8_hwc, write_part
 from lit_nat.schedule import GenerationSchedule
-from tests.conftest import write_random_shards
+from tests.conftest import fit_tiny_checkpoint, write_random_shards
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Path]:
     """Tiny shards (12 codes, 4x4, 3 classes), a config, and a checkpoint after one training step."""
     root = write_random_shards(tmp_path / "shards", codebook_size=12, grid=4, num_classes=3)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "accelerator": "cpu",
-                    "devices": 1,
-                    "logger": False,
-                    "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path / "run"),
-                },
-                "model": {
-                    "arch": "autonat-tiny",
-                    "arch_overrides": {"width": 32, "num_layers": 1, "num_heads": 2},
-                    "schedule_params": {"steps": 4},
-                },
-                "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
-            }
-        )
-    )
-    main(["fit", f"--config={config}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
-    (ckpt,) = (tmp_path / "run").rglob("*.ckpt")
-    return config, ckpt
+    return fit_tiny_checkpoint(tmp_path, root, steps=4)
 
 
 def sample(config: Path, ckpt: Path, out: Path, *extra: str) -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from lit_nat.cli import main
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.search.report import search_curve
-from tests.conftest import write_random_shards
+from tests.conftest import fit_tiny_checkpoint, write_random_shards
 
 
 @pytest.fixture
@@ -36,31 +35,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
             "inception_score": False,
         },  # fmt: skip
     }
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "accelerator": "cpu",
-                    "devices": 1,
-                    "logger": False,
-                    "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path / "run"),
-                    "callbacks": [evaluation],
-                },
-                "model": {
-                    "arch": "autonat-tiny",
-                    "arch_overrides": {"width": 32, "num_layers": 1, "num_heads": 2},
-                    "schedule_params": {"steps": 2},
-                },
-                "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
-            }
-        )
-    )
-    main(["fit", f"--config={config}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
-    (ckpt,) = (tmp_path / "run").rglob("*.ckpt")
-    return config, ckpt
+    return fit_tiny_checkpoint(tmp_path, root, steps=2, callbacks=[evaluation])
 
 
 # large FD steps: on an almost untrained tiny model the official 0.01 / 0.1 change no token and the gradient is 0
