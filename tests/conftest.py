@@ -75,6 +75,16 @@ def fit_tiny_checkpoint(tmp_path: Path, root: Path, steps: int, callbacks: list 
     return config, ckpt
 
 
+def tiny_trainer(tmp_path: Path, **kwargs):
+    """A quiet one-CPU Trainer for tests (no logger, checkpoints, progress bar or sanity check); kwargs override."""
+    import lightning as L
+
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1,
+                    num_sanity_val_steps=0)  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_state():
     dtype = torch.get_default_dtype()

@@ -18,6 +18,7 @@ from lit_nat.data.labels import GenerationBatches, plan_generation
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
+from tests.conftest import tiny_trainer
 
 TINY = dict(
     arch="autonat-tiny",
@@ -36,18 +37,7 @@ def tiny_module(seed: int = 0) -> NATModule:
 
 
 def trainer(tmp_path: Path, callbacks: list, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+    return tiny_trainer(tmp_path, callbacks=callbacks, **kwargs)
 
 
 @pytest.fixture

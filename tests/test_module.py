@@ -11,6 +11,7 @@ from lit_nat.data import TokenShardDataModule
 from lit_nat.ema import ema_decay_at
 from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
+from tests.conftest import tiny_trainer
 
 TINY = dict(
     arch="autonat-tiny",
@@ -27,19 +28,7 @@ def tiny_module(**kwargs) -> NATModule:
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+    return tiny_trainer(tmp_path, **{"max_steps": 4, **kwargs})
 
 
 def test_training_step_logs_and_learns(tiny_shards, tmp_path):
