@@ -21,6 +21,7 @@ from lit_nat.models import (
 from lit_nat.models.convert import CONVERTERS, compare_with_target
 from lit_nat.sampling import generate, make_generator
 from lit_nat.schedule import GenerationSchedule
+from tests.test_models import official_head_shapes
 
 # Tiny dims: 2 encoder + 2 decoder blocks, so the split and the shared decoder context both matter.
 K, N, C, D, H, ENC, DEC = 16, 16, 10, 32, 4, 2, 2
@@ -76,17 +77,7 @@ def official_enat_shapes(
                 f"{p}.adaLN_modulation.1.bias": (8 * d,),
             }
         )
-    shapes.update(
-        {
-            "norm.weight": (d,),
-            "norm.bias": (d,),
-            "mlm_layer.bias": (1, 1, codebook_size + 1),
-            "mlm_layer.fc.weight": (d, d),
-            "mlm_layer.fc.bias": (d,),
-            "mlm_layer.ln.weight": (d,),
-            "mlm_layer.ln.bias": (d,),
-        }
-    )
+    shapes.update(official_head_shapes(d, codebook_size))
     return shapes
 
 

@@ -29,6 +29,13 @@ def tiny_uvit(**overrides) -> UViT:
 
 
 # ------------------------------------------------------------------------------------------------ official layout
+def official_head_shapes(d: int, codebook_size: int) -> dict[str, tuple[int, ...]]:
+    """The final norm and MLM head, the same keys in both official code bases (AutoNAT and ENAT)."""
+    return {"norm.weight": (d,), "norm.bias": (d,), "mlm_layer.bias": (1, 1, codebook_size + 1),
+            "mlm_layer.fc.weight": (d, d), "mlm_layer.fc.bias": (d,), "mlm_layer.ln.weight": (d,),
+            "mlm_layer.ln.bias": (d,)}  # fmt: skip
+
+
 def official_autonat_shapes(
     codebook_size: int, num_tokens: int, num_classes: int, width: int, num_layers: int, mlp_ratio: int = 4
 ) -> dict[str, tuple[int, ...]]:
@@ -69,17 +76,7 @@ def official_autonat_shapes(
     block("mid_block", skip=False)
     for i in range(depth):
         block(f"out_blocks.{i}", skip=True)
-    shapes.update(
-        {
-            "norm.weight": (d,),
-            "norm.bias": (d,),
-            "mlm_layer.bias": (1, 1, codebook_size + 1),
-            "mlm_layer.fc.weight": (d, d),
-            "mlm_layer.fc.bias": (d,),
-            "mlm_layer.ln.weight": (d,),
-            "mlm_layer.ln.bias": (d,),
-        }
-    )
+    shapes.update(official_head_shapes(d, codebook_size))
     return shapes
 
 
