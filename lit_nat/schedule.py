@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from lit_nat.io import atomic_write_text
+
 FORMAT = "lit_nat.schedule/1"
 OFFICIAL_KEYS = ("manual_ratios", "manual_temp", "manual_samp_temp", "manual_cfg")
 FIELDS = ("mask_ratio", "sample_temperature", "remask_temperature", "guidance")
@@ -67,6 +69,12 @@ class GenerationSchedule:
         for t, r in enumerate(self.mask_ratio):
             if not 0.0 <= r <= 1.0:
                 raise ValueError(f"{source}: mask_ratio[{t}] = {r} is outside [0, 1]")
+        for t in range(1, steps):
+            if self.mask_ratio[t] > self.mask_ratio[t - 1]:
+                raise ValueError(
+                    f"{source}: mask_ratio[{t}] = {self.mask_ratio[t]} > mask_ratio[{t - 1}] = "
+                    f"{self.mask_ratio[t - 1]}; the fraction still masked must not increase from step to step"
+                )
         if self.mask_ratio[-1] != 0.0:
             raise ValueError(f"{source}: mask_ratio[{steps - 1}] = {self.mask_ratio[-1]}; the last step must be 0")
         for t, v in enumerate(self.sample_temperature):
@@ -220,13 +228,8 @@ class GenerationSchedule:
             raise ValueError(str(err).replace("schedule:", f"{source}:", 1)) from None
 
     def save(self, path: str | Path, official: bool = False) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = self.to_official() if official else self.to_dict()
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
-        tmp.replace(path)  # never leave a half-written schedule behind
-        return path
+        return atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> GenerationSchedule:

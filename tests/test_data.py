@@ -30,6 +30,7 @@ from lit_nat.data import (
     write_metadata,
 )
 from lit_nat.data.split import shard_order
+from lit_nat.errors import DataError
 from lit_nat.tokenizers import tokenizer_from_config
 
 GRID = (2, 3)
@@ -104,9 +105,9 @@ def test_shard_appears_only_when_complete(tmp_path):
         for i in range(3):
             w.write(_tokens(i), 0)
         assert not (tmp_path / "train-000000.tar").exists()
-        assert (tmp_path / "train-000000.tar.partial").exists()
+        assert len(list(tmp_path.glob(".train-000000.tar.*.tmp"))) == 1  # being written, under a temporary name
         w.write(_tokens(3), 0)
-        assert (tmp_path / "train-000000.tar").exists() and not (tmp_path / "train-000000.tar.partial").exists()
+        assert (tmp_path / "train-000000.tar").exists() and not list(tmp_path.glob(".*.tmp"))
         w.write(_tokens(4), 0)
         assert not (tmp_path / "train-000001.tar").exists() and not (tmp_path / "meta.json").exists()
     assert (tmp_path / "train-000001.tar").exists() and (tmp_path / "meta.json").exists()
@@ -192,7 +193,7 @@ def test_reader_detects_a_shard_shorter_than_its_metadata(tmp_path):
     data["splits"]["train"]["shards"][1]["num_samples"] = 4  # holds 2
     data["splits"]["train"]["num_samples"] = 8
     (tmp_path / "meta.json").write_text(json.dumps(data))
-    with pytest.raises(RuntimeError, match="train-000001.tar holds 2 samples"):
+    with pytest.raises(DataError, match="train-000001.tar holds 2 samples"):
         _read_all(tmp_path)
 
 

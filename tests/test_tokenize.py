@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -261,21 +262,22 @@ def test_interrupted_parallel_and_resumed_runs_write_identical_bytes(images, tmp
     assert sorted(p.name for p in out.glob("*.tar")) == ["train-000001.tar", "train-000003.tar"]
     assert not (out / "meta.json").exists()  # array tasks never finalise
 
-    real = plan_module.write_atomic
+    real = plan_module.atomic_write_bytes
+    host = socket.gethostname()
 
-    def killed_before_rename(path, data):
+    def killed_mid_write(path, data):
         if Path(path).name == "train-000002.tar":  # the record is already written: a kill mid-write
-            Path(f"{path}.partial").write_bytes(data[: len(data) // 2])
+            Path(path).with_name(f".train-000002.tar.{host}.999999999.tmp").write_bytes(data[: len(data) // 2])
             raise RuntimeError("killed")
         return real(path, data)
 
-    monkeypatch.setattr(plan_module, "write_atomic", killed_before_rename)
+    monkeypatch.setattr(plan_module, "atomic_write_bytes", killed_mid_write)
     with pytest.raises(RuntimeError, match="killed"):
         tokenize(_args(images, out, "--batch_size", "2", "--task_index", "0", "--num_tasks", "2"))
-    monkeypatch.setattr(plan_module, "write_atomic", real)
+    monkeypatch.setattr(plan_module, "atomic_write_bytes", real)
     assert (out / "train-000000.tar").exists() and (out / "train-000002.json").exists()
-    assert not (out / "train-000002.tar").exists() and (out / "train-000002.tar.partial").exists()
-    (out / "train-000004.tar.partial").write_bytes(b"left over by a crash")
+    assert not (out / "train-000002.tar").exists() and list(out.glob(".train-000002.tar.*.tmp"))
+    (out / f".train-000004.tar.{host}.999999998.tmp").write_bytes(b"left over by a crash")
     with pytest.raises(SystemExit) as exit_info:  # incomplete: verification says so and does not finalise
         verify(["--root", str(out), "--finalize"])
     assert exit_info.value.code == 1 and not (out / "meta.json").exists()
@@ -284,7 +286,7 @@ def test_interrupted_parallel_and_resumed_runs_write_identical_bytes(images, tmp
 
     summary = tokenize(_args(images, out, "--batch_size", "5", "--num_workers", "2"))  # resume: 2 of 5 shards left
     assert summary["written"] == 2 and summary["report"]["finalized"]
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob(".*.tmp"))  # the dead writers' temporary files were removed
     assert _files(out) == _files(ref)  # shards, records, plan, meta.json, skipped list: byte for byte
 
 

@@ -14,15 +14,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lit_nat.errors import LitNatError
+from lit_nat.io import atomic_write_json
+
 FORMAT = "lit_nat.tokens/1"
 META_FILE = "meta.json"
-PARTIAL_SUFFIX = ".partial"  # a file being written; never matches "*.tar" or "meta.json"
 TOKENS_FIELD = "tokens.npy"
 LABEL_FIELD = "cls"
 TEXT_FIELD = "txt"
 
 
-class MetadataError(ValueError):
+class MetadataError(LitNatError, ValueError):
     """A ``meta.json`` that is unreadable, of an unknown format, or with a missing or ill-typed key."""
 
 
@@ -211,15 +213,7 @@ def read_metadata(root: str | os.PathLike) -> DatasetMeta:
 def write_metadata(root: str | os.PathLike, meta: DatasetMeta) -> Path:
     """Write ``<root>/meta.json`` atomically (temporary file + rename): readers see the old or the new file, never
     a torn one. Returns the path."""
-    path = Path(root) / META_FILE
-    tmp = path.with_name(f"{META_FILE}.{os.getpid()}{PARTIAL_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta.to_dict(), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(Path(root) / META_FILE, meta.to_dict())
 
 
 @contextmanager

@@ -29,7 +29,6 @@ from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's 
     FORMAT,
     LABEL_FIELD,
     META_FILE,
-    PARTIAL_SUFFIX,
     TEXT_FIELD,
     TOKENS_FIELD,
     DatasetMeta,
@@ -39,6 +38,7 @@ from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's 
     read_metadata,
     write_metadata,
 )
+from lit_nat.io import AtomicFile
 
 MAX_CODES = 65536  # tokens are stored as uint16
 
@@ -106,19 +106,6 @@ def tar_bytes(samples: Iterable[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``<path>.partial``, fsync, and rename it to ``path``: a file of that name is always whole.
-    A leftover ``.partial`` from a crash is simply overwritten. Returns the path."""
-    path = Path(path)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-    return path
-
-
 def decode_tokens(data: bytes) -> np.ndarray:
     """The uint16 ids of one ``tokens.npy`` member."""
     arr = np.load(io.BytesIO(data), allow_pickle=False)
@@ -130,10 +117,11 @@ def decode_tokens(data: bytes) -> np.ndarray:
 class ShardWriter:
     """Writes one split of a data root: fixed-size tar shards plus its entry in ``meta.json``.
 
-    Every shard is written to ``<name>.partial`` and renamed to ``<name>`` only once complete, so a file with a shard
-    name is always whole. ``close()`` (or leaving the ``with`` block normally) finishes the last shard and, with
-    ``update_metadata``, merges the split into ``meta.json``; an exception inside the ``with`` block removes this
-    writer's partial file and the shards it completed, and leaves ``meta.json`` as it was.
+    Every shard is streamed into a temporary file (:class:`lit_nat.io.AtomicFile`) that appears under its shard name
+    only once complete, so a file with a shard name is always whole. ``close()`` (or leaving the ``with`` block
+    normally) finishes the last shard and, with ``update_metadata``, merges the split into ``meta.json``; an exception
+    inside the ``with`` block removes this writer's unfinished shard and the shards it completed, and leaves
+    ``meta.json`` as it was.
 
     It refuses (``ValueError``) a root whose ``meta.json`` describes another tokenizer, codebook, grid or class count,
     and (``FileExistsError``) to replace existing shards or a split already listed, unless ``overwrite=True``. It never
@@ -188,7 +176,7 @@ class ShardWriter:
         self._check_root(overwrite)
         self._shards: list[ShardInfo] = []
         self._tar: wds.TarWriter | None = None
-        self._file: Any = None
+        self._file: AtomicFile | None = None
         self._count = 0  # samples in the open shard
         self._index = 0  # samples written to the split
         self._has_text: bool | None = None
@@ -231,9 +219,6 @@ class ShardWriter:
     def _path(self, index: int) -> Path:
         return self.root / shard_name(self.split, index)
 
-    def _partial(self, index: int) -> Path:
-        return self.root / (shard_name(self.split, index) + PARTIAL_SUFFIX)
-
     def write(self, tokens: Any, label: int, text: str | None = None, key: str | None = None) -> None:
         """Append one sample: ``tokens`` of ``h * w`` ids in ``[0, codebook_size)``, its class ``label``, optionally a
         caption ``text`` (all samples or none) and a ``key`` (default: the running index in the split)."""
@@ -254,9 +239,9 @@ class ShardWriter:
         if self._has_text is None:
             self._has_text = text is not None
         if self._tar is None:
-            self._file = open(self._partial(len(self._shards)), "wb")
+            self._file = AtomicFile(self._path(len(self._shards)))
             # mtime fixed: the same samples give byte-identical shards
-            self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)  # int: no PAX header per member
+            self._tar = wds.TarWriter(self._file.file, encoder=False, mtime=0)  # int: no PAX header per member
         self._tar.write(sample)
         self._count += 1
         self._index += 1
@@ -270,12 +255,9 @@ class ShardWriter:
 
     def _finish_shard(self) -> None:
         assert self._tar is not None and self._file is not None
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._tar.close()  # closes the tar stream, not the file
         index = len(self._shards)
-        os.replace(self._partial(index), self._path(index))  # atomic: the shard name appears only when complete
+        self._file.commit()  # atomic: the shard name appears only when complete
         self._shards.append(ShardInfo(shard_name(self.split, index), self._count))
         self._tar, self._file, self._count = None, None, 0
 
@@ -308,12 +290,11 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Remove the partial shard and the shards this writer completed; ``meta.json`` is not touched."""
-        if self._tar is not None:
+        if self._file is not None:
             try:
-                self._tar.close()
-                self._file.close()
+                self._tar.close()  # (writes the tar's end blocks into the temporary file, which is then discarded)
             finally:
-                self._partial(len(self._shards)).unlink(missing_ok=True)
+                self._file.discard()
         for shard in self._shards:
             (self.root / shard.name).unlink(missing_ok=True)
         self._shards, self._tar, self._file, self._closed = [], None, None, True

@@ -18,9 +18,10 @@ every image is followed by its horizontal flip, as its own sample (key ``<key>_f
 round-robin (shard ``i`` to task ``i mod num_tasks``).
 
 Crash ordering, per shard: the tar is built in memory; its record (with the tar's sha256) is written atomically;
-then the tar goes to ``<name>.tar.partial`` (fsync) and is renamed to ``<name>.tar``. So a ``.tar`` always has its
-record and is whole; a crash leaves at most a record without tar or a ``.partial``, and the shard is redone on
-restart (both are overwritten). A ``.tar`` without a record is not ours: the run stops rather than touch it.
+then the tar, atomically too (:func:`lit_nat.io.atomic_write`: a temporary file beside it, fsync, rename). So a
+``.tar`` always has its record and is whole; a crash leaves at most a record without tar (and a temporary file that
+the next write of that shard removes), and the shard is redone on restart. A ``.tar`` without a record is not ours:
+the run stops rather than touch it.
 
 Finalisation (adding the split to ``meta.json``) is a separate, single step: ``tokenize-verify --finalize`` checks
 every shard first and publishes only a verified split, under a file lock, merging with splits already listed. A

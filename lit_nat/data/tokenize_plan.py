@@ -19,7 +19,8 @@ import yaml
 
 from lit_nat.data.imagefolder import ImageList, read_class_list
 from lit_nat.data.meta import META_FILE, DatasetMeta, read_metadata
-from lit_nat.data.shards import shard_name, tar_bytes, write_atomic
+from lit_nat.data.shards import shard_name, tar_bytes
+from lit_nat.io import atomic_write_bytes, atomic_write_text
 
 PLAN_FORMAT = "lit_nat.tokenize/1"
 PATCH = 16  # the VQGAN's downsampling factor: resolutions must be multiples of it
@@ -105,7 +106,7 @@ def read_plan(root: str | os.PathLike, split: str) -> TokenizePlan:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def classes_path(root: str | os.PathLike) -> Path:
@@ -150,9 +151,9 @@ def claim_root(root: Path, plan: TokenizePlan) -> None:
         if plan.split in meta.splits and not path.exists():
             raise TokenizeError(f"{root / META_FILE} already lists split {plan.split!r}, not made by tokenize")
     if not classes_path(root).exists():
-        write_atomic(classes_path(root), "".join(f"{name}\n" for name in plan.classes).encode())
+        atomic_write_text(classes_path(root), "".join(f"{name}\n" for name in plan.classes))
     if not path.exists():
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # a private name, then linked: first task wins
         _write_json(tmp, plan.to_dict())
         try:
             os.link(tmp, path)  # fails if another task got there first: then compare below
@@ -180,7 +181,7 @@ def shard_complete(root: Path, plan: TokenizePlan, index: int) -> bool:
 
 
 def write_shard(root: Path, plan: TokenizePlan, index: int, samples: list[dict], skipped: list[tuple[str, str]]):
-    """Publish one shard: record first, then the tar via ``.partial`` + rename (see the module docstring)."""
+    """Publish one shard: record first, then the tar, each atomically (see the module docstring)."""
     data = tar_bytes(samples)
     images = plan.shard_images(index)
     record = {
@@ -197,7 +198,7 @@ def write_shard(root: Path, plan: TokenizePlan, index: int, samples: list[dict],
         "skipped": [{"file": f, "reason": r} for f, r in skipped],
     }
     _write_json(record_path(root, plan.split, index), record)
-    write_atomic(root / shard_name(plan.split, index), data)
+    atomic_write_bytes(root / shard_name(plan.split, index), data)
 
 
 def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | None = None, resolution=None):

@@ -38,8 +38,9 @@ from lit_nat.data.meta import (
     read_metadata,
     write_metadata,
 )
-from lit_nat.data.shards import decode_tokens, shard_name, write_atomic
+from lit_nat.data.shards import decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
+from lit_nat.io import atomic_write_json, atomic_write_text
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
 
@@ -211,7 +212,7 @@ def verify_split(
     numbered = [(p.name, p.stem.split("-", 1)[1]) for p in root.glob(f"{split}-[0-9]*.tar")]
     if stray := sorted(name for name, n in numbered if not n.isdigit() or int(n) >= plan.num_shards):
         problems.append(f"shards beyond the plan's {plan.num_shards}: {stray[:3]} (from another plan?)")
-    write_atomic(skipped_path(root, split), "".join(f"{f}\t{r}\n" for f, r in skipped).encode())
+    atomic_write_text(skipped_path(root, split), "".join(f"{f}\t{r}\n" for f, r in skipped))
     report: dict[str, Any] = {
         "split": split,
         "ok": not problems,
@@ -249,7 +250,7 @@ def verify_split(
     if finalize and not problems:
         publish_split(root, plan, shards, len(skipped))
         report["finalized"] = True
-    write_atomic(report_path(root, split), (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_json(report_path(root, split), report)
     return report
 
 

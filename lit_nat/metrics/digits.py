@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_nat.io import atomic_write
+
 FORMAT = "lit_nat.digits_classifier/1"
 IMAGE_SIZE = 8
 
@@ -90,8 +92,6 @@ def classifier_accuracy(model: DigitsClassifier, images: torch.Tensor, labels: t
 
 def save_digits_classifier(model: DigitsClassifier, path: str | os.PathLike, **info: float | int | str) -> Path:
     """Save weights plus ``info`` (e.g. validation accuracy) atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {
         "format": FORMAT,
         "feature_dim": model.feature_dim,
@@ -99,9 +99,7 @@ def save_digits_classifier(model: DigitsClassifier, path: str | os.PathLike, **i
         "state_dict": model.state_dict(),
         "info": dict(info),
     }
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_digits_classifier(path: str | os.PathLike) -> DigitsClassifier:

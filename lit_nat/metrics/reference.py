@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_nat.io import atomic_write
 from lit_nat.metrics.fid import FeatureStatistics
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -97,19 +98,14 @@ def save_reference_stats(
     path: str | os.PathLike, mu: Any, sigma: Any, *, extractor: str, num_samples: int, source: str = ""
 ) -> Path:
     """Write ``mu``/``sigma`` (float64) with provenance keys, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    arrays = dict(
         mu=np.asarray(torch.as_tensor(mu).cpu(), dtype=np.float64),
         sigma=np.asarray(torch.as_tensor(sigma).cpu(), dtype=np.float64),
         extractor=np.asarray(extractor),
         num_samples=np.asarray(int(num_samples)),
         source=np.asarray(source),
     )
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 @torch.inference_mode()

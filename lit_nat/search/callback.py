@@ -14,7 +14,6 @@ search evaluation (each update costs up to 4T - 1 evaluations) without changing 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
+from lit_nat.io import atomic_write_json
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch, UpdateRecord
 from lit_nat.search.strategy import SearchSpace, default_groups
@@ -156,10 +156,8 @@ class ScheduleSearch(L.Callback):
         if search.best_xi is not None:
             best = search.space.to_schedule(search.best_xi, name=f"best (FID {search.best_fid:.4f})")
             best.save(folder / "best.yaml")
-        tmp = folder / "history.json.tmp"
-        tmp.write_text(json.dumps({"best_fid": search.best_fid, "names": search.space.names,
-                                   "history": search.history}, indent=1) + "\n")  # fmt: skip
-        tmp.replace(folder / "history.json")
+        atomic_write_json(folder / "history.json", {"best_fid": search.best_fid, "names": search.space.names,
+                                                    "history": search.history}, indent=1)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

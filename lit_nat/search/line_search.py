@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_nat.io import atomic_write_json
+
 Score = Callable[[float, float], float]
 PARAMETERS = ("alpha", "beta")
 
@@ -135,12 +137,7 @@ class BetaLineSearch:
         return search
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state_dict(), indent=1, allow_nan=False) + "\n")
-        tmp.replace(path)  # atomic: a crash never leaves a half-written state
-        return path
+        return atomic_write_json(path, self.state_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> BetaLineSearch:

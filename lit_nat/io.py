@@ -1,0 +1,229 @@
+"""Durable files: everything lit_nat writes appears whole or not at all, and a lock keeps two writers apart.
+
+:func:`atomic_write` is the one way a file is written: into a temporary file *in the destination's directory* (so
+the final rename never crosses a filesystem, which would turn it into a copy), flushed and fsynced, renamed over the
+destination, and the directory fsynced so the rename itself survives a power loss. A process killed at any instant
+leaves either the old file or the new one, never a truncated one; the temporary file of a killed writer is removed by
+the next write of the same destination on the same host.
+
+:class:`DirectoryLock` is an advisory POSIX record lock (``lockf``) on ``<dir>/.lit_nat.lock`` held for the life of a
+job (a fit's run directory, a ``sample``/``search``/``autonat`` output folder). The kernel releases it when the holder
+dies, so a killed job never leaves a stale lock; a second live job gets a one-line error naming the holder. (A POSIX
+lock belongs to the process, not to its forked DataLoader workers, which may outlive a killed parent by seconds; an
+``flock`` would stay held by them. It also works across NFS clients through the lock manager.)
+
+Standard library only: every other module may depend on this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from lit_nat.errors import LockedError
+
+TEMP_SUFFIX = ".tmp"
+LOCK_FILE = ".lit_nat.lock"
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of ``path`` left by writers on this host that no longer run; returns them."""
+    path = Path(path)
+    host = socket.gethostname()
+    removed = []
+    for temp in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+        owner = temp.name[len(path.name) + 2 : -len(TEMP_SUFFIX)]  # "<host>.<pid>"
+        owner_host, _, pid = owner.rpartition(".")
+        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and FUSE mounts) refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A binary file that appears under ``path`` only when :meth:`commit` is called (temp file beside it, fsync,
+    rename, directory fsync); :meth:`discard` (or a crash) leaves the destination as it was. For writers that stream
+    over many calls (a shard being filled); everything else uses :func:`atomic_write`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path)
+        self.temp = _temp_name(self.path)
+        self.file: IO[bytes] = open(self.temp, "wb")
+
+    def commit(self) -> Path:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temp, self.path)
+        fsync_directory(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``path`` whole or not at all: ``write(f)`` fills a binary temp file beside it, fsynced, then renamed.
+
+    If ``write`` raises (or the process dies), the destination keeps its previous content. Returns the path.
+    """
+    target = AtomicFile(path)
+    try:
+        write(target.file)
+    except BaseException:
+        target.discard()
+        raise
+    return target.commit()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of UTF-8 ``text``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN), tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> Path:
+    """:func:`atomic_write` of ``value`` as strict JSON (non-finite floats become ``null``)."""
+    return atomic_write_text(path, json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+_HELD: set[str] = set()  # lock files this process holds (POSIX locks do not conflict within one process)
+
+
+class DirectoryLock:
+    """An exclusive, advisory lock on a directory for the life of a job (``lockf`` on ``<dir>/.lit_nat.lock``).
+
+    ``acquire`` fails at once with :class:`~lit_nat.errors.LockedError` naming the holder (pid, host, what it runs,
+    since when) if another live process holds it. The kernel drops the lock when its holder exits or is killed, so
+    there is never a stale lock to remove by hand. On a filesystem without lock support the lock is skipped with a
+    warning (nothing else changes). Within one process a second lock of the same directory is refused too.
+
+    Args:
+        directory: the directory to lock (created if missing).
+        purpose: what the holder does, shown to a second process (e.g. ``"fit"``).
+    """
+
+    def __init__(self, directory: str | os.PathLike, purpose: str) -> None:
+        self.directory = Path(directory)
+        self.purpose = purpose
+        self._file: IO[str] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / LOCK_FILE
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> DirectoryLock:
+        if self._file is not None:
+            return self
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            raise LockedError(f"{self.directory} is already in use by this process ({self.purpose})")
+        f = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise LockedError(
+                f"{self.directory} is in use by {holder}; wait for it to end or use another directory"
+            ) from None
+        except OSError as err:  # ENOLCK / EOPNOTSUPP: e.g. a network filesystem mounted without lock support
+            f.close()
+            print(f"lit_nat: warning: cannot lock {self.path} ({err}); not protected against a second writer",
+                  file=sys.stderr)  # fmt: skip
+            return self
+        f.seek(0)
+        f.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        f.write(f"{self.purpose} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n")
+        f.flush()
+        self._file = f
+        _HELD.add(key)
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            _HELD.discard(str(self.path.resolve()))
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike, purpose: str) -> Iterator[DirectoryLock]:
+    """``with locked(out, "sample"):`` -- :class:`DirectoryLock` as a context manager."""
+    lock = DirectoryLock(directory, purpose).acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
