@@ -1,4 +1,4 @@
-from lit_nat.cli import main
+from lit_nat.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

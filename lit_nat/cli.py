@@ -11,7 +11,10 @@ and ``tokenize`` / ``tokenize-verify`` (image folder -> token shards, :mod:`lit_
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,11 @@ import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_nat.checkpointing import read_checkpoint
 from lit_nat.data import TokenShardDataModule
+from lit_nat.errors import CheckpointError, LitNatError
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
+from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
 from lit_nat.sample import NATTrainer
 
@@ -36,6 +42,8 @@ DATA_TO_MODEL_LINKS = {
 
 #: model arguments taken from the checkpoint's hyperparameters when --ckpt_path is given (see _parse_ckpt_path)
 STRUCTURE_ARGS = ("arch", "arch_overrides")
+#: --ckpt_path values Lightning resolves itself
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 
 
 class NATLightningCLI(LightningCLI):
@@ -55,23 +63,23 @@ class NATLightningCLI(LightningCLI):
 
         LightningCLI (2.3+) replaces *every* model argument by the hyperparameters saved in the checkpoint, which
         silently drops explicit overrides such as ``validate --ckpt_path X --model.schedule Y
-        --model.schedule_source=config``. Here only the backbone's structure (``arch``, ``arch_overrides``: they must
-        match the weights, e.g. an imported official checkpoint whose widths were read from its tensors) comes from the
-        checkpoint; every other argument keeps the config's and command line's value, and the differences are reported.
+        --model.schedule_source=config``. Here only the backbone's structure (``arch``, ``arch_overrides``) comes from
+        the checkpoint, and only where the config leaves them at their defaults; a config or command line that asks for
+        another structure than the weights have is an error naming both. Every other argument keeps the config's and
+        command line's value, and the differences are reported.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or (str(ckpt_path) in SPECIAL_CKPT_PATHS and not Path(ckpt_path).is_file()):
             return
-        try:  # mmap: only the small hyper_parameters entry is read, not the weights
-            saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
-        except Exception:  # noqa: BLE001  (not our job to judge the file here: the restore will say what is wrong)
-            return
+        # mmap: only the small hyper_parameters entry is read, not the weights; a damaged file is named here
+        saved = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters")
         model = self.config[subcommand].get("model")
         if not saved or model is None:
             return
         current = model.as_dict() if hasattr(model, "as_dict") else dict(model)
         structure = {k: saved[k] for k in STRUCTURE_ARGS if k in saved}
+        check_structure(ckpt_path, structure, current)
         differ = [f"{k}: {_plain(saved[k])!r} -> {_plain(current[k])!r}" for k in sorted(saved)
                   if k in current and k not in structure and _plain(saved[k]) != _plain(current[k])]  # fmt: skip
         if structure:
@@ -79,6 +87,33 @@ class NATLightningCLI(LightningCLI):
         if differ:
             rank_zero_info(f"{ckpt_path}: model arguments that differ from the checkpoint's (the config's are used): "
                            + "; ".join(differ))  # fmt: skip
+
+
+def check_structure(ckpt_path: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A config that sets ``arch``/``arch_overrides`` (not the defaults) must agree with the checkpoint's backbone.
+
+    Agreeing means: every key the config's ``arch_overrides`` names has the checkpoint's value, and a config ``arch``
+    other than the checkpoint's resolves to the same structure. (An imported official checkpoint records the widths
+    read from its tensors; its config may name only what tensors cannot tell, such as ``num_heads``.)
+    """
+    if "arch" not in saved:
+        return
+    defaults = {k: inspect.signature(NATModule).parameters[k].default for k in STRUCTURE_ARGS}
+    arch, overrides = current.get("arch"), _plain(current.get("arch_overrides")) or {}
+    if {"arch": arch, "arch_overrides": overrides or None} == {k: _plain(v) for k, v in defaults.items()}:
+        return  # nothing asked: the checkpoint's structure is taken
+    have = _plain(resolve_arch(saved["arch"], saved.get("arch_overrides")))
+    conflicts = {k: (have.get(k), v) for k, v in overrides.items() if have.get(k) != v}
+    if arch != saved["arch"]:
+        want = _plain(resolve_arch(arch, overrides))
+        conflicts.update({k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want))
+                          if have.get(k) != want.get(k)})  # fmt: skip
+    if conflicts:
+        raise CheckpointError(
+            f"{ckpt_path}: the checkpoint's backbone is {saved['arch']!r} {_plain(saved.get('arch_overrides')) or ''}"
+            f" but the config asks for {arch!r} {overrides or ''} (checkpoint vs config: {conflicts}); set "
+            "--model.arch/--model.arch_overrides to the checkpoint's, or leave them out"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -157,3 +192,28 @@ def main(args: ArgsType = None) -> None:
         save_config_kwargs={"overwrite": True},  # a requeued SLURM job logs into the same run directory
         args=args,  # None: LightningCLI reads sys.argv itself (passing both would warn)
     )
+
+
+def entry() -> None:
+    """The console entry (``python -m lit_nat``, ``lit-nat``): :func:`main` with a user's errors as one line.
+
+    A :class:`~lit_nat.errors.LitNatError` prints ``lit_nat: error: <message>`` (no traceback; ``LIT_NAT_DEBUG=1``
+    shows it) and exits with its code; a fit or command stopped by SIGTERM exits with 143 after saving what it had,
+    Ctrl-C with 130.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    debug = os.environ.get("LIT_NAT_DEBUG", "") not in ("", "0")
+    try:
+        main()
+    except SIGTERMException:
+        print("lit_nat: stopped by SIGTERM; what was finished is saved, rerun to resume", file=sys.stderr)
+        sys.exit(143)
+    except LitNatError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"lit_nat: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("lit_nat: interrupted; what was finished is saved, rerun to resume", file=sys.stderr)
+        sys.exit(130)

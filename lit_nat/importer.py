@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import yaml
 
+from lit_nat.checkpointing import save_checkpoint_file
 from lit_nat.models import ARCHITECTURES
 from lit_nat.models.convert import CONVERTERS, load_official, read_checkpoint
 from lit_nat.module import NATModule
@@ -136,10 +136,7 @@ def import_checkpoint(
     module.ema_backbone.load_state_dict(module.backbone.state_dict())
 
     checkpoint = build_checkpoint(module, {"imported_from": str(src), "format": format, "report": report.summary()})
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(dst)  # never a half-written checkpoint under the final name
+    save_checkpoint_file(checkpoint, dst)  # atomic: never a half-written checkpoint under the final name
     print(f"import-checkpoint: {src} -> {dst}\n{report.summary()}")
     return dst
 

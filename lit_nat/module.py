@@ -7,13 +7,17 @@ weights, used for validation and sampling) and the current generation schedule.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_nat.checkpointing import read_checkpoint
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
+from lit_nat.errors import CheckpointError
+from lit_nat.finite import NonFiniteGuard, all_finite
 from lit_nat.models import build_backbone
 from lit_nat.objective import (
     apply_mask,
@@ -22,6 +26,7 @@ from lit_nat.objective import (
     masked_token_loss,
     previous_step_mask,
     sample_training_mask,
+    seed_training_step,
 )
 from lit_nat.sampling import GenerationResult, generate, make_generator
 from lit_nat.schedule import GenerationSchedule
@@ -60,6 +65,14 @@ class NATModule(L.LightningModule):
         reuse_prob: ENAT reuse training: with this probability a step trains the online model on features of a
             "previous step" (a random part of the visible tokens re-masked) computed by the EMA model without
             gradient. ENAT uses 0.5; ignored (must be 0) for backbones without reuse.
+        nonfinite: a training step whose loss or gradients are NaN/inf: ``skip`` it (weights, optimiser moments and
+            EMA unchanged; counted in ``train/nonfinite_steps``) or ``stop`` the run at once. Checked once per
+            optimiser step (one host read), over all ranks.
+        max_nonfinite_steps: with ``skip``, this many non-finite steps in a row stop the run with an error naming the
+            steps (no checkpoint with non-finite weights is ever written).
+
+    Every random draw of a training step comes from a seed derived from (run seed, epoch, batch index, rank)
+    (:func:`~lit_nat.objective.seed_training_step`), so a resumed run repeats the uninterrupted run's draws exactly.
     """
 
     def __init__(
@@ -86,6 +99,8 @@ class NATModule(L.LightningModule):
         schedule_params: dict[str, Any] | None = None,
         schedule_source: str = "checkpoint",
         reuse_prob: float = 0.0,
+        nonfinite: str = "skip",
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         if isinstance(grid_size, list):
@@ -111,7 +126,11 @@ class NATModule(L.LightningModule):
         # Not an nn.Module attribute: tokenizer weights (a VQGAN) must not enter the NAT's checkpoints.
         self._tokenizer_config = tokenizer
         self._tokenizer: Tokenizer | None = None
-        self._last_ema_step = -1
+        self.nonfinite_guard = NonFiniteGuard(nonfinite, max_nonfinite_steps)
+        self._train_seed: int | None = None  # the run's seed, fixed at the first step and kept in checkpoints
+        self._loss_finite: torch.Tensor | None = None  # all losses of the current optimiser step finite (on device)
+        self._skip_ema = False
+        self.bad_samples = 0  # replaced bad data samples seen so far (the data module's skip policy)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Properties of the token space
@@ -166,8 +185,16 @@ class NATModule(L.LightningModule):
         inputs, targets = apply_mask(ids, mask, self.mask_id)
         return inputs, targets, mask
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._train_seed is None:
+            self._train_seed = int(torch.initial_seed())  # what seed_everything set
+        seed_training_step(self._train_seed, self.current_epoch, batch_idx, self.global_rank)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self._check_batch(batch)
+        if "bad_samples" in batch:
+            self.bad_samples += int(batch.pop("bad_samples"))
+            self.log("train/bad_samples", float(self.bad_samples))
         inputs, targets, mask = self.masked_batch(batch)
         labels = drop_labels(batch["label"], self.hparams.p_uncond, self.null_class)
         state, num_masked = None, None
@@ -179,6 +206,8 @@ class NATModule(L.LightningModule):
             self.log("train/reuse", float(state is not None))
         logits, _ = self.backbone(inputs, labels, state, num_masked=num_masked)  # (B, N, K)
         loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
+        finite = torch.isfinite(loss.detach())  # no host read here: checked once per optimiser step
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/masked_acc", accuracy, prog_bar=True)
         self.log("train/mask_ratio", mask.float().mean())
@@ -196,12 +225,35 @@ class NATModule(L.LightningModule):
         _, state = self.ema_backbone(previous_inputs, labels, num_masked=previous_count)
         return state
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Update once per optimiser step (gradient accumulation calls this hook for every micro-batch).
-        if self.global_step != self._last_ema_step:
-            self._last_ema_step = self.global_step
-            decay = ema_decay_at(self.global_step - 1, self.hparams.ema_decay, self.hparams.ema_warmup)
-            update_ema(self.ema_backbone, self.backbone, decay)
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The non-finite guard: after backward (and DDP's all-reduce), before the weights change."""
+        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
+        finite = all_finite(grads)
+        if self._loss_finite is not None:
+            finite = finite & self._loss_finite.to(finite.device)
+        self._loss_finite = None
+        bad = (~finite).float()
+        if self.trainer.world_size > 1:  # every rank must take the same decision
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        skip = self.nonfinite_guard.update(not bool(bad > 0), self.global_step)  # the one host read of the step
+        if skip:
+            for p in self.backbone.parameters():
+                p.grad = None  # the optimiser then leaves every parameter and its moments as they are
+            self._skip_ema = True
+            rank_zero_warn(f"non-finite loss or gradients at step {self.global_step}: step skipped "
+                           f"({self.nonfinite_guard.consecutive} in a row)")  # fmt: skip
+        self.log("train/nonfinite_steps", float(self.nonfinite_guard.total))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update of that step (once per optimiser step, also under gradient
+        accumulation). Here rather than in ``on_train_batch_end``: callbacks' batch-end hooks (ModelCheckpoint) run
+        before the module's, so a checkpoint taken there would hold the step's weights without its EMA update."""
+        super().optimizer_step(*args, **kwargs)
+        if self._skip_ema:  # a skipped (non-finite) step leaves the EMA as it is too
+            self._skip_ema = False
+            return
+        decay = ema_decay_at(self.global_step - 1, self.hparams.ema_decay, self.hparams.ema_warmup)
+        update_ema(self.ema_backbone, self.backbone, decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(
@@ -297,8 +349,14 @@ class NATModule(L.LightningModule):
     # Checkpoints carry the current generation schedule
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["generation_schedule"] = self.schedule.to_dict()
+        checkpoint["lit_nat_training"] = {"train_seed": self._train_seed, "bad_samples": self.bad_samples,
+                                          "nonfinite": self.nonfinite_guard.state_dict()}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        training = checkpoint.get("lit_nat_training") or {}
+        self._train_seed = training.get("train_seed", self._train_seed)
+        self.bad_samples = int(training.get("bad_samples", 0))
+        self.nonfinite_guard.load_state_dict(training.get("nonfinite", {}))
         if "generation_schedule" not in checkpoint:
             return
         saved = GenerationSchedule.from_dict(checkpoint["generation_schedule"], source="checkpoint")
@@ -323,7 +381,20 @@ class NATModule(L.LightningModule):
 
 
 def load_model(ckpt_path: str, map_location: str | torch.device = "cpu") -> NATModule:
-    """Load a lit_nat checkpoint for sampling: eval mode, with ``backbone`` holding the EMA weights."""
-    model = NATModule.load_from_checkpoint(ckpt_path, map_location=map_location)
+    """Load a lit_nat checkpoint for sampling: eval mode, with ``backbone`` holding the EMA weights.
+
+    A missing, damaged or foreign file, or one with non-finite weights, is a :class:`CheckpointError` naming it.
+    """
+    checkpoint = read_checkpoint(ckpt_path, map_location=map_location, require_finite=True)
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{ckpt_path}: not a lit_nat checkpoint (no hyper_parameters or state_dict)")
+    known = inspect.signature(NATModule).parameters  # (LightningCLI adds private keys such as _instantiator)
+    try:
+        model = NATModule(**{k: v for k, v in hparams.items() if k in known})
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{ckpt_path}: does not fit lit_nat's NATModule ({str(err).splitlines()[0]})") from None
     model.backbone.load_state_dict(model.ema_backbone.state_dict())
-    return model.eval()
+    return model.to(map_location).eval()

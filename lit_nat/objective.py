@@ -11,10 +11,12 @@ batch, because its encoder/decoder split needs equal counts within a batch.
 from __future__ import annotations
 
 import math
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -202,6 +204,21 @@ def previous_step_mask(mask: torch.Tensor, num_masked: int, fraction: float) -> 
     scores = torch.rand(mask.shape, device=mask.device).masked_fill(mask, float("inf"))
     newly_revealed = scores.argsort(dim=1)[:, :k]  # (B, k): k random currently-visible positions
     return mask.scatter(1, newly_revealed, True), num_masked + k
+
+
+def seed_training_step(base_seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """Seed torch (every device), numpy and Python's ``random`` for one training batch, from its coordinates alone.
+
+    Every random draw of a training step (masks, mask ratios, label dropout, reuse, dropout layers) then depends only
+    on ``(base_seed, epoch, batch_idx, rank)``, never on how many draws came before. A run resumed from a checkpoint
+    therefore draws exactly what the uninterrupted run drew, on every rank, with no RNG state to save (a checkpoint
+    is written by rank 0 and could not hold the other ranks' states). Returns the step's seed.
+    """
+    seed = int(np.random.SeedSequence([base_seed % 2**63, epoch, batch_idx, rank]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    return seed
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,13 +6,16 @@ Output under ``--out``:
   (N, H, W, 3) and ``arr_1`` int64 (N,) labels, in sample order (grey images are repeated to RGB);
 - ``grid.png``: the first ``grid_samples`` images (class-balanced labels: column c shows class c when the row length
   equals the class count);
-- ``samples.json``: what was generated (checkpoint, schedule, seed, batch size, N, labels rule, world size);
+- ``samples.json``: what was generated (checkpoint, schedule and the masked counts it gives, seed, batch size, N, labels
+  rule, world size);
 - ``images/NNNNNN.png`` with ``--save_png true``.
 
-Which images: the plan of :mod:`lit_nat.data.labels` (batch b = samples [bB, (b+1)B), seeded ``seed + b B``, dealt to
-rank ``b mod W``), so the file is the same for any number of devices. Under DDP each rank writes its part
-(``parts/rank*.npy``), all ranks meet at a barrier, and rank 0 merges the parts by sample index through a memory map
-(so rank 0 never holds more than one part in memory) and removes them.
+Which images: the plan of :mod:`lit_nat.data.labels` (batch b = samples [bB, (b+1)B), seeded ``seed + b B``), so the
+file is the same for any number of devices. Every generated batch is written at once to ``parts/batch_NNNNNN.npz``
+(atomically, by the rank that made it); a run that is killed or stopped (SIGTERM stops it after the current batch)
+keeps them, and the same command resumes with the batches still missing (``parts/plan.json`` records what the parts
+depend on, the sampled weights by content included, and a resume with anything else is refused). At the end rank 0
+merges the parts by sample index through a memory map (never more than one batch in memory) and removes them.
 """
 
 from __future__ import annotations
@@ -26,15 +29,21 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
+from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock, raise_if_stopped
+from lit_nat.checkpointing import DurableCheckpointIO, weights_digest
 from lit_nat.data.datamodule import generation_loader
+from lit_nat.errors import UsageError
+from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json
 from lit_nat.schedule import GenerationSchedule
 
 NPZ_FILE, GRID_FILE, INFO_FILE, PARTS_DIR, IMAGES_DIR = "samples.npz", "grid.png", "samples.json", "parts", "images"
+PLAN_FILE = "plan.json"
 
 
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
@@ -45,49 +54,46 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return x.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def write_part(out_dir: Path, rank: int, images: list[np.ndarray], labels: list[np.ndarray], index: list[np.ndarray]):
-    """One rank's samples as three ``.npy`` files (memory-mappable for the merge)."""
-    parts = out_dir / PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
-    stem = parts / f"rank{rank:05d}"
-    empty = np.zeros((0, 0, 0, 3), np.uint8)
-    np.save(f"{stem}.images.npy", np.concatenate(images) if images else empty)
-    np.save(f"{stem}.labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
-    np.save(f"{stem}.index.npy", np.concatenate(index) if index else np.zeros(0, np.int64))
+def part_path(out_dir: Path, batch: int) -> Path:
+    return out_dir / PARTS_DIR / f"batch_{batch:06d}.npz"
+
+
+def write_part(out_dir: Path, batch: int, images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> Path:
+    """One generated batch, atomically: a part file is whole or absent, so a resumed run can trust it."""
+    return atomic_write(part_path(out_dir, batch), lambda f: np.savez(f, images=images, labels=labels, index=index))
+
+
+def done_batches(out_dir: Path) -> set[int]:
+    """The batch numbers whose part file is complete."""
+    return {int(p.stem.split("_")[1]) for p in (out_dir / PARTS_DIR).glob("batch_*.npz")}
 
 
 def merge_parts(out_dir: Path, num_samples: int) -> Path:
-    """Merge every ``parts/rank*`` into ``samples.npz`` in sample order; checks each index appears exactly once."""
-    stems = sorted(p.name.removesuffix(".index.npy") for p in (out_dir / PARTS_DIR).glob("rank*.index.npy"))
+    """Merge every ``parts/batch_*.npz`` into ``samples.npz`` in sample order, each index exactly once."""
+    parts = sorted((out_dir / PARTS_DIR).glob("batch_*.npz"))
     seen = np.zeros(num_samples, dtype=np.int64)
     shape = None
-    for stem in stems:
-        index = np.load(out_dir / PARTS_DIR / f"{stem}.index.npy")
-        if index.size and (index.min() < 0 or index.max() >= num_samples):
-            raise ValueError(f"{stem}: sample indices outside [0, {num_samples})")
-        np.add.at(seen, index, 1)
-        if index.size:
-            shape = np.load(out_dir / PARTS_DIR / f"{stem}.images.npy", mmap_mode="r").shape[1:]
+    for part in parts:
+        with np.load(part) as data:
+            index = data["index"]
+            if index.size and (index.min() < 0 or index.max() >= num_samples):
+                raise ValueError(f"{part}: sample indices outside [0, {num_samples})")
+            np.add.at(seen, index, 1)
+            shape = data["images"].shape[1:] if index.size else shape
     if shape is None or not (seen == 1).all():
         bad = np.flatnonzero(seen != 1)[:10].tolist()
         raise RuntimeError(f"parts in {out_dir / PARTS_DIR} do not cover each sample exactly once (e.g. {bad})")
-    tmp = out_dir / "arr_0.tmp.npy"
+    tmp = out_dir / PARTS_DIR / "arr_0.npy"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(num_samples, *shape))
     labels = np.zeros(num_samples, dtype=np.int64)
-    for stem in stems:
-        index = np.load(out_dir / PARTS_DIR / f"{stem}.index.npy")
-        if not index.size:  # a rank without batches (more ranks than batches)
-            continue
-        images[index] = np.load(out_dir / PARTS_DIR / f"{stem}.images.npy", mmap_mode="r")
-        labels[index] = np.load(out_dir / PARTS_DIR / f"{stem}.labels.npy")
+    for part in parts:
+        with np.load(part) as data:
+            images[data["index"]] = data["images"]
+            labels[data["index"]] = data["labels"]
     images.flush()
-    path = out_dir / NPZ_FILE
-    partial = out_dir / (NPZ_FILE + ".partial.npz")
-    np.savez(partial, arr_0=images, arr_1=labels)  # numpy streams the memory map into the zip in chunks
-    partial.replace(path)
-    del images
-    tmp.unlink()
-    shutil.rmtree(out_dir / PARTS_DIR)
+    # numpy streams the memory map into the zip in chunks
+    path = atomic_write(out_dir / NPZ_FILE, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+    shutil.rmtree(out_dir / PARTS_DIR)  # (the memory map's file may vanish while mapped: POSIX keeps it until unmapped)
     return path
 
 
@@ -101,11 +107,13 @@ def save_grid(images: np.ndarray, path: Path, min_cell: int = 64) -> None:
 
 
 class SampleWriter(BasePredictionWriter):
-    """Collects ``predict_step`` images per rank, installs the requested schedule, and writes the outputs.
+    """Writes every generated batch as a part file, checks a resumed run's parts, and merges them at the end.
 
     Args:
         out_dir: output folder.
         num_samples: total number of samples over all ranks (for the merge's completeness check).
+        batch_size: images per generation batch (batch b starts at sample b * batch_size).
+        settings: what the parts depend on besides the weights and the schedule (N, batch size, seed, labels).
         schedule: schedule to install at predict start, after the checkpoint (which carries its own) is restored.
         save_png: also write every image to ``images/NNNNNN.png``.
         grid_samples: images in ``grid.png``.
@@ -116,6 +124,8 @@ class SampleWriter(BasePredictionWriter):
         self,
         out_dir: str | Path,
         num_samples: int,
+        batch_size: int,
+        settings: dict[str, Any],
         schedule: GenerationSchedule | None = None,
         save_png: bool = False,
         grid_samples: int = 100,
@@ -123,23 +133,24 @@ class SampleWriter(BasePredictionWriter):
     ) -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
-        self.num_samples = num_samples
+        self.num_samples, self.batch_size, self.settings = num_samples, batch_size, dict(settings)
         self.schedule = schedule
         self.save_png = save_png
         self.grid_samples = grid_samples
         self.info = dict(info or {})
-        self._images: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-        self._index: list[np.ndarray] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.schedule is not None:
             pl_module.set_schedule(self.schedule)  # validated against the model's token count
-        self._images, self._labels, self._index = [], [], []
-        if trainer.is_global_zero:
-            shutil.rmtree(self.out_dir / PARTS_DIR, ignore_errors=True)  # leftovers of an interrupted run
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        plan = {**self.settings, "schedule": pl_module.schedule.to_dict(),
+                "weights": weights_digest(pl_module.ema_backbone.state_dict())}  # fmt: skip
+        path = self.out_dir / PARTS_DIR / PLAN_FILE
+        trainer.strategy.barrier("lit_nat-sample-check")
+        if path.exists():  # every rank reads the same file and raises together
+            check_parts_plan(path, plan)
         trainer.strategy.barrier("lit_nat-sample-start")
+        if trainer.is_global_zero and not path.exists():
+            atomic_write_json(path, plan)
         if self.save_png:
             (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -157,16 +168,15 @@ class SampleWriter(BasePredictionWriter):
             raise RuntimeError("the model has no tokenizer config, so samples cannot be decoded into images")
         images = to_uint8_hwc(prediction["images"])
         index = batch["index"].cpu().numpy().astype(np.int64)
-        self._images.append(images)
-        self._labels.append(prediction["label"].cpu().numpy().astype(np.int64))
-        self._index.append(index)
+        labels = prediction["label"].cpu().numpy().astype(np.int64)
         if self.save_png:
             for i, image in zip(index, images):
-                Image.fromarray(image).save(self.out_dir / IMAGES_DIR / f"{i:06d}.png")
+                atomic_write(self.out_dir / IMAGES_DIR / f"{i:06d}.png", lambda f, im=image: Image.fromarray(im).save(
+                    f, format="PNG"))  # fmt: skip
+        write_part(self.out_dir, int(index[0]) // self.batch_size, images, labels, index)
+        raise_if_stopped(trainer)  # SIGTERM: stop after this batch; its part is on disk
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        write_part(self.out_dir, trainer.global_rank, self._images, self._labels, self._index)
-        self._images, self._labels, self._index = [], [], []
         trainer.strategy.barrier("lit_nat-sample-parts")  # every part is on disk before rank 0 merges
         if not trainer.is_global_zero:
             return
@@ -174,18 +184,51 @@ class SampleWriter(BasePredictionWriter):
         with np.load(path) as data:
             save_grid(data["arr_0"][: self.grid_samples], self.out_dir / GRID_FILE)
             shape = list(data["arr_0"].shape)
+        schedule: GenerationSchedule = pl_module.schedule
         info = {
             **self.info,
-            "schedule": pl_module.schedule.to_dict(),
+            "schedule": schedule.to_dict(),
+            "masked_counts": schedule.masked_counts(pl_module.num_tokens),  # what the loop did with the ratios
             "arr_0_shape": shape,
             "world_size": trainer.world_size,
         }
-        (self.out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_json(self.out_dir / INFO_FILE, info)
         rank_zero_info(f"sample: wrote {path} (arr_0 {shape} uint8, arr_1 labels) and {self.out_dir / GRID_FILE}")
 
 
+def check_parts_plan(path: Path, plan: dict[str, Any]) -> None:
+    """The parts of an interrupted run may be resumed only by the same generation (settings, schedule, weights)."""
+    saved = json.loads(path.read_text())
+    now = json.loads(json.dumps(plan))  # tuples as lists, as in the file
+    changed = sorted(k for k in set(saved) | set(now) if k in now and saved.get(k) != now.get(k))
+    if changed:
+        raise UsageError(
+            f"{path.parent}: parts of an interrupted run with other {', '.join(changed)}; rerun it as it was to "
+            "resume, or pass --overwrite true (or another --out) to start again"
+        )
+
+
 class NATTrainer(L.Trainer):
-    """The Lightning Trainer plus ``sample`` and ``search`` (the CLI subcommands of the same names)."""
+    """The Lightning Trainer plus ``sample`` and ``search`` (the CLI subcommands of the same names).
+
+    Every run also gets, unless the arguments already hold one of the same kind: durable checkpoint files
+    (:class:`~lit_nat.checkpointing.DurableCheckpointIO`: atomic, never with non-finite weights, damaged files named on
+    load), one live fit per run directory (:class:`~lit_nat.callbacks.RunDirectoryLock`) and a checkpoint of the
+    current step on SIGTERM/SIGUSR1 (:class:`~lit_nat.callbacks.Preemption`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        plugins = kwargs.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(DurableCheckpointIO())
+        kwargs["plugins"] = plugins
+        callbacks = kwargs.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        # first, so the run directory is locked before any other callback writes into it (e.g. the saved config)
+        defaults = [cb() for cb in (RunDirectoryLock, Preemption) if not any(isinstance(c, cb) for c in callbacks)]
+        kwargs["callbacks"] = [*defaults, *callbacks]
+        super().__init__(*args, **kwargs)
 
     def sample(
         self,
@@ -218,7 +261,8 @@ class NATTrainer(L.Trainer):
             out: output folder.
             save_png: also write each image as out/images/NNNNNN.png.
             grid_samples: number of images in grid.png.
-            overwrite: replace an existing out/samples.npz.
+            overwrite: replace an existing out/samples.npz, and drop the parts of an interrupted run instead of
+                resuming it.
         """
         out_dir = Path(out)
         if (out_dir / NPZ_FILE).exists() and not overwrite:
@@ -233,21 +277,28 @@ class NATTrainer(L.Trainer):
                 )
         if ckpt_path is None:
             rank_zero_warn("sample: no --ckpt_path; sampling from the model's initial (untrained) weights")
-        loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels)
-        info = {
-            "checkpoint": ckpt_path,
-            "num_samples": num_samples,
-            "batch_size": batch_size,
-            "seed": seed,
-            "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}",
-            "schedule_source": schedule or "checkpoint",
-        }
-        writer = SampleWriter(out_dir, num_samples, parsed, save_png, grid_samples, info)
-        self.callbacks.append(writer)
+        settings = {"num_samples": num_samples, "batch_size": batch_size, "seed": seed,
+                    "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
+        info = {"checkpoint": ckpt_path, **settings, "schedule_source": schedule or "checkpoint"}
+        # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
+        lock = DirectoryLock(out_dir, "lit_nat sample").acquire() if self.is_global_zero else None
         try:
-            self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
+            if overwrite and self.is_global_zero:  # (before predict starts, so before any rank writes a part)
+                shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
+            done = set() if overwrite else done_batches(out_dir)
+            if done:
+                rank_zero_info(f"sample: resuming: {len(done)} batches already in {out_dir / PARTS_DIR}")
+            loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels,
+                                       skip=done)  # fmt: skip
+            writer = SampleWriter(out_dir, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
+            self.callbacks.append(writer)
+            try:
+                self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
+            finally:
+                self.callbacks.remove(writer)
         finally:
-            self.callbacks.remove(writer)
+            if lock is not None:
+                lock.release()
         return out_dir / NPZ_FILE
 
     def search(

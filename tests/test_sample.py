@@ -14,7 +14,7 @@ from lit_nat.cli import main
 from lit_nat.data.labels import plan_generation
 from lit_nat.metrics import load_reference_stats
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
-from lit_nat.sample import merge_parts, to_uint8_hwc, write_part
+from lit_nat.sample import done_batches, merge_parts, to_uint8_hwc, write_part
 from lit_nat.schedule import GenerationSchedule
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 
@@ -87,19 +87,20 @@ def test_bad_schedule_files_and_labels_fail_before_any_work(setup, tmp_path):
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
-def test_per_rank_parts_merge_in_sample_order(tmp_path):
-    """What two DDP ranks write (batches dealt round-robin) merges into one file in sample order."""
+def test_batch_parts_merge_in_sample_order(tmp_path):
+    """What two DDP ranks write (batches dealt round-robin, one part file each) merges into one file in sample order."""
     images = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
     for rank in range(2):
-        plan = plan_generation(10, 3, num_classes=4, rank=rank, world_size=2)
-        index = [np.array(b.indices) for b in plan]
-        write_part(tmp_path, rank, [images[i] for i in index], [np.array(b.labels) for b in plan], index)
-    write_part(tmp_path, 2, [], [], [])  # a rank without batches
+        for batch in plan_generation(10, 3, num_classes=4, rank=rank, world_size=2):
+            index = np.array(batch.indices)
+            write_part(tmp_path, batch.index, images[index], np.array(batch.labels), index)
+    assert done_batches(tmp_path) == {0, 1, 2, 3}
     path = merge_parts(tmp_path, 10)
     with np.load(path) as data:
         np.testing.assert_array_equal(data["arr_0"], images)
         assert data["arr_1"].tolist() == [i % 4 for i in range(10)]
-    write_part(tmp_path, 0, [images[:3]], [np.zeros(3, np.int64)], [np.array([0, 1, 1])])
+    assert not (tmp_path / "parts").exists()
+    write_part(tmp_path, 0, images[:3], np.zeros(3, np.int64), np.array([0, 1, 1]))
     with pytest.raises(RuntimeError, match="exactly once"):
         merge_parts(tmp_path, 3)
 

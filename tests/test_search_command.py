@@ -50,7 +50,7 @@ def test_search_writes_files_resumes_and_checks_the_schedule_length(setup, tmp_p
     config, ckpt = setup
     out = tmp_path / "search"
     search(config, ckpt, out, "--updates=2")
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # (not the lock file)
     assert names == ["best.yaml", "search_0.yaml", "search_1.yaml", "search_2.yaml", "state.json", "stp_0.yaml",
                      "stp_1.yaml", "stp_2.yaml"]  # fmt: skip
     state = json.loads((out / "state.json").read_text())
@@ -97,7 +97,7 @@ def test_search_writes_files_resumes_and_checks_the_schedule_length(setup, tmp_p
     with pytest.raises(ValueError, match="has 4 steps but the state to resume .* is for T = 2"):
         search(config, ckpt, out, "--updates=4", f"--schedule={four}")
     # other evaluation settings cannot reuse the cached FIDs
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other weights, statistics or settings"):
         main(["search", f"--config={config}", f"--ckpt_path={ckpt}", f"--out={out}", "--num_samples=8"])
 
 

@@ -1,46 +1,32 @@
 """scripts/slurm/fit.sbatch: its overrides parse for every shipped config, and a preempted job that SLURM requeues
-resumes from Lightning's hpc checkpoint and logs into the same TensorBoard run.
+resumes from the hpc checkpoint of its step, logs into the same TensorBoard run, and ends bit-identical to a job that
+was never preempted.
 
 The requeue test runs the real sbatch script with a fake ``srun`` (runs the command once, locally) and a fake
-``scontrol`` (records its arguments) on PATH and the variables SLURM sets, so Lightning's SLURM environment is the one
-that handles SIGUSR1.
+``scontrol`` (records its arguments) on PATH and the variables SLURM sets, so Lightning's SLURM environment and
+lit_nat's Preemption callback handle SIGUSR1 as on a cluster.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
 
 from lit_nat.cli import main
 from tests.conftest import TINY_ARCH, write_random_shards
+from tests.helpers.checks import assert_same_training_state
 
 REPO = Path(__file__).resolve().parents[1]
 FIT_SBATCH = REPO / "scripts" / "slurm" / "fit.sbatch"
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 JOB_ID = "4242"
-
-
-class PreemptAtStep(L.Callback):
-    """Plays SLURM's preemption in the first run: SIGUSR1 at ``step`` (Lightning saves an hpc checkpoint and calls
-    ``scontrol requeue``), then the process dies as SLURM would kill it."""
-
-    def __init__(self, step: int = 3) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if os.environ.get("SLURM_RESTART_COUNT", "0") == "0" and trainer.global_step == self.step:
-            signal.raise_signal(signal.SIGUSR1)  # the handler runs before raise_signal returns
-            sys.stdout.flush()
-            os._exit(143)
 
 
 def script_overrides() -> list[str]:
@@ -84,7 +70,9 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
                     "log_every_n_steps": 1,
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                "init_args": {"save_dir": str(tmp_path / "elsewhere"), "name": "tensorboard"}},
-                    "callbacks": [{"class_path": "tests.test_slurm.PreemptAtStep", "init_args": {"step": 3}}]},
+                    "callbacks": [{"class_path": "tests.helpers.probes.KillAtStep",
+                                   "init_args": {"step": 3, "signal_name": "SIGUSR1",
+                                                 "marker": str(tmp_path / "preempted")}}]},
         "model": {"arch": "autonat-tiny", "arch_overrides": yaml.safe_load(TINY_ARCH)},
         "data": {"root": str(shards), "batch_size": 16, "num_workers": 0},
     }))  # fmt: skip
@@ -103,7 +91,7 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
     first = sbatch(0)
     run_dir = tmp_path / "runs" / JOB_ID
     assert first.returncode == 143, first.stdout + first.stderr
-    assert (run_dir / "hpc_ckpt_1.ckpt").exists()  # saved by Lightning's SIGUSR1 handler, into the job's run dir
+    assert (run_dir / "hpc_ckpt_1.ckpt").exists()  # saved at the batch boundary of SIGUSR1, into the job's run dir
     assert record.read_text().split() == ["requeue", JOB_ID]
     assert torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)["global_step"] == 3
 
@@ -118,7 +106,10 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
     last = torch.load(final, weights_only=False)
     assert last["global_step"] == 8 and last["epoch"] == 1  # 2 epochs x 4 batches: resumed, not restarted
 
-    # a new submission (another job id) starts fresh in its own run dir
+    # a new submission (another job id) starts fresh in its own run dir, and is never preempted (the marker exists):
+    # the preempted-and-requeued job ended with exactly its weights, EMA and optimiser state
     third = subprocess.run(["bash", str(FIT_SBATCH), str(config)], cwd=REPO, capture_output=True, text=True,
                            env={**env, "SLURM_JOB_ID": "4243", "SLURM_RESTART_COUNT": "1"}, timeout=300)  # fmt: skip
     assert third.returncode == 0 and "Restored all states" not in third.stdout + third.stderr
+    (fresh,) = (tmp_path / "runs" / "4243" / "tensorboard" / "version_4243" / "checkpoints").glob("*.ckpt")
+    assert_same_training_state(last, torch.load(fresh, weights_only=False))

@@ -1,6 +1,8 @@
-"""Callbacks: sample grids and generation pictures, FID/IS evaluation; the schedule search lives in lit_nat.search."""
+"""Callbacks: sample grids and generation pictures, FID/IS evaluation, run-directory lock and preemption; the schedule
+search lives in lit_nat.search."""
 
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
+from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock
 from lit_nat.callbacks.sample_grid import SampleGrid
 
-__all__ = ["GenerativeEvaluation", "SampleGrid"]
+__all__ = ["GenerativeEvaluation", "Preemption", "RunDirectoryLock", "SampleGrid"]

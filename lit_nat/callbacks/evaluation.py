@@ -15,7 +15,6 @@ search may call it from a training hook).
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.data.labels import plan_generation
+from lit_nat.io import atomic_write_json
 from lit_nat.metrics.extractors import FeatureExtractor, build_extractor, full_precision
 from lit_nat.metrics.fid import InceptionScore, ReferenceFID
 from lit_nat.metrics.reference import (
@@ -217,6 +218,7 @@ class GenerativeEvaluation(L.Callback):
             for metric in metrics:
                 metric.reset()
             for batch in plan:
+                raise_if_stopped(trainer)  # a SIGTERM stops an evaluation within one batch
                 labels = torch.tensor(batch.labels, device=device)
                 # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
                 with trainer.precision_plugin.forward_context():
@@ -282,10 +284,7 @@ class GenerativeEvaluation(L.Callback):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
         if trainer.is_global_zero:
             log_dir.mkdir(parents=True, exist_ok=True)
-            path = log_dir / self.report
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(self.last, indent=2) + "\n")
-            tmp.replace(path)
+            path = atomic_write_json(log_dir / self.report, self.last)
             is_text = f", IS {values['inception_score']:.3f}" if values["inception_score"] is not None else ""
             rank_zero_info(
                 f"GenerativeEvaluation: {name} {values['fid']:.4f}{is_text} ({values['seconds']} s) -> {path}"

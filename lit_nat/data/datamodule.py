@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lit_nat.data.dataset import ShardLoader, TokenShardDataset
+from lit_nat.data.dataset import SampleLimits, ShardLoader, TokenShardDataset
 from lit_nat.data.digits import complete_digits, digits_evaluation_missing, prepare_digits
 from lit_nat.data.labels import GenerationBatches
 from lit_nat.data.meta import exclusive_lock
-from lit_nat.data.shards import META_FILE, DatasetMeta, read_metadata
+from lit_nat.data.shards import META_FILE, DatasetMeta, MetadataError, read_metadata
+from lit_nat.data.split import TrainPosition, resume_point
+from lit_nat.tokenizers import token_space
 
 #: built-in preparations, by the name given to ``--data.prepare``: ``fn(root)`` writes shards and meta.json
 PREPARATIONS: dict[str, Callable[[Path], Any]] = {"digits": prepare_digits}
@@ -56,6 +60,20 @@ def ensure_prepared(root: str | os.PathLike, prepare: str | None = None) -> Data
     return read_metadata(root)
 
 
+def check_tokenizer(meta: DatasetMeta, source: str | os.PathLike) -> None:
+    """``meta.json``'s codebook size and grid must be those of the tokenizer it names (ids beyond the tokenizer's
+    codebook could not be decoded; a larger declared codebook would make the model predict codes that do not exist)."""
+    try:
+        codebook, grid = token_space(meta.tokenizer)
+    except ValueError as err:
+        raise MetadataError(f"{source}: key 'tokenizer': {err}") from None
+    if (codebook, tuple(grid)) != (meta.codebook_size, tuple(meta.grid_size)):
+        raise MetadataError(
+            f"{source}: codebook_size {meta.codebook_size} and grid_size {list(meta.grid_size)} do not match its "
+            f"tokenizer {meta.tokenizer.get('name')!r} ({codebook} codes, grid {list(grid)})"
+        )
+
+
 class TokenShardDataModule(L.LightningDataModule):
     """Pre-tokenised shards (``meta.json`` + ``<split>-NNNNNN.tar``) as training and validation batches.
 
@@ -84,6 +102,12 @@ class TokenShardDataModule(L.LightningDataModule):
         predict_num_samples: number of images ``predict`` generates, class-balanced (label of sample i = i mod C).
         predict_batch_size: batch size of ``predict`` (default: the validation batch size); fixed batch composition.
         predict_seed: batch b of ``predict`` is seeded with predict_seed + b * predict_batch_size.
+        bad_data: what a bad sample or unreadable shard does: ``skip`` (default: a warning per shard, the sample is
+            replaced by another of its batch and counted in ``train/bad_samples``) or ``fail`` (an error naming shard
+            and key). See :class:`~lit_nat.data.dataset.TokenShardDataset`.
+
+    Checkpoints hold the training position (epoch, batches consumed and the layout that read them), so a resumed fit
+    continues with exactly the batches an uninterrupted one would have read.
     """
 
     def __init__(
@@ -104,6 +128,7 @@ class TokenShardDataModule(L.LightningDataModule):
         predict_num_samples: int = 100,
         predict_batch_size: int | None = None,
         predict_seed: int = 0,
+        bad_data: str = "skip",
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
@@ -127,13 +152,16 @@ class TokenShardDataModule(L.LightningDataModule):
         self.predict_num_samples = predict_num_samples
         self.predict_batch_size = predict_batch_size or self.val_batch_size
         self.predict_seed = predict_seed
+        self.bad_data = bad_data
         self.meta: DatasetMeta = ensure_prepared(self.root, prepare)
+        check_tokenizer(self.meta, self.root / META_FILE)
         self.codebook_size: int = self.meta.codebook_size
         self.grid_size: tuple[int, int] = self.meta.grid_size
         self.num_classes: int = self.meta.num_classes
         self.num_tokens: int = self.meta.num_tokens
         self.tokenizer_config: dict[str, Any] = dict(self.meta.tokenizer)
         self.rank, self.world_size = 0, 1
+        self._resume_position: TrainPosition | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Take rank and world size from the Trainer (after DDP is up), never from the environment."""
@@ -164,21 +192,47 @@ class TokenShardDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             samples_per_epoch=self.samples_per_epoch,
             return_keys=self.return_keys,
+            limits=SampleLimits(self.num_tokens, self.codebook_size, self.num_classes),
+            bad_data=self.bad_data,
         )
 
-    def _loader(self, dataset: TokenShardDataset) -> ShardLoader:
+    def _loader(self, dataset: TokenShardDataset, resume: tuple[int, int] | None = None) -> ShardLoader:
         _silence_len_warning()
         epoch = self._current_epoch()
         return ShardLoader(
             dataset,
             start_epoch=epoch or 0,
             epoch_fn=self._current_epoch,
+            resume=resume,
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> ShardLoader:
         mode = "resampled" if self.resampled else "train"
-        return self._loader(self._dataset(self.train_split, mode, self.batch_size, "train_split"))
+        dataset = self._dataset(self.train_split, mode, self.batch_size, "train_split")
+        resume = None
+        if self._resume_position is not None:
+            now = TrainPosition(0, 0, len(dataset), self.world_size, self.num_workers, self.batch_size)
+            epoch, skip, note = resume_point(self._resume_position, now)
+            resume, self._resume_position = (epoch, skip), None
+            if note:
+                rank_zero_warn(note)
+        return self._loader(dataset, resume)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # The training position travels in checkpoints (LightningDataModule state hooks)
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit" or trainer.num_training_batches in (0, float("inf")):
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        position = TrainPosition(trainer.current_epoch, int(done), int(trainer.num_training_batches),
+                                 self.world_size, self.num_workers, self.batch_size)  # fmt: skip
+        return {"train_position": asdict(position)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_position" in state_dict:
+            self._resume_position = TrainPosition(**state_dict["train_position"])
 
     def val_dataloader(self) -> ShardLoader:
         return self._loader(self._dataset(self.val_split, "eval", self.val_batch_size, "val_split"))
@@ -193,10 +247,16 @@ class TokenShardDataModule(L.LightningDataModule):
 
 
 def generation_loader(
-    num_samples: int, batch_size: int, seed: int = 0, num_classes: int | None = None, labels: list[int] | None = None
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    num_classes: int | None = None,
+    labels: list[int] | None = None,
+    skip: set[int] | None = None,
 ) -> DataLoader:
-    """A DataLoader over :class:`~lit_nat.data.labels.GenerationBatches` (items are whole batches)."""
+    """A DataLoader over :class:`~lit_nat.data.labels.GenerationBatches` (items are whole batches), without the
+    batches in ``skip`` (already generated by an interrupted run)."""
     if num_samples < 1:
         raise ValueError(f"the number of samples to generate must be >= 1, got {num_samples}")
-    dataset = GenerationBatches(num_samples, batch_size, seed, num_classes=num_classes, labels=labels)
+    dataset = GenerationBatches(num_samples, batch_size, seed, num_classes=num_classes, labels=labels, skip=skip)
     return DataLoader(dataset, batch_size=None, shuffle=False)

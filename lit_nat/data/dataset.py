@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tarfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +23,84 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from lit_nat.data.shards import LABEL_FIELD, TEXT_FIELD, TOKENS_FIELD, decode_tokens
-from lit_nat.data.split import MODES, WorkerPlan, plan_epoch
+from lit_nat.data.split import MODES, WorkerPlan, plan_epoch, worker_skip
+from lit_nat.errors import DataError
+
+BAD_DATA_POLICIES = ("skip", "fail")
 
 
 def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[str, Any]]:
     """Samples ``[start, stop)`` of one tar, as webdataset sample dicts (``__key__``, ``tokens.npy``, ``cls``, ...).
 
-    Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached.
+    Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached. A tar that cannot
+    be parsed or holds fewer samples than ``stop`` is a :class:`~lit_nat.errors.DataError` naming it.
     """
     path = str(path)
     index = -1
-    with open(path, "rb") as stream:
-        for index, sample in enumerate(group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))):
-            if index >= start:
-                yield sample
-            if index + 1 >= stop:
-                return  # without parsing the next sample
+    try:
+        with open(path, "rb") as stream:
+            for index, sample in enumerate(group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))):
+                if index >= start:
+                    yield sample
+                if index + 1 >= stop:
+                    return  # without parsing the next sample
+    except (tarfile.TarError, OSError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: unreadable after {index + 1} samples ({_first_line(err)})") from None
     if index + 1 < stop:
-        raise RuntimeError(f"{path} holds {index + 1} samples, but the metadata promised at least {stop}")
+        raise DataError(f"{path} holds {index + 1} samples, but the metadata promised at least {stop}")
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """webdataset sample dict -> ``{"ids": uint16 array, "label": int, "key": str[, "text": str]}``."""
-    out = {
-        "ids": decode_tokens(sample[TOKENS_FIELD]),
-        "label": int(sample[LABEL_FIELD].decode("ascii")),
-        "key": sample["__key__"],
-    }
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+@dataclass(frozen=True)
+class SampleLimits:
+    """What every sample of a split must satisfy (from ``meta.json``); ``None`` skips that check."""
+
+    num_tokens: int | None = None
+    codebook_size: int | None = None
+    num_classes: int | None = None
+
+
+def decode_sample(sample: dict[str, Any], shard: str = "?", limits: SampleLimits = SampleLimits()) -> dict[str, Any]:
+    """webdataset sample dict -> ``{"ids": uint16 array, "label": int, "key": str[, "text": str]}``, checked against
+    ``limits``; a sample that breaks the format is a :class:`~lit_nat.errors.DataError` naming shard and key."""
+    where = f"{shard}: sample {sample.get('__key__', '?')!r}"
+    missing = [f for f in (TOKENS_FIELD, LABEL_FIELD) if f not in sample]
+    if missing:
+        members = sorted(k for k in sample if not k.startswith("__"))
+        raise DataError(f"{where} lacks {missing} (it has {members}): a damaged tar or another format")
+    try:
+        ids = decode_tokens(sample[TOKENS_FIELD])
+    except ValueError as err:
+        raise DataError(f"{where}: {TOKENS_FIELD}: {err}") from None
+    if limits.num_tokens is not None and ids.size != limits.num_tokens:
+        raise DataError(f"{where}: {ids.size} token ids, expected {limits.num_tokens} (the grid of meta.json)")
+    if limits.codebook_size is not None and ids.size and int(ids.max()) >= limits.codebook_size:
+        raise DataError(f"{where}: token id {int(ids.max())} is outside the codebook [0, {limits.codebook_size})")
+    raw = sample[LABEL_FIELD]
+    try:
+        label = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"{where}: label {raw[:20]!r} is not an integer") from None
+    if label < 0 or (limits.num_classes is not None and label >= limits.num_classes):
+        raise DataError(
+            f"{where}: label {label} is outside [0, {limits.num_classes}) (the null class never comes from data)"
+        )
+    out = {"ids": ids, "label": label, "key": sample["__key__"]}
     if TEXT_FIELD in sample:
         out["text"] = sample[TEXT_FIELD].decode("utf-8")
     return out
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands for a planned sample that could not be read (a damaged tar), so batches keep their planned size."""
+
+    shard: str
+    reason: str
 
 
 def shuffled(items: Iterator[Any], bufsize: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -64,6 +115,18 @@ def shuffled(items: Iterator[Any], bufsize: int, rng: np.random.Generator) -> It
         yield item
     for i in rng.permutation(len(buf)):
         yield buf[i]
+
+
+def batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items; the last may be shorter."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def collate(samples: Sequence[dict[str, Any]], keys: bool = False) -> dict[str, Any]:
@@ -84,7 +147,15 @@ class TokenShardDataset(IterableDataset):
 
     Rank and world size are given explicitly (the DataModule takes them from the Trainer), never detected, so the
     split is right whatever the workers' start method. Each DataLoader worker computes the plan of the current epoch
-    (read from a shared counter, see :class:`ShardLoader`) and reads only its ranges.
+    (read from a shared counter, see :class:`ShardLoader`) and reads only its ranges; after a resume it skips the
+    batches of the epoch that were already consumed (:func:`~lit_nat.data.split.worker_skip`) without decoding them.
+
+    Every sample is checked as it streams (:func:`decode_sample`: members present, ids in the codebook, as many ids
+    as the grid, label in ``[0, num_classes)``). With ``bad_data="fail"`` a bad sample or unreadable tar is a
+    :class:`~lit_nat.errors.DataError` naming shard and key. With ``"skip"`` it is reported once per shard (a warning)
+    and replaced by a good sample of the same batch, drawn with a seeded generator, so every rank still yields its
+    planned number of full batches (DDP needs equal counts); the batch then carries ``"bad_samples"`` (how many were
+    replaced), which the LightningModule logs as a running counter. A batch without a single good sample is an error.
 
     Args:
         root: the data root holding the shards.
@@ -102,6 +173,8 @@ class TokenShardDataset(IterableDataset):
         samples_per_epoch: epoch length in ``resampled`` mode (default: the split's size).
         return_keys: add the samples' keys to each batch (``"key"``), e.g. to trace samples. Off by default: a list
             of strings in the batch makes Lightning's batch-size inference warn.
+        limits: what every sample must satisfy (grid, codebook, classes from ``meta.json``).
+        bad_data: ``"fail"`` or ``"skip"`` (see above).
     """
 
     def __init__(
@@ -120,12 +193,16 @@ class TokenShardDataset(IterableDataset):
         shuffle_buffer: int = 1000,
         samples_per_epoch: int | None = None,
         return_keys: bool = False,
+        limits: SampleLimits = SampleLimits(),
+        bad_data: str = "fail",
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if len(shard_names) != len(shard_sizes):
             raise ValueError(f"{len(shard_names)} shard names but {len(shard_sizes)} sizes")
+        if bad_data not in BAD_DATA_POLICIES:
+            raise ValueError(f"bad_data must be one of {BAD_DATA_POLICIES}, got {bad_data!r}")
         self.root = Path(root)
         self.shard_names = list(shard_names)
         self.shard_sizes = [int(s) for s in shard_sizes]
@@ -137,20 +214,25 @@ class TokenShardDataset(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.samples_per_epoch = samples_per_epoch
         self.return_keys = return_keys
-        # Shared memory: the main process writes it (ShardLoader.__iter__), persistent workers read it at the start
+        self.limits = limits
+        self.bad_data = bad_data
+        # Shared memory: the main process writes them (ShardLoader.__iter__), persistent workers read them at the start
         # of each pass. Created here so that workers inherit (fork) or receive (spawn/forkserver) the same memory.
         # lock=False: there is one writer, and a lock (SemLock) made in the default context could not be sent to
         # workers started by another one ("A SemLock created in a fork context ... spawn context").
         self._epoch = multiprocessing.Value("q", 0, lock=False)
+        self._skip = multiprocessing.Value("q", 0, lock=False)  # batches of this rank's pass already consumed
         self.plans(0)  # fail now, not in a worker, on an impossible plan (e.g. fewer samples than one batch per rank)
 
     @property
     def epoch(self) -> int:
         return int(self._epoch.value)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch the next pass over the data uses (seeds shard order, buffer and resampling)."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Set the epoch the next pass over the data uses (it seeds shard order, buffer and resampling) and how many of
+        the pass's first batches are skipped (a resumed epoch)."""
         self._epoch.value = int(epoch)
+        self._skip.value = int(skip_batches)
 
     def plans(self, epoch: int) -> list[WorkerPlan]:
         """The plan of every worker of this rank in ``epoch``."""
@@ -171,6 +253,46 @@ class TokenShardDataset(IterableDataset):
         """Batches this rank yields per epoch (the same every epoch), so ``len(loader)`` is exact."""
         return sum(p.num_batches for p in self.plans(0))
 
+    def _items(self, plan: WorkerPlan) -> Iterator[dict[str, Any] | Unreadable]:
+        """The raw samples of the plan's ranges, with an :class:`Unreadable` for each one a damaged tar withheld."""
+        for r in plan.ranges:
+            name = self.shard_names[r.shard]
+            count = 0
+            try:
+                for sample in read_range(self.root / name, r.start, r.stop):
+                    count += 1
+                    yield sample
+            except DataError as err:
+                if self.bad_data == "fail":
+                    raise
+                for _ in range(len(r) - count):
+                    yield Unreadable(name, str(err))
+
+    def _decode_batch(self, items: list[Any], rng_key: list[int], reported: set[str]) -> dict[str, Any]:
+        good, bad, error = [], 0, None
+        for item in items:
+            shard = item.shard if isinstance(item, Unreadable) else Path(item.get("__url__", "?")).name
+            try:
+                if isinstance(item, Unreadable):
+                    raise DataError(item.reason)
+                good.append(decode_sample(item, shard, self.limits))
+            except DataError as err:
+                if self.bad_data == "fail":
+                    raise
+                bad, error = bad + 1, err
+                if shard not in reported:
+                    reported.add(shard)
+                    warnings.warn(f"skipping bad samples of {shard} (bad_data=skip): {err}", stacklevel=2)
+        if bad and not good:
+            raise DataError(f"a batch of rank {self.rank} has no readable sample (e.g. {error}); stopping")
+        if bad:  # fill with good samples of the same batch: the batch keeps its planned size
+            rng = np.random.default_rng(rng_key)
+            good += [good[int(i)] for i in rng.integers(len(good), size=bad)]
+        batch = collate(good, self.return_keys)
+        if bad:
+            batch["bad_samples"] = bad
+        return batch
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
@@ -179,29 +301,24 @@ class TokenShardDataset(IterableDataset):
                 f"TokenShardDataset was planned for num_workers={self.num_workers} but runs in a DataLoader with "
                 f"{workers} worker(s); build the loader with the dataset's num_workers (ShardLoader does)"
             )
-        epoch = self.epoch
-        plan = self.plans(epoch)[worker]
-        samples: Iterator[dict[str, Any]] = (
-            decode_sample(s)
-            for r in plan.ranges
-            for s in read_range(self.root / self.shard_names[r.shard], r.start, r.stop)
-        )
+        epoch, consumed = self.epoch, int(self._skip.value)
+        # The DataLoader asks its workers in turn starting at worker 0, but after `consumed` batches the next batch
+        # belongs to plan `consumed mod workers`: a resumed pass rotates which plan each worker serves.
+        logical = (worker + consumed) % workers
+        plan, skip = self.plans(epoch)[logical], worker_skip(consumed, workers, logical)
+        items: Iterator[Any] = self._items(plan)
         if self.shuffle and self.shuffle_buffer > 1:
-            rng = np.random.default_rng([self.seed, epoch, self.rank, worker, 1])  # 1: apart from resampling's streams
-            samples = shuffled(samples, self.shuffle_buffer, rng)
-        yielded, batch = 0, []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) == plan.batch_size:
-                yield collate(batch, self.return_keys)
-                yielded, batch = yielded + 1, []
-        if batch and plan.partial_last:
-            yield collate(batch, self.return_keys)
-            yielded += 1
-        if yielded != plan.num_batches or (batch and not plan.partial_last):
-            raise RuntimeError(
-                f"rank {self.rank} worker {worker} yielded {yielded} of {plan.num_batches} planned batches"
-            )
+            rng = np.random.default_rng([self.seed, epoch, self.rank, logical, 1])  # 1: apart from resampling's streams
+            items = shuffled(items, self.shuffle_buffer, rng)
+        count, reported = 0, set()
+        for index, group in enumerate(batched(items, plan.batch_size)):
+            if len(group) < plan.batch_size and not plan.partial_last:
+                raise RuntimeError(f"rank {self.rank} plan {logical}: a partial batch in a plan of full batches")
+            count += 1
+            if index >= skip:  # skipped batches (already consumed before a resume) are not even decoded
+                yield self._decode_batch(group, [self.seed, epoch, self.rank, logical, index, 2], reported)
+        if count != plan.num_batches:
+            raise RuntimeError(f"rank {self.rank} plan {logical} yielded {count} of {plan.num_batches} planned batches")
 
 
 class ShardLoader(DataLoader):
@@ -217,10 +334,14 @@ class ShardLoader(DataLoader):
     ``current_epoch``, which is exact across resumption and immune to extra ``iter()`` calls, e.g. a callback
     peeking at a batch); otherwise a counter starting at ``start_epoch`` and bumped on every iteration.
 
+    Resuming: ``resume=(epoch, skip)`` makes the *first* pass run ``epoch`` without its first ``skip`` batches (those
+    a resumed run had already consumed); later passes follow ``epoch_fn`` / the counter again.
+
     Args:
         dataset: the dataset; its ``num_workers`` is used for the loader.
         start_epoch: the first epoch of the counter.
         epoch_fn: optional source of the current epoch (``None`` results fall back to the counter).
+        resume: ``(epoch, batches to skip)`` of the first pass, or None.
         persistent_workers: keep workers alive between passes (default: when there are workers).
         **kwargs: further DataLoader arguments (``pin_memory``, ``multiprocessing_context``, ``prefetch_factor``...).
     """
@@ -231,6 +352,7 @@ class ShardLoader(DataLoader):
         *,
         start_epoch: int = 0,
         epoch_fn: Callable[[], int | None] | None = None,
+        resume: tuple[int, int] | None = None,
         persistent_workers: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -240,11 +362,16 @@ class ShardLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=workers, persistent_workers=persistent, **kwargs)
         self.epoch_fn = epoch_fn
         self.next_epoch = start_epoch
+        self.resume = resume
 
     def __iter__(self) -> Iterator[Any]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        if epoch is None:
-            epoch = self.next_epoch
+        skip = 0
+        if self.resume is not None:
+            (epoch, skip), self.resume = self.resume, None
+        else:
+            epoch = self.epoch_fn() if self.epoch_fn is not None else None
+            if epoch is None:
+                epoch = self.next_epoch
         self.next_epoch = epoch + 1
-        self.dataset.set_epoch(epoch)
+        self.dataset.set_epoch(epoch, skip)
         return super().__iter__()

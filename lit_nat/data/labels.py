@@ -92,6 +92,7 @@ class GenerationBatches(Dataset):
         seed: base seed.
         num_classes: class-balanced labels (when ``labels`` is None).
         labels: explicit labels, cycled.
+        skip: batch numbers to leave out (already generated); when that is all of them, the last batch stays.
     """
 
     def __init__(
@@ -101,8 +102,12 @@ class GenerationBatches(Dataset):
         seed: int = 0,
         num_classes: int | None = None,
         labels: Sequence[int] | None = None,
+        skip: set[int] | None = None,
     ) -> None:
-        self.batches = plan_generation(num_samples, batch_size, seed, num_classes, labels)
+        batches = plan_generation(num_samples, batch_size, seed, num_classes, labels)
+        pending = [b for b in batches if b.index not in (skip or set())]
+        # all done (an interrupted run that had not merged yet): redo the last batch, which checks the weights again
+        self.batches = pending or batches[-1:]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -23,6 +23,13 @@ Three plans, all returning one :class:`WorkerPlan` per worker of the asked rank:
 
 A worker's ranges are contiguous in the (permuted) sample space, so it opens only the shards they touch, reading
 at most the two end shards partially.
+
+Resuming inside an epoch (:class:`TrainPosition`, :func:`resume_point`, :func:`worker_skip`): the plans are pure
+functions of the epoch, so a rank that had consumed ``n`` batches of an epoch continues exactly where it stopped by
+re-planning that epoch and skipping its first ``n`` batches. The DataLoader takes batch ``i`` from worker ``i mod W``,
+so the plan of worker ``w`` skips the share of the ``n`` batches that came from it; and since a new DataLoader
+iterator starts asking at worker 0 while the next batch belongs to plan ``n mod W``, the resumed pass hands plan
+``(w + n) mod W`` to worker ``w``.
 """
 
 from __future__ import annotations
@@ -208,6 +215,51 @@ def plan_resampled(
             need -= take
         plans.append(WorkerPlan(rank, worker, tuple(ranges), b1 - b0, batch_size))
     return plans
+
+
+@dataclass(frozen=True)
+class TrainPosition:
+    """Where training stopped: ``batches`` batches of ``epoch`` consumed on every rank, under the layout that read
+    them (saved in checkpoints by the DataModule)."""
+
+    epoch: int
+    batches: int
+    batches_per_epoch: int
+    world_size: int
+    num_workers: int
+    batch_size: int
+
+    @property
+    def layout(self) -> tuple[int, int, int, int]:
+        return (self.batches_per_epoch, self.world_size, self.num_workers, self.batch_size)
+
+
+def resume_point(saved: TrainPosition, now: TrainPosition) -> tuple[int, int, str | None]:
+    """``(epoch, batches to skip, note)`` for the first training pass after resuming from ``saved``.
+
+    ``now`` describes the resumed run's layout (its ``epoch``/``batches`` are ignored). With the same layout the pass
+    continues exactly (``note`` is None). With another world size, worker count or batch size the epoch's plan
+    differs: the pass skips as many batches as cover the samples already consumed (deterministic, not identical to an
+    uninterrupted run), and ``note`` says so in one line.
+    """
+    if saved.batches >= saved.batches_per_epoch:
+        return saved.epoch + 1, 0, None  # the saved epoch was complete: the next one starts
+    if saved.layout == now.layout:
+        return saved.epoch, saved.batches, None
+    consumed = saved.batches * saved.world_size * saved.batch_size
+    skip = min(consumed // (now.world_size * now.batch_size), now.batches_per_epoch)
+    note = (
+        f"resuming epoch {saved.epoch} with another data layout (batches per epoch, world size, workers, batch size: "
+        f"{saved.layout} -> {now.layout}): skipping the first {skip} batches of the new plan, which cover the "
+        f"{consumed} samples already read; deterministic, but not the batches the original run would have read"
+    )
+    return saved.epoch, skip, note
+
+
+def worker_skip(batches: int, workers: int, worker: int) -> int:
+    """How many of a rank's first ``batches`` batches came from ``worker``: the DataLoader takes batch ``i`` from worker
+    ``i mod workers`` (in order), and the plans give earlier workers at most one batch more than later ones."""
+    return (batches - worker + workers - 1) // workers if batches > worker else 0
 
 
 def plan_epoch(

@@ -34,7 +34,7 @@ from lit_nat.models.convert import (
 )
 from lit_nat.models.enat import ENAT, ENATBlock, ENATState
 from lit_nat.models.layers import Attention, Mlp, TiedMLMHead, TokenEmbedding, multihead_attention
-from lit_nat.models.registry import ARCHITECTURES, ArchSpec, build_backbone, count_parameters
+from lit_nat.models.registry import ARCHITECTURES, ArchSpec, build_backbone, count_parameters, resolve_arch
 from lit_nat.models.uvit import UViT, UViTBlock
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "UViT",
     "UViTBlock",
     "build_backbone",
+    "resolve_arch",
     "convert_autonat_state_dict",
     "convert_enat_state_dict",
     "count_parameters",

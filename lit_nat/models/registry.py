@@ -17,7 +17,9 @@ from torch import nn
 from lit_nat.models.enat import ENAT
 from lit_nat.models.uvit import UViT
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "DATA_ARGS", "build_backbone", "count_parameters", "valid_overrides"]
+__all__ = [
+    "ArchSpec", "ARCHITECTURES", "DATA_ARGS", "build_backbone", "count_parameters", "resolve_arch", "valid_overrides",
+]  # fmt: skip
 
 #: Constructor arguments that every backbone takes and that ``build_backbone`` fills from the data, not the registry.
 DATA_ARGS: tuple[str, ...] = ("codebook_size", "grid_size", "num_classes")
@@ -84,6 +86,12 @@ def valid_overrides(arch: str) -> list[str]:
         for name, p in params.items()
         if name != "self" and name not in DATA_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     )
+
+
+def resolve_arch(arch: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a backbone *is*: its class name and the size arguments after overrides (to compare two structures)."""
+    spec = _spec(arch)
+    return {"class": spec.cls.__name__, **spec.defaults, **dict(overrides or {})}
 
 
 def build_backbone(

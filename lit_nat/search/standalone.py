@@ -21,6 +21,7 @@ buffer, history, best; the FID cache; and what the FIDs depend on). Running the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -32,6 +33,9 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
+from lit_nat.checkpointing import weights_digest
+from lit_nat.errors import UsageError
+from lit_nat.io import DirectoryLock, atomic_write_json
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch
 from lit_nat.search.strategy import SearchSpace, default_groups
@@ -76,15 +80,25 @@ class SearchRunner(L.Callback):
         self.cache: dict[str, float] = {}
         self.evaluations = 0  # new evaluations in this run
         self.done = False
+        self._fingerprint: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------------------------
-    def fingerprint(self) -> dict[str, Any]:
-        """What the cached FIDs depend on besides xi."""
+    def fingerprint(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """What the cached FIDs depend on besides xi: the sampled weights and the reference statistics by *content*
+        (a checkpoint replaced at the same path, or other statistics under the same name, do not match), and the
+        evaluation's settings."""
         ev = self.evaluator
-        return {"checkpoint": self.checkpoint, "num_samples": self.num_samples or ev.num_samples,
+        if ev.fid is None:
+            ev.build(trainer, pl_module)
+        reference = hashlib.sha256()
+        for array in (ev.reference.mu, ev.reference.sigma):
+            reference.update(np.ascontiguousarray(array, np.float64).tobytes())
+        return {"checkpoint": self.checkpoint, "weights": weights_digest(pl_module.ema_backbone.state_dict()),
+                "reference_stats": reference.hexdigest()[:32], "num_samples": self.num_samples or ev.num_samples,
                 "batch_size": ev.batch_size, "seed": ev.seed, "extractor": ev.extractor_name}  # fmt: skip
 
-    def _start(self, pl_module: L.LightningModule) -> StrategySearch:
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> StrategySearch:
+        self._fingerprint = self.fingerprint(trainer, pl_module)
         path = self.out_dir / STATE_FILE
         state = json.loads(path.read_text()) if path.exists() else None
         if state is None:
@@ -98,12 +112,12 @@ class SearchRunner(L.Callback):
                 f"search: --schedule has {self.schedule.steps} steps but the state to resume ({path}) is for T = "
                 f"{steps}; drop --schedule to resume, or pass another --out for a {self.schedule.steps}-step search"
             )
-        saved, now = state.get("fingerprint", {}), self.fingerprint()
+        saved, now = state.get("fingerprint", {}), self._fingerprint
         changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if changed:
-            raise ValueError(
-                f"search: cannot resume {path}: its FIDs were measured with other settings (saved, now): {changed}; "
-                "pass another --out for a new search"
+            raise UsageError(
+                f"search: cannot resume {path}: its FIDs were measured with other weights, statistics or settings "
+                f"(saved, now): {changed}; pass another --out for a new search"
             )
         space = SearchSpace(steps, self.groups)
         search = StrategySearch(space, np.asarray(state["search"]["xi"]), self.momentum)
@@ -129,6 +143,7 @@ class SearchRunner(L.Callback):
                 finally:
                     evaluator.num_samples = saved
                 self.evaluations += 1
+                self._write_state(trainer)  # a kill loses at most the evaluation in progress
             return self.cache[key]
 
         return objective
@@ -138,7 +153,7 @@ class SearchRunner(L.Callback):
         if self.done:
             return
         self.done = True
-        self.search = search = self._start(pl_module)
+        self.search = search = self._start(trainer, pl_module)
         fid = self.fid(trainer, pl_module)
         if search.updates == 0 and not search.history:  # the starting point, as the official stp_0
             fid(search.schedule)
@@ -178,21 +193,15 @@ class SearchRunner(L.Callback):
             best_xi, best_fid = search.xi, self.cache.get(xi_key(search.xi), math.nan)
         if math.isfinite(best_fid):
             search.space.to_schedule(best_xi, name=f"best (FID {best_fid:.4f})").save(folder / "best.yaml")
-        state = {
-            "search": search.state_dict(),
-            "names": search.space.names,
-            "fingerprint": self.fingerprint(),
-            "cache": {k: (v if math.isfinite(v) else None) for k, v in self.cache.items()},
-        }
-        if not math.isfinite(state["search"]["best_fid"]):
-            state["search"]["best_fid"] = None
-        state["search"]["history"] = [
-            {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in h.items()}
-            for h in state["search"]["history"]
-        ]
-        tmp = folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1, allow_nan=False) + "\n")
-        tmp.replace(folder / STATE_FILE)
+        self._write_state(trainer)
+
+    def _write_state(self, trainer: L.Trainer) -> None:
+        """``state.json``: the search (xi, momentum, history, best), the FID cache and the fingerprint (rank 0)."""
+        if not trainer.is_global_zero:
+            return
+        state = {"search": self.search.state_dict(), "names": self.search.space.names,
+                 "fingerprint": self._fingerprint, "cache": self.cache}  # fmt: skip
+        atomic_write_json(self.out_dir / STATE_FILE, state, indent=1)  # non-finite FIDs are written as null
 
 
 def run_search(
@@ -234,11 +243,15 @@ def run_search(
     trainer.callbacks.remove(evaluator)  # its own end-of-validation FID would be one wasted evaluation
     trainer.callbacks.append(runner)
     trainer.limit_val_batches = 1  # the validation hooks need one batch; the search runs before it
+    # one live search per output folder (rank 0 writes it); released when the search ends or the process dies
+    lock = DirectoryLock(out, "lit_nat search").acquire() if trainer.is_global_zero else None
     try:
         with warnings.catch_warnings():  # Lightning asks for the callback taken out above: it is used directly
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
             trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     finally:
+        if lock is not None:
+            lock.release()
         trainer.limit_val_batches = limit
         trainer.callbacks.remove(runner)
         trainer.callbacks.insert(index, evaluator)

@@ -19,6 +19,19 @@ def load_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
     return TOKENIZERS[name](**kwargs).eval()
 
 
+def token_space(config: dict[str, Any]) -> tuple[int, tuple[int, int]]:
+    """``(codebook_size, grid_size)`` of the tokenizer a config describes, without building it or reading weights
+    (so a data root's ``meta.json`` can be checked against its tokenizer cheaply, on every rank)."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in TOKENIZERS:
+        raise ValueError(f"tokenizer config: unknown tokenizer {name!r}; expected one of {sorted(TOKENIZERS)}")
+    try:
+        return TOKENIZERS[name].space_of(**config)
+    except TypeError as err:
+        raise ValueError(f"tokenizer config {config!r} of {name!r}: {err}") from None
+
+
 def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from its :meth:`Tokenizer.config` (as stored in shard metadata)."""
     config = dict(config)
@@ -28,4 +41,7 @@ def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
     return load_tokenizer(name, **config)
 
 
-__all__ = ["Tokenizer", "PixelTokenizer", "VQGANTokenizer", "TOKENIZERS", "load_tokenizer", "tokenizer_from_config"]
+__all__ = [
+    "Tokenizer", "PixelTokenizer", "VQGANTokenizer", "TOKENIZERS", "load_tokenizer", "token_space",
+    "tokenizer_from_config",
+]  # fmt: skip

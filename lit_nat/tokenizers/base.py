@@ -47,6 +47,17 @@ class Tokenizer(nn.Module, ABC):
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """``(B, h * w)`` long ids -> ``(B, C, H, W)`` float in [0, 1]."""
 
+    @classmethod
+    def space_of(cls, **config: Any) -> tuple[int, tuple[int, int]]:
+        """``(codebook_size, grid_size)`` of the tokenizer that ``cls(**config)`` would build, from the config alone.
+
+        The default builds it on the meta device (no memory); a tokenizer that reads weights at construction (the
+        VQGAN) overrides this to compute the answer without reading them.
+        """
+        with torch.device("meta"):
+            tokenizer = cls(**config)
+        return tokenizer.codebook_size, tuple(tokenizer.grid_size)
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description, stored in shard metadata and checkpoints."""
         return {"name": self.name}

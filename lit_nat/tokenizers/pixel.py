@@ -33,6 +33,10 @@ class PixelTokenizer(Tokenizer):
         self._side = image_size
         self._channels = channels
 
+    @classmethod
+    def space_of(cls, levels: int = 17, image_size: int = 8, channels: int = 1) -> tuple[int, tuple[int, int]]:
+        return levels, (image_size, image_size)
+
     @property
     def codebook_size(self) -> int:
         return self.levels

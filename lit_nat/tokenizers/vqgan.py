@@ -231,6 +231,14 @@ class VQGANTokenizer(Tokenizer):
         self.eval()
 
     # ------------------------------------------------------------------------------------------ Tokenizer interface
+    @classmethod
+    def space_of(
+        cls, checkpoint: Any = None, image_size: int = 256, ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+        codebook_size: int = 1024, **_: Any,
+    ) -> tuple[int, tuple[int, int]]:  # fmt: skip
+        side = int(image_size) // 2 ** (len(ch_mult) - 1)
+        return int(codebook_size), (side, side)
+
     @property
     def codebook_size(self) -> int:
         return self.arch["codebook_size"]

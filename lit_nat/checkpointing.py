@@ -1,0 +1,121 @@
+"""Checkpoint files: written whole or not at all, never with non-finite weights, read with errors that name the file.
+
+:class:`DurableCheckpointIO` is the Trainer's checkpoint plugin (``NATTrainer`` installs it unless another one is
+given), so ModelCheckpoint's files, SLURM's ``hpc_ckpt_N.ckpt`` and the preemption checkpoint all go through
+:func:`lit_nat.io.atomic_write`. (Lightning's own writer buffers the whole checkpoint in memory and then writes it
+through an fsspec transaction whose temporary file lives in ``$TMPDIR``; when that is another filesystem than the run
+directory, the final move is a copy, and a kill during it leaves a truncated ``last.ckpt`` with the good copy gone.)
+
+:func:`read_checkpoint` is the one way a lit_nat checkpoint is read (the Trainer's restore, ``load_model``, the CLI's
+look at the saved hyper-parameters, the importers): a missing, empty, truncated or foreign file is a
+:class:`~lit_nat.errors.CheckpointError` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from lit_nat.errors import CheckpointError
+from lit_nat.finite import nonfinite_keys
+from lit_nat.io import atomic_write
+
+#: what torch.load raises on a damaged file
+_READ_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError, KeyError)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A content hash (BLAKE2b) of a state dict's names, shapes, dtypes and values: equal iff the weights are equal,
+    whatever file or path they came from."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(state_dict.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_finite_weights(checkpoint: dict[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` if the checkpoint's ``state_dict`` holds NaN or inf (naming the tensors)."""
+    bad = nonfinite_keys(checkpoint.get("state_dict") or {})
+    if bad:
+        raise CheckpointError(
+            f"{source}: non-finite weights (NaN or inf) in {', '.join(bad)}; this checkpoint cannot be used: take an "
+            "earlier one"
+        )
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    map_location: Any = "cpu",
+    weights_only: bool | None = True,
+    mmap: bool = False,
+    require_finite: bool = False,
+) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint file, or a one-line :class:`CheckpointError` that names the file and the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes): a write was cut off; use another one")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if weights_only and "weights_only" in str(err):
+            raise CheckpointError(
+                f"{path}: holds Python objects that a weights-only load refuses ({_first_line(err)}); re-save it as "
+                "a plain state_dict"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+    except _READ_ERRORS as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, truncated or damaged ({_first_line(err)}); use an earlier one"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dictionary, found a {type(checkpoint).__name__}")
+    if require_finite:
+        check_finite_weights(checkpoint, str(path))
+    return checkpoint
+
+
+def save_checkpoint_file(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a checkpoint atomically after checking its weights are finite (a NaN checkpoint is never written)."""
+    check_finite_weights(checkpoint, str(path))
+    return atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+class DurableCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint plugin with atomic, finite-only writes and reads that name a damaged file.
+
+    Remote paths (``s3://`` and other fsspec URLs) fall back to Lightning's own implementation.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or _is_remote(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_checkpoint_file(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if _is_remote(path):
+            return super().load_checkpoint(path, map_location, weights_only)
+        # None: Lightning's default; our checkpoints hold only tensors and plain data, so weights_only=True reads them
+        return read_checkpoint(path, map_location, True if weights_only is None else weights_only, require_finite=True)
+
+
+def _is_remote(path: Any) -> bool:
+    return "://" in str(path)
