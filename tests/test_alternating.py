@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 from lit_nat.cli import STANDALONE_COMMANDS, main
-from lit_nat.search.alternating import (
-    DONE_FILE,
-    STATE_FILE,
-    AutoNAT,
-    CandidateResult,
-    LocalLauncher,
-    SlurmLauncher,
-    candidate_dir,
-)
+from lit_nat.errors import JobError
+from lit_nat.search.alternating import STATE_FILE, AutoNAT, candidate_dir
+from lit_nat.search.launchers import DONE_FILE, CandidateResult, LocalLauncher, SlurmLauncher
 
 REPO = Path(__file__).resolve().parents[1]
 OFFSETS = [1.0, 0.3, 0.25, 0.25, 0.25]  # FID floor of the schedule searched in round k
@@ -150,7 +144,7 @@ params = opts["model.mask_ratio_params"].strip("{}").split(",")
 a, b = (float(p.split(":")[1]) for p in params)
 logs = root / "lightning_logs" / "version_0"
 logs.mkdir(parents=True, exist_ok=True)
-(logs / "checkpoints").mkdir()
+(logs / "checkpoints").mkdir(exist_ok=True)
 (logs / "checkpoints" / "last.ckpt").write_text("")
 (logs / "eval_report.json").write_text(json.dumps({"fid": math.log(a / 4) ** 2 + math.log(b) ** 2}))
 """
@@ -170,7 +164,7 @@ def logged(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_local_launcher_args_markers_and_half_finished_rerun(tmp_path, fake, monkeypatch):
+def test_local_launcher_args_markers_and_half_finished_resume(tmp_path, fake, monkeypatch):
     script, log = fake
     launcher = LocalLauncher("cfg.yaml", ["--trainer.max_steps=2"], command=[sys.executable, str(script)])
     run_dir = tmp_path / "cand"
@@ -180,34 +174,96 @@ def test_local_launcher_args_markers_and_half_finished_rerun(tmp_path, fake, mon
     assert opts["config"] == "cfg.yaml" and opts["trainer.max_steps"] == "2" and opts["model.schedule"] == "sched.yaml"
     assert opts["model.schedule_params"] == "null"  # found by a real run: presets' params clash with a file
     assert opts["model.mask_ratio_law"] == "beta" and opts["model.mask_ratio_params"] == "{alpha: 2, beta: 1}"
-    assert (run_dir / DONE_FILE).exists()
+    assert (run_dir / DONE_FILE).exists() and "ckpt_path" not in opts
     assert launcher(2.0, 1.0, "sched.yaml", run_dir).fid == result.fid and len(logged(log)) == 1  # finished: reused
-    (run_dir / DONE_FILE).unlink()  # half-finished (report of an intermediate validation, no marker): rerun
+    (run_dir / DONE_FILE).unlink()  # half-finished (killed after a checkpoint): resumed in place, nothing deleted
+    (run_dir / "keep").write_text("")
     launcher(2.0, 1.0, "sched.yaml", run_dir)
-    assert len(logged(log)) == 2
+    assert len(logged(log)) == 2 and logged(log)[1]["ckpt_path"] == result.checkpoint and (run_dir / "keep").exists()
     monkeypatch.setenv("FAKE_FAIL", "1")
-    with pytest.raises(RuntimeError, match="exit status 3"):
+    with pytest.raises(JobError, match="exit status 3"):
         launcher(1.0, 1.0, None, tmp_path / "bad")
 
 
-def test_slurm_launcher_with_a_fake_sbatch_runs_the_candidate_script(tmp_path, fake, monkeypatch):
+def slurm_tools(tmp_path: Path, states: list[str], sbatch_runs_job: bool = True, job: str = "42") -> dict[str, str]:
+    """Fake sbatch (optionally runs the job script at once, prints the job id), squeue (prints the next of ``states``
+    on each call, '' = not queued), sacct (prints its argument file's content) and scancel (records its call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (tmp_path / "states").write_text("\n".join(states) + "\n")
+    run = 'bash "$@" >/dev/null 2>&1 || true\n' if sbatch_runs_job else ""
+    tools = {
+        "sbatch": f'#!/bin/bash\necho "$@" >> {tmp_path}/sbatch.log\nwhile [[ $1 == --* ]]; do shift; done\n{run}'
+                  f"echo {job}\n",
+        "squeue": f"#!/bin/bash\nhead -n1 {tmp_path}/states; tail -n +2 {tmp_path}/states > {tmp_path}/s.tmp; "
+                  f"[ -s {tmp_path}/s.tmp ] && mv {tmp_path}/s.tmp {tmp_path}/states; exit 0\n",
+        "sacct": f"#!/bin/bash\ncat {tmp_path}/sacct 2>/dev/null; exit 0\n",
+        "scancel": f'#!/bin/bash\necho "$@" >> {tmp_path}/scancel.log\n',
+    }  # fmt: skip
+    for name, text in tools.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {name: str(bin_dir / name) for name in tools}
+
+
+def slurm_launcher(tools: dict[str, str], **kw) -> SlurmLauncher:
+    return SlurmLauncher("cfg.yaml", ["--trainer.max_steps=2"], sbatch=tools["sbatch"], squeue=tools["squeue"],
+                         sacct=tools["sacct"], scancel=tools["scancel"], poll=0.01, **kw)  # fmt: skip
+
+
+@pytest.fixture
+def fake_python(tmp_path, fake, monkeypatch):
     script, log = fake
     python = tmp_path / "python"
     python.write_text(f'#!/bin/bash\nexec "{sys.executable}" "{script}" "$@"\n')
-    sbatch = tmp_path / "sbatch"  # drops the options, runs the job script at once
-    sbatch.write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nbash "$@" >/dev/null 2>&1 || true\n'
-                      'echo 42\n')  # fmt: skip
-    for path in (python, sbatch):
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("LIT_NAT_PYTHON", str(python))
-    launcher = SlurmLauncher("cfg.yaml", ["--trainer.max_steps=2"], sbatch=str(sbatch), poll=0.01, timeout=30)
-    result = launcher(4.0, 1.0, "s.yaml", tmp_path / "cand")
-    assert result.fid == pytest.approx(0.0) and (tmp_path / "cand" / "SUBMITTED").read_text().strip() == "42"
-    (opts,) = logged(log)
+    return log
+
+
+def test_slurm_launcher_with_a_fake_sbatch_runs_the_candidate_script(tmp_path, fake_python, monkeypatch):
+    tools = slurm_tools(tmp_path, [""])
+    result = slurm_launcher(tools, timeout=30)(4.0, 1.0, "s.yaml", tmp_path / "cand")
+    assert result.fid == pytest.approx(0.0)
+    assert json.loads((tmp_path / "cand" / "SUBMITTED").read_text())["job_id"] == "42"
+    assert "--parsable" in (tmp_path / "sbatch.log").read_text()
+    (opts,) = logged(fake_python)
     assert opts["model.schedule"] == "s.yaml" and opts["trainer.default_root_dir"] == str(tmp_path / "cand")
     monkeypatch.setenv("FAKE_FAIL", "1")
-    with pytest.raises(RuntimeError, match="exit status 3"):
-        launcher(1.0, 1.0, None, tmp_path / "bad")
+    with pytest.raises(JobError, match="exit status 3"):
+        slurm_launcher(tools)(1.0, 1.0, None, tmp_path / "bad")
+
+
+@pytest.mark.parametrize("final", ["TIMEOUT", "CANCELLED by 1234", "NODE_FAIL", "OUT_OF_MEMORY"])
+def test_slurm_job_that_ends_without_finishing_is_reported_not_awaited(tmp_path, final):
+    tools = slurm_tools(tmp_path, ["PENDING", "RUNNING", ""], sbatch_runs_job=False, job="43")
+    (tmp_path / "sacct").write_text(final + "\n")
+    with pytest.raises(JobError, match=f"job 43 ended as {final.split()[0]} without finishing"):
+        slurm_launcher(tools)(1.0, 1.0, None, tmp_path / "cand")
+
+
+def test_slurm_job_over_the_timeout_is_cancelled(tmp_path):
+    tools = slurm_tools(tmp_path, ["RUNNING"], sbatch_runs_job=False, job="44")
+    with pytest.raises(JobError, match="ran over --timeout"):
+        slurm_launcher(tools, timeout=0.05)(1.0, 1.0, None, tmp_path / "cand")
+    assert (tmp_path / "scancel.log").read_text().split() == ["44"]
+
+
+def test_a_restarted_driver_waits_for_the_live_job_and_deletes_nothing(tmp_path, fake_python):
+    run_dir = tmp_path / "cand"
+    run_dir.mkdir()
+    (run_dir / "SUBMITTED").write_text(json.dumps({"job_id": "45"}))
+    (run_dir / "written-by-the-job").write_text("")
+    # the job is still running when the driver comes back, and finishes while it waits
+    tools = slurm_tools(tmp_path, ["RUNNING", "RUNNING", "RUNNING", "RUNNING"], job="99")
+    finisher = tmp_path / "bin" / "squeue"
+    finisher.write_text(finisher.read_text().replace("exit 0", f"""n=$(cat {tmp_path}/n 2>/dev/null || echo 0)
+echo $((n+1)) > {tmp_path}/n
+if [ $n -ge 2 ]; then mkdir -p {run_dir}/v; echo '{{"fid": 1.5}}' > {run_dir}/v/eval_report.json; echo 0 > {run_dir}/DONE; fi
+exit 0"""))  # fmt: skip
+    result = slurm_launcher(tools)(1.0, 1.0, None, run_dir)
+    assert result.fid == 1.5 and not (tmp_path / "sbatch.log").exists()  # waited; nothing was submitted again
+    assert (run_dir / "written-by-the-job").exists()
 
 
 def test_the_driver_with_the_local_launcher(tmp_path, fake):

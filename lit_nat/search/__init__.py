@@ -3,9 +3,10 @@ gradients with projected momentum SGD, and a Lightning callback that runs it bet
 the training-strategy line search over Beta(alpha, beta) (Sec. 4.3); the stand-alone ``search`` command; the
 alternating driver of Algorithm 1 (``autonat`` command, Sec. 4.1)."""
 
-from lit_nat.search.alternating import AutoNAT, CandidateResult, LocalLauncher, SearchStep, SlurmLauncher
+from lit_nat.search.alternating import AutoNAT
 from lit_nat.search.callback import ScheduleSearch
 from lit_nat.search.gradient import GradientEstimate, StrategySearch, UpdateRecord, estimate_gradient
+from lit_nat.search.launchers import CandidateResult, LocalLauncher, SearchStep, SlurmLauncher
 from lit_nat.search.line_search import BetaLineSearch, LineSearchResult
 from lit_nat.search.strategy import Group, SearchSpace, default_groups, isotonic_nonincreasing
 

@@ -19,7 +19,8 @@ State: everything is in ``OUT/autonat_state.json`` (rewritten atomically after e
 running the same command again resumes without recomputing anything saved: a finished generation search is not run
 again (an interrupted one resumes from its own ``state.json``), scored candidates are cache hits of the line search
 (the walk is replayed from them), and a candidate fit that finished but was not yet recorded is detected by its
-``DONE`` marker and report file; a half-finished one (no marker) is deleted and rerun.
+``DONE`` marker and report file; a half-finished one (no marker) is resumed from its last checkpoint, and a SLURM
+candidate job still running is waited for (:mod:`lit_nat.search.launchers`). One driver per ``OUT`` at a time.
 
 Layout under ``OUT``: ``rounds/r{k}/search/`` (the generation search of round k) and
 ``candidates/r{k}/a{alpha}_b{beta}/`` (one fit per candidate; per round, as the schedule differs between rounds).
@@ -34,216 +35,30 @@ import json
 import math
 import os
 import shlex
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lit_nat.io import DirectoryLock, atomic_write_json, json_safe
+from lit_nat.search.launchers import (
+    SBATCH_SCRIPT,
+    LocalLauncher,
+    SearchStep,
+    SlurmLauncher,
+    Train,
+    fmt,
+)
 from lit_nat.search.line_search import BetaLineSearch, key, snap
 
 STATE_FILE = "autonat_state.json"
-REPORT_FILE = "eval_report.json"
-DONE_FILE = "DONE"  # written by the launcher (local) or the sbatch script (slurm) once the fit exited with status 0
-FAILED_FILE = "FAILED"  # written by the sbatch script when the fit failed (its content: the exit status)
-ROOT = Path(__file__).resolve().parents[2]
-SBATCH_SCRIPT = ROOT / "scripts" / "slurm" / "autonat_candidate.sbatch"
-
-
-@dataclass
-class CandidateResult:
-    """What a trained candidate gives the driver: its FID (NaN: diverged) and its checkpoint (None: none saved)."""
-
-    fid: float
-    checkpoint: str | None
 
 
 #: generation(round, checkpoint, start_schedule, out_dir) -> path of the searched schedule
 Generation = Callable[[int, "str | None", "str | None", Path], str]
-#: train(alpha, beta, schedule, run_dir) -> CandidateResult
-Train = Callable[[float, float, "str | None", Path], CandidateResult]
-
-
-def _fmt(value: float) -> str:
-    return f"{snap(value):.10g}"
 
 
 def candidate_dir(out: Path, round_index: int, alpha: float, beta: float) -> Path:
-    return Path(out) / "candidates" / f"r{round_index}" / f"a{_fmt(alpha)}_b{_fmt(beta)}"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Candidate fits: markers, report, checkpoint
-def run_dir_overrides(config: str | Path, run_dir: Path) -> list[str]:
-    """Send a fit's outputs into ``run_dir``: the Trainer's root and, when the config names a logger class with init
-    args (the shipped configs' TensorBoardLogger), the logger's save_dir, where eval_report.json is written."""
-    args = [f"--trainer.default_root_dir={run_dir}"]
-    try:
-        logger = ((yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}).get("logger")
-    except (OSError, yaml.YAMLError):
-        logger = None
-    if isinstance(logger, dict) and "class_path" in logger:
-        args.append(f"--trainer.logger.init_args.save_dir={run_dir}")
-    return args
-
-
-def fit_overrides(alpha: float, beta: float, schedule: str | None) -> list[str]:
-    """The fit arguments that make a candidate: its Beta law and the round's generation schedule."""
-    args = ["--model.mask_ratio_law=beta", f"--model.mask_ratio_params={{alpha: {_fmt(alpha)}, beta: {_fmt(beta)}}}"]
-    if schedule is not None:
-        # a schedule file carries every value: preset parameters of the config must not be combined with it
-        args += [f"--model.schedule={schedule}", "--model.schedule_params=null"]
-    return args
-
-
-def find_report(run_dir: Path) -> Path | None:
-    found = sorted(Path(run_dir).rglob(REPORT_FILE), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def find_checkpoint(run_dir: Path) -> str | None:
-    found = list(Path(run_dir).rglob("*.ckpt"))
-    last = [p for p in found if p.name == "last.ckpt"]
-    pool = last or found
-    return str(max(pool, key=lambda p: p.stat().st_mtime)) if pool else None
-
-
-def finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / DONE_FILE).exists() and find_report(run_dir) is not None
-
-
-def read_result(run_dir: Path) -> CandidateResult:
-    """The result of a finished candidate: FID of its last validation (``eval_report.json``) and its checkpoint."""
-    report = find_report(run_dir)
-    if report is None:
-        raise RuntimeError(
-            f"autonat: the fit in {run_dir} finished without {REPORT_FILE}: its config needs a GenerativeEvaluation "
-            "callback and a validation at the end of the budget (e.g. --trainer.val_check_interval / "
-            "check_val_every_n_epoch matching --trainer.max_steps / max_epochs)"
-        )
-    fid = json.loads(report.read_text()).get("fid")
-    return CandidateResult(math.nan if fid is None else float(fid), find_checkpoint(run_dir))
-
-
-class LocalLauncher:
-    """Trains candidates one after another as ``python -m lit_nat fit --config CONFIG <overrides> <fit_args>``.
-
-    Args:
-        config: the fit config (it must have a GenerativeEvaluation callback).
-        fit_args: extra fit arguments (the budget, e.g. ``--trainer.max_steps=2000``), after the candidate's.
-        command: the command prefix (default ``[sys.executable, "-m", "lit_nat"]``).
-    """
-
-    def __init__(self, config: str, fit_args: Sequence[str] = (), command: Sequence[str] | None = None) -> None:
-        self.config, self.fit_args = str(config), list(fit_args)
-        self.command = list(command) if command is not None else [sys.executable, "-m", "lit_nat"]
-
-    def arguments(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> list[str]:
-        return [f"--config={self.config}", *run_dir_overrides(self.config, run_dir),
-                *fit_overrides(alpha, beta, schedule), *self.fit_args]  # fmt: skip
-
-    def __call__(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> CandidateResult:
-        run_dir = Path(run_dir)
-        if finished(run_dir):
-            return read_result(run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)  # half-finished: rerun from scratch
-        run_dir.mkdir(parents=True)
-        command = [*self.command, "fit", *self.arguments(alpha, beta, schedule, run_dir)]
-        print(f"autonat: candidate alpha={_fmt(alpha)} beta={_fmt(beta)}: {shlex.join(command)}", flush=True)
-        status = subprocess.run(command).returncode
-        if status != 0:
-            raise RuntimeError(f"autonat: candidate fit failed (exit status {status}): {shlex.join(command)}")
-        (run_dir / DONE_FILE).write_text("0\n")
-        return read_result(run_dir)
-
-
-class SlurmLauncher(LocalLauncher):
-    """Submits each candidate with ``sbatch [sbatch_args] autonat_candidate.sbatch CONFIG RUN_DIR <overrides>`` and
-    waits for it by polling its ``DONE`` / ``FAILED`` marker every ``poll`` seconds (``timeout``: give up after this
-    many seconds; None: never). ``sbatch`` is the submit command (a test substitutes a fake one)."""
-
-    def __init__(
-        self,
-        config: str,
-        fit_args: Sequence[str] = (),
-        sbatch: Sequence[str] | str = "sbatch",
-        sbatch_args: Sequence[str] = (),
-        script: str | Path = SBATCH_SCRIPT,
-        poll: float = 60.0,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(config, fit_args)
-        self.sbatch = shlex.split(sbatch) if isinstance(sbatch, str) else list(sbatch)
-        self.sbatch_args, self.script = list(sbatch_args), str(script)
-        self.poll, self.timeout = float(poll), timeout
-
-    def __call__(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> CandidateResult:
-        run_dir = Path(run_dir)
-        if finished(run_dir):
-            return read_result(run_dir)
-        # half-finished (e.g. the driver died while it ran): rerun. Cancel a job of a crashed driver still running.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        name = f"autonat_{run_dir.parent.name}_{run_dir.name}"
-        command = [*self.sbatch, f"--job-name={name}", f"--output={run_dir / 'slurm-%j.out'}", *self.sbatch_args,
-                   self.script, self.config, str(run_dir), *run_dir_overrides(self.config, run_dir)[1:],
-                   *fit_overrides(alpha, beta, schedule),
-                   *self.fit_args]  # fmt: skip
-        print(f"autonat: submitting {shlex.join(command)}", flush=True)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"autonat: sbatch failed ({done.returncode}): {done.stderr.strip()}")
-        (run_dir / "SUBMITTED").write_text(done.stdout)
-        start = time.monotonic()
-        while not (run_dir / DONE_FILE).exists():
-            if (run_dir / FAILED_FILE).exists():
-                status = (run_dir / FAILED_FILE).read_text().strip()
-                raise RuntimeError(f"autonat: candidate job failed (exit status {status}), see {run_dir}/slurm-*.out")
-            if self.timeout is not None and time.monotonic() - start > self.timeout:
-                raise TimeoutError(f"autonat: no {DONE_FILE} in {run_dir} after {self.timeout} s")
-            time.sleep(self.poll)
-        return read_result(run_dir)
-
-
-class SearchStep:
-    """The generation step as a subprocess: ``python -m lit_nat search --config CONFIG --ckpt_path CKPT
-    --out OUT [--schedule START] <search_args>``; returns ``OUT/best.yaml``. The search resumes itself from
-    ``OUT/state.json`` if it was interrupted."""
-
-    def __init__(self, config: str, search_args: Sequence[str] = (), command: Sequence[str] | None = None) -> None:
-        self.config, self.search_args = str(config), list(search_args)
-        self.command = list(command) if command is not None else [sys.executable, "-m", "lit_nat"]
-
-    def __call__(self, round_index: int, checkpoint: str | None, schedule: str | None, out: Path) -> str:
-        command = [*self.command, "search", f"--config={self.config}", f"--out={out}"]
-        if checkpoint is not None:
-            command.append(f"--ckpt_path={checkpoint}")
-        if schedule is not None:
-            command.append(f"--schedule={schedule}")
-        command += self.search_args
-        print(f"autonat: round {round_index} generation search: {shlex.join(command)}", flush=True)
-        status = subprocess.run(command).returncode
-        if status != 0:
-            raise RuntimeError(f"autonat: generation search failed (exit status {status}): {shlex.join(command)}")
-        best = Path(out) / "best.yaml"
-        if not best.exists():
-            raise RuntimeError(f"autonat: the generation search wrote no {best} (no finite FID?)")
-        return str(best)
+    return Path(out) / "candidates" / f"r{round_index}" / f"a{fmt(alpha)}_b{fmt(beta)}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -301,10 +116,7 @@ class AutoNAT:
 
     # ------------------------------------------------------------------------------------------------------------------
     def save(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(_json_safe(self.state), indent=1, allow_nan=False) + "\n")
-        tmp.replace(self.path)  # atomic: a crash never leaves a half-written state
+        atomic_write_json(self.path, self.state, indent=1)  # a crash never leaves a half-written state
 
     def _initial_checkpoint(self) -> None:
         """No starting checkpoint: train one with the starting law and the config's schedule."""
@@ -314,7 +126,7 @@ class AutoNAT:
         result = self.train(current["alpha"], current["beta"], current["schedule"], self.out / "candidates" / "init")
         if result.checkpoint is None:
             raise RuntimeError("autonat: the initial fit saved no checkpoint (enable checkpointing in the config)")
-        current.update(checkpoint=result.checkpoint, fid=_json_safe(result.fid))
+        current.update(checkpoint=result.checkpoint, fid=json_safe(result.fid))
         self.save()
 
     def _training(self, index: int, record: dict[str, Any]) -> None:
@@ -372,7 +184,7 @@ class AutoNAT:
             f_new = float(record["result"]["fid"])
             f_prev = math.inf if state["f_prev"] is None else float(state["f_prev"])
             delta = abs(f_new - f_prev)
-            record.update(f_new=f_new, f_prev=state["f_prev"], delta=_json_safe(delta), phase="done")  # inf: null
+            record.update(f_new=f_new, f_prev=state["f_prev"], delta=json_safe(delta), phase="done")  # inf: null
             state["current"] = {k: record["result"][k] for k in ("alpha", "beta", "checkpoint", "schedule", "fid")}
             state["f_prev"] = f_new
             if delta <= state["settings"]["epsilon"]:
@@ -392,7 +204,7 @@ class AutoNAT:
         while self.step():
             pass
         self.save()
-        return _json_safe(self.state)
+        return json_safe(self.state)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -423,7 +235,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sbatch", default="sbatch", help="slurm: submit command")
     p.add_argument("--sbatch_args", default="", help="slurm: sbatch options (one string), e.g. '--gres=gpu:8'")
     p.add_argument("--sbatch_script", default=str(SBATCH_SCRIPT), help="slurm: the candidate script")
-    p.add_argument("--poll", type=float, default=60.0, help="slurm: seconds between checks for a finished job")
+    p.add_argument("--poll", type=float, default=60.0, help="slurm: seconds between checks of a candidate job")
+    p.add_argument("--timeout", type=float, default=None, help="slurm: cancel a candidate job after this many seconds "
+                   "and stop (rerunning resumes it); default: no limit (a job that ends unfinished is still reported)")
     return p
 
 
@@ -434,11 +248,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train: Train = LocalLauncher(args.config, fit_args)
     else:
         train = SlurmLauncher(args.config, fit_args, sbatch=args.sbatch, sbatch_args=shlex.split(args.sbatch_args),
-                              script=args.sbatch_script, poll=args.poll)  # fmt: skip
+                              script=args.sbatch_script, poll=args.poll, timeout=args.timeout)  # fmt: skip
     line_search = {"factor": args.factor, "refinements": args.refinements, "tolerance": args.tolerance,
                    "max_evaluations": args.max_evaluations}  # fmt: skip
     checkpoint = None if args.ckpt_path is None else os.path.abspath(args.ckpt_path)
     driver = AutoNAT(args.out, SearchStep(args.config, shlex.split(args.search_args)), train, checkpoint=checkpoint,
                      schedule=args.schedule, alpha=args.alpha, beta=args.beta, epsilon=args.epsilon,
                      max_rounds=args.max_rounds, line_search=line_search)  # fmt: skip
-    return driver.run()
+    with DirectoryLock(args.out, "lit_nat autonat"):  # one live driver per output folder
+        return driver.run()
