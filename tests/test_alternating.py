@@ -259,7 +259,9 @@ def test_a_restarted_driver_waits_for_the_live_job_and_deletes_nothing(tmp_path,
     finisher = tmp_path / "bin" / "squeue"
     finisher.write_text(finisher.read_text().replace("exit 0", f"""n=$(cat {tmp_path}/n 2>/dev/null || echo 0)
 echo $((n+1)) > {tmp_path}/n
-if [ $n -ge 2 ]; then mkdir -p {run_dir}/v; echo '{{"fid": 1.5}}' > {run_dir}/v/eval_report.json; echo 0 > {run_dir}/DONE; fi
+if [ $n -ge 2 ]; then
+  mkdir -p {run_dir}/v; echo '{{"fid": 1.5}}' > {run_dir}/v/eval_report.json; echo 0 > {run_dir}/DONE
+fi
 exit 0"""))  # fmt: skip
     result = slurm_launcher(tools)(1.0, 1.0, None, run_dir)
     assert result.fid == 1.5 and not (tmp_path / "sbatch.log").exists()  # waited; nothing was submitted again
