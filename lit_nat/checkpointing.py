@@ -71,6 +71,8 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes): a write was cut off; use another one")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or damaged (not a torch.save archive)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as err:

@@ -291,3 +291,24 @@ def test_cli_has_the_autonat_command(capsys):
     assert exit_info.value.code == 0 and "--epsilon" in capsys.readouterr().out
     subprocess.run(["bash", "-n", str(REPO / "scripts/slurm/autonat_candidate.sbatch")], check=True)
     assert os.path.exists(REPO / "scripts/slurm/autonat_candidate.sbatch")
+
+
+def test_a_stopped_driver_forwards_the_signal_to_its_child_and_stops(tmp_path):
+    import signal
+    import threading
+
+    from lit_nat.errors import Stopped
+    from lit_nat.search.launchers import run_child
+
+    marker = tmp_path / "child-got-sigterm"
+    child = (f"import signal, sys, time\n"
+             f"def bye(*_):\n    open({str(marker)!r}, 'w').close(); sys.exit(143)\n"
+             f"signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n")  # fmt: skip
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(Stopped, match="(?s)stopped by signal 15 .* exited with 143.*rerun"):
+            run_child([sys.executable, "-c", child])
+    finally:
+        timer.cancel()
+    assert marker.exists() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None)

@@ -125,3 +125,42 @@ def test_reference_stats_command_from_shards_and_from_a_folder(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         main(["reference-stats", f"--out={out}", "--extractor=digits", f"--weights_path={weights}",
               f"--data_root={root}"])  # fmt: skip
+
+
+def test_a_stopped_sample_keeps_its_batches_and_resumes_with_the_rest(setup, tmp_path, monkeypatch):
+    """SIGTERM after the second batch: exit at once with two part files; the rerun generates only the other three
+    batches, and samples.npz equals an uninterrupted run's. Other weights or settings cannot resume those parts."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_nat.module import NATModule
+    from lit_nat.sample import SampleWriter
+
+    config, ckpt = setup
+    args = ["--num_samples=9", "--batch_size=2", "--seed=4"]
+    sample(config, ckpt, tmp_path / "whole", *args)
+    written = SampleWriter.write_on_batch_end
+
+    def sigterm_during_the_second(self, trainer, *rest):
+        if len(done_batches(self.out_dir)) == 1:
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler records
+        written(self, trainer, *rest)
+
+    monkeypatch.setattr(SampleWriter, "write_on_batch_end", sigterm_during_the_second)
+    out = tmp_path / "stopped"
+    with pytest.raises(SIGTERMException):
+        sample(config, ckpt, out, *args)
+    assert done_batches(out) == {0, 1} and not (out / "samples.npz").exists()
+    monkeypatch.setattr(SampleWriter, "write_on_batch_end", written)
+
+    with pytest.raises(ValueError, match="parts of an interrupted run with other seed"):
+        sample(config, ckpt, out, "--num_samples=9", "--batch_size=2", "--seed=5")
+    calls = []
+    original = NATModule.predict_step
+    monkeypatch.setattr(NATModule, "predict_step", lambda self, batch, i: calls.append(i) or original(self, batch, i))
+    sample(config, ckpt, out, *args)
+    assert len(calls) == 3  # batches 2, 3 and 4
+    with np.load(out / "samples.npz") as a, np.load(tmp_path / "whole" / "samples.npz") as b:
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+        np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
+    info = json.loads((out / "samples.json").read_text())
+    assert info["masked_counts"][-1] == 0 and len(info["masked_counts"]) == len(info["schedule"]["mask_ratio"])

@@ -106,3 +106,51 @@ def test_search_needs_an_evaluator(setup, tmp_path):
     with pytest.raises(ValueError, match="no GenerativeEvaluation"):
         main(["search", f"--config={config}", f"--ckpt_path={ckpt}", f"--out={tmp_path / 'x'}",
               "--trainer.callbacks=[]"])  # fmt: skip
+
+
+def test_a_search_state_belongs_to_its_weights_and_statistics_by_content(setup, tmp_path):
+    config, ckpt = setup
+    out = tmp_path / "search"
+    search(config, ckpt, out, "--updates=1")
+    original = ckpt.read_bytes()
+    checkpoint = torch.load(ckpt, weights_only=False)
+    key = next(k for k in checkpoint["state_dict"] if k.startswith("ema_backbone."))
+    checkpoint["state_dict"][key] += 1
+    torch.save(checkpoint, ckpt)  # another model under the same path
+    with pytest.raises(ValueError, match="other weights, statistics or settings .*'weights'"):
+        search(config, ckpt, out, "--updates=2")
+    ckpt.write_bytes(original)
+    reference = tmp_path / "ref.npz"
+    with np.load(reference) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez(reference, **{**arrays, "mu": arrays["mu"] + 1})  # other statistics under the same name
+    with pytest.raises(ValueError, match="'reference_stats'"):
+        search(config, ckpt, out, "--updates=2")
+
+
+def test_sigterm_stops_a_search_within_an_evaluation_and_the_rerun_recomputes_nothing(setup, tmp_path, monkeypatch):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_nat.callbacks.evaluation import GenerativeEvaluation
+
+    config, ckpt = setup
+    out = tmp_path / "search"
+    original = GenerativeEvaluation.evaluate
+    calls = []
+
+    def evaluate(self, trainer, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # SIGTERM arrives during the fourth evaluation: it stops at its next batch
+            trainer._signal_connector.received_sigterm = True
+        return original(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(GenerativeEvaluation, "evaluate", evaluate)
+    with pytest.raises(SIGTERMException):
+        search(config, ckpt, out, "--updates=1")
+    state = json.loads((out / "state.json").read_text())
+    assert len(state["cache"]) == 3  # every finished evaluation was saved at once
+    calls.clear()
+    monkeypatch.setattr(GenerativeEvaluation, "evaluate", lambda self, *a, **k: calls.append(1) or original(
+        self, *a, **k))  # fmt: skip
+    search(config, ckpt, out, "--updates=1")
+    assert len(calls) == 1 + 6 + 1 - 3  # the start, 6 finite differences and the new point, minus the saved 3

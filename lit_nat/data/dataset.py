@@ -8,6 +8,7 @@ for the last batch of an evaluation pass.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import tarfile
@@ -155,7 +156,8 @@ class TokenShardDataset(IterableDataset):
     :class:`~lit_nat.errors.DataError` naming shard and key. With ``"skip"`` it is reported once per shard (a warning)
     and replaced by a good sample of the same batch, drawn with a seeded generator, so every rank still yields its
     planned number of full batches (DDP needs equal counts); the batch then carries ``"bad_samples"`` (how many were
-    replaced), which the LightningModule logs as a running counter. A batch without a single good sample is an error.
+    replaced), which the LightningModule logs as a running counter. A fully bad batch takes its stand-ins from the
+    worker's recent samples; with none readable at all it is an error.
 
     Args:
         root: the data root holding the shards.
@@ -268,30 +270,41 @@ class TokenShardDataset(IterableDataset):
                 for _ in range(len(r) - count):
                     yield Unreadable(name, str(err))
 
-    def _decode_batch(self, items: list[Any], rng_key: list[int], reported: set[str]) -> dict[str, Any]:
+    def _decode(self, item: dict[str, Any] | Unreadable) -> dict[str, Any]:
+        if isinstance(item, Unreadable):
+            raise DataError(item.reason)
+        return decode_sample(item, Path(item.get("__url__", "?")).name, self.limits)
+
+    def _decode_batch(self, items: list[Any], recent: Sequence[Any], rng_key: list[int], reported: set[str]):
+        """Decode and check a batch; with ``bad_data="skip"`` replace its bad samples by good ones of the batch (or,
+        if it has none, of the worker's recent samples), drawn with a generator seeded by the batch's coordinates."""
         good, bad, error = [], 0, None
         for item in items:
-            shard = item.shard if isinstance(item, Unreadable) else Path(item.get("__url__", "?")).name
             try:
-                if isinstance(item, Unreadable):
-                    raise DataError(item.reason)
-                good.append(decode_sample(item, shard, self.limits))
+                good.append(self._decode(item))
             except DataError as err:
                 if self.bad_data == "fail":
                     raise
                 bad, error = bad + 1, err
+                shard = item.shard if isinstance(item, Unreadable) else Path(item.get("__url__", "?")).name
                 if shard not in reported:
                     reported.add(shard)
                     warnings.warn(f"skipping bad samples of {shard} (bad_data=skip): {err}", stacklevel=2)
-        if bad and not good:
-            raise DataError(f"a batch of rank {self.rank} has no readable sample (e.g. {error}); stopping")
-        if bad:  # fill with good samples of the same batch: the batch keeps its planned size
-            rng = np.random.default_rng(rng_key)
-            good += [good[int(i)] for i in rng.integers(len(good), size=bad)]
+        if bad:  # the batch keeps its planned size: every rank must yield the same number of full batches
+            pool = good or [d for d in map(self._decode_or_none, recent) if d is not None]
+            if not pool:
+                raise DataError(f"rank {self.rank}: no readable sample to stand in for a bad batch (e.g. {error})")
+            good += [pool[int(i)] for i in np.random.default_rng(rng_key).integers(len(pool), size=bad)]
         batch = collate(good, self.return_keys)
         if bad:
             batch["bad_samples"] = bad
         return batch
+
+    def _decode_or_none(self, item: Any) -> dict[str, Any] | None:
+        try:
+            return self._decode(item)
+        except DataError:
+            return None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -311,12 +324,14 @@ class TokenShardDataset(IterableDataset):
             rng = np.random.default_rng([self.seed, epoch, self.rank, logical, 1])  # 1: apart from resampling's streams
             items = shuffled(items, self.shuffle_buffer, rng)
         count, reported = 0, set()
+        recent: collections.deque = collections.deque(maxlen=4 * plan.batch_size)  # stand-ins for a fully bad batch
         for index, group in enumerate(batched(items, plan.batch_size)):
             if len(group) < plan.batch_size and not plan.partial_last:
                 raise RuntimeError(f"rank {self.rank} plan {logical}: a partial batch in a plan of full batches")
             count += 1
             if index >= skip:  # skipped batches (already consumed before a resume) are not even decoded
-                yield self._decode_batch(group, [self.seed, epoch, self.rank, logical, index, 2], reported)
+                yield self._decode_batch(group, recent, [self.seed, epoch, self.rank, logical, index, 2], reported)
+            recent.extend(item for item in group if not isinstance(item, Unreadable))
         if count != plan.num_batches:
             raise RuntimeError(f"rank {self.rank} plan {logical} yielded {count} of {plan.num_batches} planned batches")
 
