@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_nat.checkpointing import read_checkpoint
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.errors import CheckpointError
-from lit_nat.finite import NonFiniteGuard, all_finite
+from lit_nat.finite import NonFiniteGuard
 from lit_nat.models import build_backbone
 from lit_nat.objective import (
     apply_mask,
@@ -228,7 +228,9 @@ class NATModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The non-finite guard: after backward (and DDP's all-reduce), before the weights change."""
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
-        finite = all_finite(grads)
+        grad_norm = torch.nn.utils.get_total_norm(grads)  # fused; non-finite iff some gradient is (or overflows)
+        self.log("train/grad_norm", grad_norm)
+        finite = torch.isfinite(grad_norm)
         if self._loss_finite is not None:
             finite = finite & self._loss_finite.to(finite.device)
         self._loss_finite = None

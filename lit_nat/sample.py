@@ -174,7 +174,8 @@ class SampleWriter(BasePredictionWriter):
                 atomic_write(self.out_dir / IMAGES_DIR / f"{i:06d}.png", lambda f, im=image: Image.fromarray(im).save(
                     f, format="PNG"))  # fmt: skip
         write_part(self.out_dir, int(index[0]) // self.batch_size, images, labels, index)
-        raise_if_stopped(trainer)  # SIGTERM: stop after this batch; its part is on disk
+        # SIGTERM: stop after this batch, whose part is on disk (per rank: ranks may hold one batch more than others)
+        raise_if_stopped(trainer, synced=False)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier("lit_nat-sample-parts")  # every part is on disk before rank 0 merges

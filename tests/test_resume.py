@@ -144,3 +144,20 @@ def test_resume_point_rules():
     # batch i comes from worker i mod W: of the first 13 batches, workers 0/1/2 gave 5/4/4
     assert [worker_skip(13, 3, w) for w in range(3)] == [5, 4, 4] and worker_skip(0, 3, 0) == 0
     assert sum(worker_skip(17, 4, w) for w in range(4)) == 17
+
+
+def test_resuming_with_another_layout_says_so_and_continues_deterministically(shards96):
+    from lit_nat.data import TokenShardDataModule
+
+    def datamodule():
+        return TokenShardDataModule(str(shards96), batch_size=4, num_workers=0, shuffle_buffer=7, return_keys=True)
+
+    saved = {"train_position": {"epoch": 2, "batches": 5, "batches_per_epoch": 12, "world_size": 2, "num_workers": 2,
+                                "batch_size": 4}}  # fmt: skip
+    resumed = datamodule()
+    resumed.load_state_dict(saved)
+    with pytest.warns(UserWarning, match=r"resuming epoch 2 with another data layout .* skipping the first 10 batches"):
+        loader = resumed.train_dataloader()
+    whole = datamodule().train_dataloader()
+    whole.resume = (2, 0)
+    assert keys_of(loader) == keys_of(whole)[10:]  # 5 batches x 2 ranks x 4 samples = the first 10 of 1 rank x 4

@@ -15,6 +15,7 @@ search may call it from a training hook).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
@@ -213,12 +214,17 @@ class GenerativeEvaluation(L.Callback):
         )
         metrics = [m for m in (self.fid, self.inception) if m is not None]
         device = pl_module.device
+        # ranks hold at most one batch more than others: the stop check (a collective) runs as often on every rank
+        rounds = math.ceil(math.ceil(self.num_samples / self.batch_size) / trainer.world_size)
         start = time.perf_counter()
         with torch.inference_mode():
             for metric in metrics:
                 metric.reset()
-            for batch in plan:
-                raise_if_stopped(trainer)  # a SIGTERM stops an evaluation within one batch
+            for index in range(rounds):
+                raise_if_stopped(trainer)  # a SIGTERM stops an evaluation within one batch, on every rank together
+                if index >= len(plan):
+                    continue
+                batch = plan[index]
                 labels = torch.tensor(batch.labels, device=device)
                 # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
                 with trainer.precision_plugin.forward_context():

@@ -113,12 +113,15 @@ class Preemption(L.Callback):
         )
 
 
-def raise_if_stopped(trainer: L.Trainer) -> None:
-    """Raise Lightning's ``SIGTERMException`` if a SIGTERM arrived, on every rank together (one tiny all-reduce under
-    DDP). Long work inside a hook (a FID evaluation, a schedule search) calls this between batches, so SIGTERM stops
-    it within seconds instead of after hours (Lightning itself checks only between training and validation batches)."""
+def raise_if_stopped(trainer: L.Trainer, synced: bool = True) -> None:
+    """Raise Lightning's ``SIGTERMException`` if a SIGTERM arrived. Long work inside a hook (a FID evaluation, a
+    schedule search, sampling) calls this between batches, so SIGTERM stops it within seconds instead of after hours
+    (Lightning itself checks only between training and validation batches).
+
+    ``synced``: decide on every rank together (one tiny all-reduce under DDP), for callers that call it equally often
+    on every rank; otherwise each rank looks at its own flag (a scheduler signals every task of a job)."""
     flag = bool(trainer.received_sigterm)
-    if trainer.world_size > 1:
+    if synced and trainer.world_size > 1:
         total = trainer.strategy.reduce(torch.tensor(float(flag), device=trainer.strategy.root_device), reduce_op="sum")
         flag = bool(total > 0)
     if flag:

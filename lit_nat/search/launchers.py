@@ -85,10 +85,10 @@ def find_report(run_dir: Path) -> Path | None:
 
 
 def find_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint under ``run_dir``: ``last.ckpt`` at the end of a fit, or the ``hpc_ckpt_N.ckpt`` /
+    ``last.ckpt`` a preempted one saved at its last step."""
     found = list(Path(run_dir).rglob("*.ckpt"))
-    last = [p for p in found if p.name == "last.ckpt"]
-    pool = last or found
-    return str(max(pool, key=lambda p: p.stat().st_mtime)) if pool else None
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
 def finished(run_dir: Path) -> bool:
