@@ -37,6 +37,7 @@ DATA_TO_MODEL_LINKS = {
     "grid_size": "grid_size",
     "num_classes": "num_classes",
     "tokenizer_config": "tokenizer",
+    "text_encoder_config": "text_encoder",
 }
 
 

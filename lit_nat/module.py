@@ -8,6 +8,7 @@ weights, used for validation and sampling) and the current generation schedule.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.checkpointing import read_checkpoint
+from lit_nat.conditioning import Condition, Conditioner, batch_size, text_space
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.errors import CheckpointError
 from lit_nat.finite import NonFiniteGuard
@@ -22,7 +24,6 @@ from lit_nat.models import build_backbone
 from lit_nat.objective import (
     apply_mask,
     build_mask_ratio_law,
-    drop_labels,
     masked_token_loss,
     previous_step_mask,
     sample_training_mask,
@@ -43,6 +44,9 @@ class NATModule(L.LightningModule):
         grid_size: token grid side (or ``[h, w]``). Linked from the data's meta.json by the CLI.
         num_classes: number of classes (null class id = num_classes). Linked from the data's meta.json by the CLI.
         tokenizer: tokenizer config used to decode samples into images (from meta.json); None = no image decoding.
+        text_encoder: text encoder config for text-to-image (linked from the data module; None = class labels). The
+            backbone is built for its width and token count; the encoder itself (frozen) is loaded on first use and
+            never enters checkpoints.
         mask_ratio_law: training mask-ratio law p(r): ``beta`` (AutoNAT), ``arccos`` (heuristic), ``fixed``,
             ``uniform``.
         mask_ratio_params: parameters of the law, e.g. ``{alpha: 12, beta: 3}`` (the default Beta(12, 3)).
@@ -83,6 +87,7 @@ class NATModule(L.LightningModule):
         grid_size: int | tuple[int, int] = 16,
         num_classes: int = 1000,
         tokenizer: dict[str, Any] | None = None,
+        text_encoder: dict[str, Any] | None = None,
         mask_ratio_law: str = "beta",
         mask_ratio_params: dict[str, float] | None = None,
         mask_ratio_per_sample: bool = True,
@@ -106,9 +111,9 @@ class NATModule(L.LightningModule):
         if isinstance(grid_size, list):
             grid_size = tuple(grid_size)
         self.save_hyperparameters()
-        self.backbone = build_backbone(
-            arch, codebook_size=codebook_size, grid_size=grid_size, num_classes=num_classes, overrides=arch_overrides
-        )
+        context = text_space(text_encoder) if text_encoder else None
+        self.backbone = build_backbone(arch, codebook_size=codebook_size, grid_size=grid_size, num_classes=num_classes,
+                                       overrides=arch_overrides, context=context)  # fmt: skip
         self.ema_backbone = make_ema_copy(self.backbone)
         self.supports_reuse = bool(getattr(self.backbone, "supports_reuse", False))
         if not 0.0 <= reuse_prob <= 1.0:
@@ -126,6 +131,8 @@ class NATModule(L.LightningModule):
         # Not an nn.Module attribute: tokenizer weights (a VQGAN) must not enter the NAT's checkpoints.
         self._tokenizer_config = tokenizer
         self._tokenizer: Tokenizer | None = None
+        # Not an nn.Module either: the frozen text encoder is loaded from its folder, never saved with the NAT.
+        self.conditioner = Conditioner(text_encoder, self.null_class)
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_nonfinite_steps)
         self._train_seed: int | None = None  # the run's seed, fixed at the first step and kept in checkpoints
         self._loss_finite: torch.Tensor | None = None  # all losses of the current optimiser step finite (on device)
@@ -196,15 +203,16 @@ class NATModule(L.LightningModule):
             self.bad_samples += int(batch.pop("bad_samples"))
             self.log("train/bad_samples", float(self.bad_samples))
         inputs, targets, mask = self.masked_batch(batch)
-        labels = drop_labels(batch["label"], self.hparams.p_uncond, self.null_class)
+        condition = self.conditioner.of_batch(batch, self.device)
+        condition = self.conditioner.drop(condition, self.hparams.p_uncond)  # CFG: null class / empty prompt
         state, num_masked = None, None
         if self.supports_reuse:
             num_masked = int(mask[0].sum())  # one read per step; every row has this count
             # CPU draws: deciding whether to reuse must not wait for the device.
             if float(torch.rand(())) < self.hparams.reuse_prob:
-                state = self.previous_step_state(batch["ids"], mask, num_masked, labels, float(torch.rand(())))
+                state = self.previous_step_state(batch["ids"], mask, num_masked, condition, float(torch.rand(())))
             self.log("train/reuse", float(state is not None))
-        logits, _ = self.backbone(inputs, labels, state, num_masked=num_masked)  # (B, N, K)
+        logits, _ = self.backbone(inputs, condition, state, num_masked=num_masked)  # (B, N, K)
         loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
         finite = torch.isfinite(loss.detach())  # no host read here: checked once per optimiser step
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
@@ -216,13 +224,13 @@ class NATModule(L.LightningModule):
 
     @torch.no_grad()
     def previous_step_state(
-        self, ids: torch.Tensor, mask: torch.Tensor, num_masked: int, labels: torch.Tensor, fraction: float
+        self, ids: torch.Tensor, mask: torch.Tensor, num_masked: int, condition: Condition, fraction: float
     ) -> Any:
         """ENAT reuse training: the EMA model's state on a previous step with ``fraction`` of the visible tokens
-        re-masked (no gradient, eval mode; the same labels the online model sees after dataset-level dropout)."""
+        re-masked (no gradient, eval mode; the same condition the online model sees after dataset-level dropout)."""
         previous_mask, previous_count = previous_step_mask(mask, num_masked, fraction)
         previous_inputs = ids.masked_fill(previous_mask, self.mask_id)
-        _, state = self.ema_backbone(previous_inputs, labels, num_masked=previous_count)
+        _, state = self.ema_backbone(previous_inputs, condition, num_masked=previous_count)
         return state
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -279,7 +287,7 @@ class NATModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(10_007 * batch_idx + self.global_rank)
             inputs, targets, mask = self.masked_batch(batch)
-        logits, _ = self.ema_backbone(inputs, batch["label"])
+        logits, _ = self.ema_backbone(inputs, self.conditioner.of_batch(batch, self.device))
         loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
         self.log(f"{prefix}/masked_acc", accuracy, sync_dist=True)
@@ -291,11 +299,15 @@ class NATModule(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, batch_idx, "test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Generate for ``batch['label']``; the generator is seeded by ``batch['seed'][0]`` (default: batch index)."""
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Generate for ``batch['prompts']`` (text models) or ``batch['label']``; the generator is seeded by
+        ``batch['seed'][0]`` (default: the batch index)."""
         labels = batch["label"]
         seed = int(batch["seed"][0]) if "seed" in batch else batch_idx
-        result = self.generate(labels, seed=seed)
+        if "prompts" in batch:
+            result = self.generate(prompts=batch["prompts"], seed=seed)
+        else:
+            result = self.generate(labels, seed=seed)
         out = {"ids": result.ids, "label": labels}
         if self.tokenizer is not None:
             out["images"] = self.decode(result.ids)
@@ -313,28 +325,30 @@ class NATModule(L.LightningModule):
     @torch.no_grad()
     def generate(
         self,
-        labels: torch.Tensor,
+        labels: torch.Tensor | Sequence[int] | None = None,
         schedule: GenerationSchedule | None = None,
         seed: int = 0,
         return_history: bool = False,
         use_ema: bool = True,
+        *,
+        prompts: Sequence[str] | None = None,
     ) -> GenerationResult:
-        """Class-conditional token generation with the current (or a given) schedule and the EMA weights."""
+        """Generate one image's tokens per label (class-conditional models) or per prompt (text models, e.g.
+        ``model.generate(prompts=["a red bus"], seed=0)``), with the current (or a given) schedule and the EMA
+        weights. Guidance's unconditional branch is the null class or the empty prompt."""
         backbone = self.ema_backbone if use_ema else self.backbone
-        labels = labels.to(self.device).long()
-        if labels.numel() and (labels.min() < 0 or labels.max() > self.null_class):
-            raise ValueError(f"labels must be in [0, {self.null_class}] (null class {self.null_class})")
+        condition = self.conditioner.of(labels, prompts, self.device)
         was_training = backbone.training
         backbone.eval()
         try:
             return generate(
                 backbone,
-                labels,
+                condition,
                 schedule or self.schedule,
                 make_generator(seed, self.device),
                 num_tokens=self.num_tokens,
                 mask_id=self.mask_id,
-                null_class=self.null_class,
+                null_condition=self.conditioner.null(batch_size(condition), self.device),
                 return_history=return_history,
             )
         finally:

@@ -36,6 +36,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock, raise_if_stopped
+from lit_nat.callbacks.visuals import label_rows
 from lit_nat.checkpointing import DurableCheckpointIO, weights_digest
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
@@ -97,13 +98,23 @@ def merge_parts(out_dir: Path, num_samples: int) -> Path:
     return path
 
 
-def save_grid(images: np.ndarray, path: Path, min_cell: int = 64) -> None:
-    """uint8 (n, H, W, 3) -> a square-ish PNG grid; tiny images are upscaled (nearest) to at least ``min_cell``."""
+def save_grid(images: np.ndarray, path: Path, min_cell: int = 64, prompts: list[str] | None = None) -> None:
+    """uint8 (n, H, W, 3) -> a square-ish PNG grid; tiny images are upscaled (nearest) to at least ``min_cell``.
+
+    With ``prompts`` (sample i made from prompt i mod P), one row per prompt, labelled with it: row p shows the
+    samples p, p + P, p + 2P, ... of the first ``n``."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
     scale = max(1, min_cell // x.shape[-1])
     if scale > 1:
         x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
-    save_image(make_grid(x, nrow=math.ceil(math.sqrt(len(x))), padding=2, pad_value=1.0), path)
+    if not prompts:
+        grid = make_grid(x, nrow=math.ceil(math.sqrt(len(x))), padding=2, pad_value=1.0)
+    else:
+        rows = min(len(prompts), len(x))
+        cols = max(1, len(x) // rows)
+        order = [p + k * len(prompts) for p in range(rows) for k in range(cols) if p + k * len(prompts) < len(x)]
+        grid = label_rows(make_grid(x[order], nrow=cols, padding=2, pad_value=1.0), prompts, rows)
+    save_image(grid, path)
 
 
 class SampleWriter(BasePredictionWriter):
@@ -182,8 +193,9 @@ class SampleWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         path = merge_parts(self.out_dir, self.num_samples)
+        prompts = self.settings.get("prompts")
         with np.load(path) as data:
-            save_grid(data["arr_0"][: self.grid_samples], self.out_dir / GRID_FILE)
+            save_grid(data["arr_0"][: self.grid_samples], self.out_dir / GRID_FILE, prompts=prompts)
             shape = list(data["arr_0"].shape)
         schedule: GenerationSchedule = pl_module.schedule
         info = {
@@ -193,8 +205,33 @@ class SampleWriter(BasePredictionWriter):
             "arr_0_shape": shape,
             "world_size": trainer.world_size,
         }
+        if prompts:
+            info["image_prompts"] = [prompts[i % len(prompts)] for i in range(self.num_samples)]
         atomic_write_json(self.out_dir / INFO_FILE, info)
         rank_zero_info(f"sample: wrote {path} (arr_0 {shape} uint8, arr_1 labels) and {self.out_dir / GRID_FILE}")
+
+
+def read_prompts(prompts: list[str] | None, prompts_file: str | None, model: Any, labels: Any) -> list[str] | None:
+    """The prompts of a ``sample`` run (``--prompts`` or ``--prompts_file``), checked against the model's condition."""
+    if prompts is not None and prompts_file is not None:
+        raise UsageError("give --prompts or --prompts_file, not both")
+    if prompts_file is not None:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such prompts file")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise UsageError(f"{path}: the prompts file holds no prompt (one per line)")
+    is_text = model.conditioner.is_text
+    if prompts is not None and not is_text:
+        raise UsageError("this model is class-conditional (no text encoder): pass --labels, not --prompts")
+    if is_text and prompts is None:
+        raise UsageError("this model is text-conditioned: pass --prompts \"a red bus\" ... or --prompts_file FILE")
+    if is_text and labels is not None:
+        raise UsageError("this model is text-conditioned: --labels do not apply, pass --prompts")
+    if prompts is not None and not prompts:
+        raise UsageError("--prompts is empty")
+    return None if prompts is None else [str(p) for p in prompts]
 
 
 def check_parts_plan(path: Path, plan: dict[str, Any]) -> None:
@@ -245,6 +282,8 @@ class NATTrainer(L.Trainer):
         save_png: bool = False,
         grid_samples: int = 100,
         overwrite: bool = False,
+        prompts: list[str] | None = None,
+        prompts_file: str | None = None,
     ) -> Path:
         """Generate images on every device and write samples.npz (ADM layout), grid.png and samples.json.
 
@@ -264,6 +303,8 @@ class NATTrainer(L.Trainer):
             grid_samples: number of images in grid.png.
             overwrite: replace an existing out/samples.npz, and drop the parts of an interrupted run instead of
                 resuming it.
+            prompts: for a text-conditioned model, the prompts, cycled (sample i gets prompts[i mod P]).
+            prompts_file: a UTF-8 file with one prompt per line (blank lines skipped), instead of --prompts.
         """
         out_dir = Path(out)
         if (out_dir / NPZ_FILE).exists() and not overwrite:
@@ -276,10 +317,13 @@ class NATTrainer(L.Trainer):
                 raise ValueError(
                     f"labels must be non-empty and in [0, {num_classes}] ({num_classes} = null), got {bad}"
                 )
+        prompts = read_prompts(prompts, prompts_file, model, labels)
         if ckpt_path is None:
             rank_zero_warn("sample: no --ckpt_path; sampling from the model's initial (untrained) weights")
         settings = {"num_samples": num_samples, "batch_size": batch_size, "seed": seed,
                     "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
+        if prompts is not None:
+            settings = {**settings, "labels": None, "prompts": prompts}
         info = {"checkpoint": ckpt_path, **settings, "schedule_source": schedule or "checkpoint"}
         # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
         lock = DirectoryLock(out_dir, "lit_nat sample").acquire() if self.is_global_zero else None
@@ -290,7 +334,7 @@ class NATTrainer(L.Trainer):
             if done:
                 rank_zero_info(f"sample: resuming: {len(done)} batches already in {out_dir / PARTS_DIR}")
             loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels,
-                                       skip=done)  # fmt: skip
+                                       skip=done, prompts=prompts)  # fmt: skip
             writer = SampleWriter(out_dir, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
             self.callbacks.append(writer)
             try:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lit_nat.conditioning import condition as conditions
+from lit_nat.conditioning.condition import Condition
 from lit_nat.schedule import GenerationSchedule
 
 
@@ -49,27 +51,32 @@ def guided_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, scale: flo
 @torch.no_grad()
 def generate(
     backbone: nn.Module,
-    labels: torch.Tensor,
+    condition: Condition,
     schedule: GenerationSchedule,
     generator: torch.Generator,
     *,
     num_tokens: int,
     mask_id: int,
-    null_class: int,
+    null_condition: Condition | int,
     return_history: bool = False,
 ) -> GenerationResult:
-    """Generate ``(B, N)`` token ids for class ``labels`` ``(B,)`` with the given generation schedule.
+    """Generate ``(B, N)`` token ids for ``condition`` (class ids ``(B,)`` or a text condition of ``B`` prompts).
+
+    ``null_condition`` is the unconditional branch of guidance: the null class id (an int) for class conditions, or
+    a condition of ``B`` rows (the empty prompt's encoding, repeated) for text.
 
     Per step t: decode every position in parallel, draw tokens at masked positions with temperature tau1(t),
     score each draw by its temperature-free guided log-probability (+inf for positions already visible, so they are
     never re-masked), add tau2(t)-scaled Gumbel noise and re-mask the ``masked_counts[t]`` least confident positions.
     """
-    device = labels.device
-    batch = labels.shape[0]
+    batch = conditions.batch_size(condition)
+    device = generator.device
     counts = schedule.masked_counts(num_tokens)
     guided = any(scale != 0.0 for scale in schedule.guidance)
+    if isinstance(null_condition, int):
+        null_condition = torch.full_like(condition, null_condition)
     # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
-    condition = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+    condition = conditions.concat(condition, null_condition) if guided else condition
 
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     state = None

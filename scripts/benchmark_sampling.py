@@ -37,7 +37,7 @@ def images_per_second(backbone, batch: int, steps: int, device: str, dtype: torc
                 generator,
                 num_tokens=backbone.num_tokens,
                 mask_id=backbone.mask_id,
-                null_class=backbone.null_class,
+                null_condition=backbone.null_class,
             )
 
     for _ in range(warmup):

@@ -29,9 +29,11 @@ def write_random_shards(
     sizes: dict[str, int] | None = None,
     samples_per_shard: int = 16,
     seed: int = 0,
+    text_encoder: dict | None = None,
 ) -> Path:
     """Token shards (train/val) in the given token space: token i = (i + label) mod K, 20% replaced at random, so a
-    model can learn them and a test can see the loss fall."""
+    model can learn them and a test can see the loss fall. With ``text_encoder``, every sample also has two captions
+    naming its label, and ``meta.json`` names that encoder."""
     rng = np.random.default_rng(seed)
     sizes = sizes or {"train": 64, "val": 16}
     tokenizer = {"name": "pixel", "levels": codebook_size, "image_size": grid, "channels": 1}
@@ -44,13 +46,15 @@ def write_random_shards(
             num_classes=num_classes,
             tokenizer_config=tokenizer,
             samples_per_shard=samples_per_shard,
+            text_encoder=text_encoder,
         ) as writer:
             for i in range(count):
                 label = int(rng.integers(num_classes))
                 tokens = (np.arange(grid * grid) + label) % codebook_size
                 noisy = rng.random(grid * grid) < 0.2
                 tokens[noisy] = rng.integers(0, codebook_size, int(noisy.sum()))
-                writer.write(tokens.astype(np.int64), label)
+                captions = [f"a picture of {label}", f"number {label}"] if text_encoder else None
+                writer.write(tokens.astype(np.int64), label, captions=captions)
     return root
 
 

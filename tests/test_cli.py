@@ -10,6 +10,7 @@ import yaml
 
 from lit_nat import load_model
 from lit_nat.cli import main
+from lit_nat.conditioning import save_random_clip
 from lit_nat.data.digits import prepare_digits
 from lit_nat.module import NATModule
 from tests.conftest import tiny_overrides, write_random_shards
@@ -39,14 +40,19 @@ def cpu_overrides(tmp_path: Path, steps: int = 2, arch: str = "autonat-s") -> li
 
 
 def data_for(config: Path, tmp_path: Path) -> Path:
-    """Tiny shards in the config's token space (ImageNet-256: 1024 codes, 16x16, 1000 classes), or real digits."""
+    """Tiny shards in the config's token space (ImageNet-256: 1024 codes, 16x16, 1000 classes; captioned data: one
+    class, captions and a tiny random CLIP in place of CLIP-L), or the real digits (with captions for the text demo)."""
     data = yaml.safe_load(config.read_text())["data"]
-    if data.get("prepare") == "digits":
-        return prepare_digits(tmp_path / "digits") and tmp_path / "digits"
+    if data.get("prepare") in ("digits", "digits_text"):
+        root = tmp_path / data["prepare"]
+        return prepare_digits(root, captions=data["prepare"] == "digits_text") and root
     grid = 32 if "512" in config.name else 16
-    return write_random_shards(
-        tmp_path / "shards", codebook_size=1024, grid=grid, num_classes=1000, sizes={"train": 32, "val": 8}
-    )
+    text = None
+    if "prompts:" in config.read_text():  # a text-to-image config
+        clip = save_random_clip(tmp_path / "clip", hidden=32, layers=2, heads=2, max_length=64)
+        text = {"name": "clip", "path": str(clip), "max_length": 64}
+    return write_random_shards(tmp_path / "shards", codebook_size=1024, grid=grid, num_classes=1 if text else 1000,
+                               sizes={"train": 32, "val": 8}, text_encoder=text)  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -64,7 +70,7 @@ def test_every_config_fits_a_few_steps_on_cpu(config, tmp_path):
     ]
     main(args)
     assert list((tmp_path / "run").rglob("config.yaml")), "the CLI saves the resolved config into the run"
-    assert list((tmp_path / "run").rglob("samples.png")), "SampleGrid writes the class-conditional grid"
+    assert list((tmp_path / "run").rglob("samples.png")), "SampleGrid writes the grid (a row per class or prompt)"
     assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "TensorBoard logs"
 
 

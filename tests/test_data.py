@@ -90,14 +90,16 @@ def test_writer_round_trip(tmp_path):
 def test_writer_text_and_keys(tmp_path):
     with _writer(tmp_path) as w:
         w.write(_tokens(0), 1, text="a zero", key="img0")
-        w.write(_tokens(1), 2, text="ünï", key="img1")
-        with pytest.raises(ValueError, match="every sample"):
+        w.write(_tokens(1), 2, captions=["ünï", "two"], key="img1")
+        with pytest.raises(ValueError, match="has the members .* the split's others"):
             w.write(_tokens(2), 2)
         with pytest.raises(ValueError, match="key"):
             w.write(_tokens(2), 2, text="x", key="a.b")
-    assert read_metadata(tmp_path).fields == ("tokens.npy", "cls", "txt")
+        with pytest.raises(ValueError, match="at least one caption"):
+            w.write(_tokens(2), 2, captions=[])
+    assert read_metadata(tmp_path).fields == ("tokens.npy", "cls", "captions.json")
     (batch,) = _read_all(tmp_path)
-    assert batch["text"] == ["a zero", "ünï"] and batch["key"] == ["img0", "img1"]
+    assert batch["text"] == ["a zero", "ünï"] and batch["key"] == ["img0", "img1"]  # evaluation: a fixed caption
 
 
 def test_shard_appears_only_when_complete(tmp_path):

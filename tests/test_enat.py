@@ -435,7 +435,7 @@ def test_state_through_the_generation_loop():
     recorder = Recorder(model)
     schedule = GenerationSchedule.enat(steps=5)
     labels = torch.tensor([1, 4])
-    out = generate(recorder, labels, schedule, make_generator(0, "cpu"), num_tokens=N, mask_id=K, null_class=C).ids
+    out = generate(recorder, labels, schedule, make_generator(0, "cpu"), num_tokens=N, mask_id=K, null_condition=C).ids
     assert out.shape == (2, N) and bool((out < K).all())
 
     counts = [N, *schedule.masked_counts(N)[:-1]]  # masked count entering each step
@@ -466,7 +466,7 @@ def test_generation_is_deterministic_under_a_seed():
     labels = torch.tensor([0, 3, 7])
 
     def run(seed):
-        return generate(model, labels, schedule, make_generator(seed, "cpu"), num_tokens=N, mask_id=K, null_class=C)
+        return generate(model, labels, schedule, make_generator(seed, "cpu"), num_tokens=N, mask_id=K, null_condition=C)
 
     assert torch.equal(run(3).ids, run(3).ids)
     assert not torch.equal(run(3).ids, run(4).ids)

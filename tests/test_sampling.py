@@ -41,7 +41,7 @@ def run(schedule, seed=0, labels=None, backbone=None, history=True):
         make_generator(seed, "cpu"),
         num_tokens=N,
         mask_id=K,
-        null_class=CLASSES,
+        null_condition=CLASSES,
         return_history=history,
     )
     return out, backbone
@@ -133,9 +133,9 @@ def test_loop_has_no_host_sync_on_gpu():
     backbone = ToyBackbone().cuda()
     labels = torch.arange(4, device="cuda")
     schedule = GenerationSchedule.heuristic(4)
-    generate(backbone, labels, schedule, make_generator(0, "cuda"), num_tokens=N, mask_id=K, null_class=CLASSES)
+    generate(backbone, labels, schedule, make_generator(0, "cuda"), num_tokens=N, mask_id=K, null_condition=CLASSES)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        generate(backbone, labels, schedule, make_generator(0, "cuda"), num_tokens=N, mask_id=K, null_class=CLASSES)
+        generate(backbone, labels, schedule, make_generator(0, "cuda"), num_tokens=N, mask_id=K, null_condition=CLASSES)
     finally:
         torch.cuda.set_sync_debug_mode("default")

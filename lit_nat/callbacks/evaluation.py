@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.data.labels import plan_generation
+from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_json
 from lit_nat.metrics.extractors import FeatureExtractor, build_extractor, full_precision
 from lit_nat.metrics.fid import InceptionScore, ReferenceFID
@@ -105,6 +106,7 @@ class GenerativeEvaluation(L.Callback):
         self.inception: InceptionScore | None = None
         self.reference: ReferenceStats | None = None
         self.validations = 0  # validations seen in fit (checkpointed, so every_n survives a resume)
+        self._prompts: list[str] | None = None  # a text model's evaluation prompts, read once
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, Any] | None = None
         self.checkpoint_progress: tuple[int | None, int | None] = (None, None)  # (global_step, epoch) of a loaded ckpt
@@ -211,6 +213,7 @@ class GenerativeEvaluation(L.Callback):
             num_classes=pl_module.hparams.num_classes,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            prompts=self.prompts(trainer, pl_module),
         )
         metrics = [m for m in (self.fid, self.inception) if m is not None]
         device = pl_module.device
@@ -225,10 +228,11 @@ class GenerativeEvaluation(L.Callback):
                 if index >= len(plan):
                     continue
                 batch = plan[index]
-                labels = torch.tensor(batch.labels, device=device)
+                labels = None if batch.prompts else torch.tensor(batch.labels, device=device)
+                prompts = list(batch.prompts) if batch.prompts else None
                 # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
                 with trainer.precision_plugin.forward_context():
-                    ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed).ids
+                    ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed, prompts=prompts).ids
                 with full_precision(device.type):
                     features, logits = self.extractor(pl_module.decode(ids).float())
                 self.fid.update(features)
@@ -245,6 +249,18 @@ class GenerativeEvaluation(L.Callback):
             "seconds": round(time.perf_counter() - start, 3),
             "schedule": schedule,
         }
+
+    def prompts(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[str] | None:
+        """For a text model, the evaluation's prompts: one caption per validation sample (sample i of the plan gets
+        prompt i mod len), read once from the data module; None for a class-conditional model."""
+        if not pl_module.conditioner.is_text:
+            return None
+        if self._prompts is None:
+            captions = getattr(trainer.datamodule, "captions", None)
+            if captions is None:
+                raise UsageError("GenerativeEvaluation of a text-conditioned model needs a data module with captions")
+            self._prompts = captions()
+        return self._prompts
 
     # ------------------------------------------------------------------------------------------------------------------
     def _write_report(self, trainer: L.Trainer, pl_module: L.LightningModule, values: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""A callback that shows what the model generates: a class-conditional grid in TensorBoard and as a PNG, a strip of
-tokens being revealed step by step, and the generation schedule's curves (figure + scalars)."""
+"""A callback that shows what the model generates: a grid (a row per class, or per prompt for text models, labelled)
+in TensorBoard and as a PNG, a strip of tokens being revealed step by step, and the generation schedule's curves
+(figure + scalars)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
-from lit_nat.callbacks.visuals import reveal_strip, schedule_figure, schedule_scalars
+from lit_nat.callbacks.visuals import label_rows, reveal_strip, schedule_figure, schedule_scalars
 
 
 class SampleGrid(L.Callback):
@@ -35,6 +36,8 @@ class SampleGrid(L.Callback):
         reveal_samples: rows of the reveal strip (one sample of each of the first classes); 0 turns it off.
         mask_color: RGB in [0, 1] of masked tokens in the reveal strip.
         schedule_curves: log the schedule's figure, scalars and YAML.
+        prompts: for text-conditioned models, the grid's rows (each row labelled with its prompt; the first
+            ``reveal_samples`` also make the reveal strip). Required for them, ignored for class models.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class SampleGrid(L.Callback):
         reveal_samples: int = 2,
         mask_color: tuple[float, float, float] = (0.3, 0.45, 0.85),
         schedule_curves: bool = True,
+        prompts: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.samples_per_class = samples_per_class
@@ -59,19 +63,30 @@ class SampleGrid(L.Callback):
         self.reveal_samples = max(0, reveal_samples)
         self.mask_color = tuple(float(c) for c in mask_color)
         self.schedule_curves = schedule_curves
+        self.prompts = list(prompts) if prompts else None
 
     def grid(self, pl_module: L.LightningModule) -> torch.Tensor:
-        """The image grid (C, H', W') in [0, 1]."""
-        classes = min(self.max_classes, pl_module.hparams.num_classes)
-        labels = torch.arange(classes).repeat_interleave(self.samples_per_class)
-        ids = pl_module.generate(labels, seed=self.seed).ids
-        images = pl_module.decode(ids).float().cpu()
+        """The image grid (C, H', W') in [0, 1]: a row per class, or per prompt (labelled) for a text model."""
+        if pl_module.conditioner.is_text:
+            rows = self.prompts
+            ids = pl_module.generate(prompts=[p for p in rows for _ in range(self.samples_per_class)], seed=self.seed)
+        else:
+            rows = None
+            classes = min(self.max_classes, pl_module.hparams.num_classes)
+            ids = pl_module.generate(torch.arange(classes).repeat_interleave(self.samples_per_class), seed=self.seed)
+        images = pl_module.decode(ids.ids).float().cpu()
         if self.upscale > 1:
             images = torch.nn.functional.interpolate(images, scale_factor=self.upscale, mode="nearest")
-        return make_grid(images, nrow=self.samples_per_class, padding=2, pad_value=1.0)
+        grid = make_grid(images, nrow=self.samples_per_class, padding=2, pad_value=1.0)
+        return grid if rows is None else label_rows(grid, rows, len(rows))
 
     def reveal(self, pl_module: L.LightningModule) -> torch.Tensor:
-        """The reveal strip (3, H', W'): rows are samples of classes 0, 1, ..., columns the steps."""
+        """The reveal strip (3, H', W'): rows are samples of classes 0, 1, ... (or of the first prompts), columns the
+        steps."""
+        if pl_module.conditioner.is_text:
+            prompts = self.prompts[: self.reveal_samples]
+            return reveal_strip(pl_module, None, self.seed, mask_color=self.mask_color, upscale=self.upscale,
+                                prompts=prompts)  # fmt: skip
         labels = torch.arange(self.reveal_samples) % pl_module.hparams.num_classes
         return reveal_strip(pl_module, labels, self.seed, mask_color=self.mask_color, upscale=self.upscale)
 
@@ -83,6 +98,9 @@ class SampleGrid(L.Callback):
             return False
         if tokenizer is None:
             rank_zero_warn("SampleGrid: the model has no tokenizer config, so samples cannot be decoded; skipping")
+            return False
+        if pl_module.conditioner.is_text and not self.prompts:
+            rank_zero_warn("SampleGrid: a text-conditioned model needs SampleGrid(prompts=[...]); skipping the grid")
             return False
         return True
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
@@ -36,21 +37,39 @@ def paint_masked(images: torch.Tensor, masked: torch.Tensor, color: tuple[float,
     return torch.where(cover, fill, rgb)
 
 
+def label_rows(grid: torch.Tensor, labels: list[str], rows: int, width: int = 200) -> torch.Tensor:
+    """Write ``labels[r]`` left of row ``r`` of an image grid (3, H, W) in [0, 1]: a white margin ``width`` px wide,
+    text in PIL's default font, so a grid generated from prompts says which row came from which prompt."""
+    from PIL import Image, ImageDraw
+
+    height = grid.shape[1]
+    margin = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(margin)
+    row_height = height / max(rows, 1)
+    for r, text in enumerate(labels[:rows]):
+        text = text if len(text) <= width // 6 else text[: width // 6 - 1] + "…"
+        draw.text((4, int(r * row_height + row_height / 2) - 5), text, fill=(0, 0, 0))
+    strip = torch.from_numpy(np.array(margin)).permute(2, 0, 1).float() / 255
+    return torch.cat([strip, grid.expand(3, -1, -1).float().cpu()], dim=2)
+
+
 @torch.no_grad()
 def reveal_strip(
     pl_module: Any,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None = None,
     seed: int = 0,
     schedule: GenerationSchedule | None = None,
     mask_color: tuple[float, float, float] = (0.3, 0.45, 0.85),
     upscale: int = 1,
+    prompts: list[str] | None = None,
 ) -> torch.Tensor:
-    """One row per label: the canvas before step 1 (all masked) and after each of the T steps; (3, H', W') in [0, 1].
+    """One row per label (or prompt): the canvas before step 1 (all masked) and after each of the T steps;
+    (3, H', W') in [0, 1].
 
     Masked tokens are painted ``mask_color`` (a colour no tokenizer produces, unlike a grey level); the ids under them
     are decoded as id 0, which the paint hides.
     """
-    result = pl_module.generate(labels, schedule=schedule, seed=seed, return_history=True)
+    result = pl_module.generate(labels, schedule=schedule, seed=seed, return_history=True, prompts=prompts)
     history = [torch.full_like(result.ids, pl_module.mask_id), *result.history]  # T + 1 canvases of (B, N)
     grid_h, grid_w = pl_module.backbone.grid_size  # part of the backbone contract (lit_nat.models)
     frames = []

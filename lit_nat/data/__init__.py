@@ -7,9 +7,10 @@ The DataModule (and with it Lightning) is imported on first access, so writing a
 
 from typing import Any
 
-from lit_nat.data.dataset import ShardLoader, TokenShardDataset, read_range
+from lit_nat.data.dataset import ShardLoader, TokenShardDataset
 from lit_nat.data.digits import prepare_digits
 from lit_nat.data.labels import GenerationBatch, GenerationBatches, class_balanced_labels, plan_generation
+from lit_nat.data.samples import read_range
 from lit_nat.data.shards import (
     FORMAT,
     META_FILE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -14,20 +15,34 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lit_nat.data.dataset import SampleLimits, ShardLoader, TokenShardDataset
+from lit_nat.conditioning.text import encoder_identity
+from lit_nat.data.dataset import ShardLoader, TokenShardDataset
 from lit_nat.data.digits import complete_digits, digits_evaluation_missing, prepare_digits
 from lit_nat.data.labels import GenerationBatches
 from lit_nat.data.meta import exclusive_lock
-from lit_nat.data.shards import META_FILE, DatasetMeta, MetadataError, read_metadata
+from lit_nat.data.samples import SampleLimits
+from lit_nat.data.shards import (
+    CAPTIONS_FIELD,
+    META_FILE,
+    TEXT_FIELD,
+    TEXT_STATES_FIELD,
+    DatasetMeta,
+    MetadataError,
+    read_metadata,
+)
 from lit_nat.data.split import TrainPosition, resume_point
 from lit_nat.tokenizers import token_space
 
 #: built-in preparations, by the name given to ``--data.prepare``: ``fn(root)`` writes shards and meta.json
-PREPARATIONS: dict[str, Callable[[Path], Any]] = {"digits": prepare_digits}
+PREPARATIONS: dict[str, Callable[[Path], Any]] = {
+    "digits": prepare_digits,
+    "digits_text": functools.partial(prepare_digits, captions=True),  # with captions, for text-to-image
+}
 #: artefacts a preparation gained later (e.g. the digits-FID classifier): ``(missing(root), complete(root))``, run
 #: on a root that has meta.json but not them, so an existing data directory is upgraded in place
 COMPLETIONS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], Any]]] = {
-    "digits": (digits_evaluation_missing, complete_digits)
+    "digits": (digits_evaluation_missing, complete_digits),
+    "digits_text": (digits_evaluation_missing, complete_digits),
 }
 
 
@@ -74,6 +89,26 @@ def check_tokenizer(meta: DatasetMeta, source: str | os.PathLike) -> None:
         )
 
 
+def resolve_text_encoder(meta: DatasetMeta, given: dict[str, Any] | None, root: Path) -> dict[str, Any] | None:
+    """The text encoder of a data root: the given one or ``meta.json``'s; with cached states only ``meta.json``'s."""
+    captioned = CAPTIONS_FIELD in meta.fields or TEXT_FIELD in meta.fields
+    if given is not None and not captioned:
+        raise MetadataError(f"{root / META_FILE}: --data.text_encoder was given but the shards carry no captions")
+    cached = TEXT_STATES_FIELD in meta.fields
+    if cached and given is not None and encoder_identity(given) != encoder_identity(meta.text_encoder):
+        raise MetadataError(
+            f"{root / META_FILE}: the shards cache the states of text encoder {meta.text_encoder}, not of "
+            f"{dict(given)}; drop --data.text_encoder or use shards made with that encoder"
+        )
+    chosen = dict(given) if given is not None else meta.text_encoder
+    if captioned and chosen is None:
+        raise MetadataError(
+            f"{root / META_FILE}: captioned shards but no text encoder: pass --data.text_encoder (e.g. "
+            "'{name: clip, path: <local CLIP folder>}')"
+        )
+    return chosen
+
+
 class TokenShardDataModule(L.LightningDataModule):
     """Pre-tokenised shards (``meta.json`` + ``<split>-NNNNNN.tar``) as training and validation batches.
 
@@ -105,6 +140,9 @@ class TokenShardDataModule(L.LightningDataModule):
         bad_data: what a bad sample or unreadable shard does: ``skip`` (default: a warning per shard, the sample is
             replaced by another of its batch and counted in ``train/bad_samples``) or ``fail`` (an error naming shard
             and key). See :class:`~lit_nat.data.dataset.TokenShardDataset`.
+        text_encoder: for captioned shards, the frozen text encoder the model is conditioned through (a config such
+            as ``{name: clip, path: assets/clip-vit-large-patch14}``); default: the one ``meta.json`` names. Shards
+            with cached text-encoder states accept no other (a model never reads another encoder's states).
 
     Checkpoints hold the training position (epoch, batches consumed and the layout that read them), so a resumed fit
     continues with exactly the batches an uninterrupted one would have read.
@@ -129,6 +167,7 @@ class TokenShardDataModule(L.LightningDataModule):
         predict_batch_size: int | None = None,
         predict_seed: int = 0,
         bad_data: str = "skip",
+        text_encoder: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
@@ -136,7 +175,11 @@ class TokenShardDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         root = str(root)  # a Path in the checkpoint's hyper-parameters would not load with weights_only=True
-        self.save_hyperparameters()
+        meta = ensure_prepared(root, prepare)
+        text_encoder = resolve_text_encoder(meta, text_encoder, Path(root))
+        # not among the data's hyper-parameters: the model records the resolved encoder (linked from here), and the
+        # loggers, which merge both sets, would call the user's unset value and the model's a conflict
+        self.save_hyperparameters(ignore=["text_encoder"])
         self.root = Path(root)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -153,13 +196,14 @@ class TokenShardDataModule(L.LightningDataModule):
         self.predict_batch_size = predict_batch_size or self.val_batch_size
         self.predict_seed = predict_seed
         self.bad_data = bad_data
-        self.meta: DatasetMeta = ensure_prepared(self.root, prepare)
+        self.meta: DatasetMeta = meta
         check_tokenizer(self.meta, self.root / META_FILE)
         self.codebook_size: int = self.meta.codebook_size
         self.grid_size: tuple[int, int] = self.meta.grid_size
         self.num_classes: int = self.meta.num_classes
         self.num_tokens: int = self.meta.num_tokens
         self.tokenizer_config: dict[str, Any] = dict(self.meta.tokenizer)
+        self.text_encoder_config: dict[str, Any] | None = text_encoder
         self.rank, self.world_size = 0, 1
         self._resume_position: TrainPosition | None = None
 
@@ -219,6 +263,19 @@ class TokenShardDataModule(L.LightningDataModule):
                 rank_zero_warn(note)
         return self._loader(dataset, resume)
 
+    def captions(self, split: str | None = None) -> list[str]:
+        """One caption per sample of ``split`` (default: the validation split), in shard order: the caption that
+        sample's evaluation access draws. The prompts of a text model's FID (sample i: caption i mod len)."""
+        split = split or self.val_split
+        info = self.meta.split(split)
+        limits = SampleLimits(self.num_tokens, self.codebook_size, self.num_classes)
+        dataset = TokenShardDataset(self.root, [s.name for s in info.shards], info.shard_sizes, batch_size=256,
+                                    mode="eval", limits=limits, bad_data=self.bad_data)  # fmt: skip
+        captions = [text for batch in dataset for text in batch.get("text", [])]
+        if not captions:
+            raise MetadataError(f"{self.root / META_FILE}: split {split!r} has no captions")
+        return captions
+
     # ------------------------------------------------------------------------------------------------------------------
     # The training position travels in checkpoints (LightningDataModule state hooks)
     def state_dict(self) -> dict[str, Any]:
@@ -253,10 +310,12 @@ def generation_loader(
     num_classes: int | None = None,
     labels: list[int] | None = None,
     skip: set[int] | None = None,
+    prompts: list[str] | None = None,
 ) -> DataLoader:
     """A DataLoader over :class:`~lit_nat.data.labels.GenerationBatches` (items are whole batches), without the
     batches in ``skip`` (already generated by an interrupted run)."""
     if num_samples < 1:
         raise ValueError(f"the number of samples to generate must be >= 1, got {num_samples}")
-    dataset = GenerationBatches(num_samples, batch_size, seed, num_classes=num_classes, labels=labels, skip=skip)
+    dataset = GenerationBatches(num_samples, batch_size, seed, num_classes=num_classes, labels=labels, skip=skip,
+                                prompts=prompts)  # fmt: skip
     return DataLoader(dataset, batch_size=None, shuffle=False)

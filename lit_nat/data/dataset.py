@@ -11,97 +11,19 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
-import tarfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from lit_nat.data.shards import LABEL_FIELD, TEXT_FIELD, TOKENS_FIELD, decode_tokens
+from lit_nat.data.samples import SampleLimits, Unreadable, collate, decode_sample, pick_caption, read_range
 from lit_nat.data.split import MODES, WorkerPlan, plan_epoch, worker_skip
 from lit_nat.errors import DataError
 
 BAD_DATA_POLICIES = ("skip", "fail")
-
-
-def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[str, Any]]:
-    """Samples ``[start, stop)`` of one tar, as webdataset sample dicts (``__key__``, ``tokens.npy``, ``cls``, ...).
-
-    Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached. A tar that cannot
-    be parsed or holds fewer samples than ``stop`` is a :class:`~lit_nat.errors.DataError` naming it.
-    """
-    path = str(path)
-    index = -1
-    try:
-        with open(path, "rb") as stream:
-            for index, sample in enumerate(group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))):
-                if index >= start:
-                    yield sample
-                if index + 1 >= stop:
-                    return  # without parsing the next sample
-    except (tarfile.TarError, OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path}: unreadable after {index + 1} samples ({_first_line(err)})") from None
-    if index + 1 < stop:
-        raise DataError(f"{path} holds {index + 1} samples, but the metadata promised at least {stop}")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
-@dataclass(frozen=True)
-class SampleLimits:
-    """What every sample of a split must satisfy (from ``meta.json``); ``None`` skips that check."""
-
-    num_tokens: int | None = None
-    codebook_size: int | None = None
-    num_classes: int | None = None
-
-
-def decode_sample(sample: dict[str, Any], shard: str = "?", limits: SampleLimits = SampleLimits()) -> dict[str, Any]:
-    """webdataset sample dict -> ``{"ids": uint16 array, "label": int, "key": str[, "text": str]}``, checked against
-    ``limits``; a sample that breaks the format is a :class:`~lit_nat.errors.DataError` naming shard and key."""
-    where = f"{shard}: sample {sample.get('__key__', '?')!r}"
-    missing = [f for f in (TOKENS_FIELD, LABEL_FIELD) if f not in sample]
-    if missing:
-        members = sorted(k for k in sample if not k.startswith("__"))
-        raise DataError(f"{where} lacks {missing} (it has {members}): a damaged tar or another format")
-    try:
-        ids = decode_tokens(sample[TOKENS_FIELD])
-    except ValueError as err:
-        raise DataError(f"{where}: {TOKENS_FIELD}: {err}") from None
-    if limits.num_tokens is not None and ids.size != limits.num_tokens:
-        raise DataError(f"{where}: {ids.size} token ids, expected {limits.num_tokens} (the grid of meta.json)")
-    if limits.codebook_size is not None and ids.size and int(ids.max()) >= limits.codebook_size:
-        raise DataError(f"{where}: token id {int(ids.max())} is outside the codebook [0, {limits.codebook_size})")
-    raw = sample[LABEL_FIELD]
-    try:
-        label = int(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise DataError(f"{where}: label {raw[:20]!r} is not an integer") from None
-    if label < 0 or (limits.num_classes is not None and label >= limits.num_classes):
-        raise DataError(
-            f"{where}: label {label} is outside [0, {limits.num_classes}) (the null class never comes from data)"
-        )
-    out = {"ids": ids, "label": label, "key": sample["__key__"]}
-    if TEXT_FIELD in sample:
-        out["text"] = sample[TEXT_FIELD].decode("utf-8")
-    return out
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """Stands for a planned sample that could not be read (a damaged tar), so batches keep their planned size."""
-
-    shard: str
-    reason: str
 
 
 def shuffled(items: Iterator[Any], bufsize: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -128,19 +50,6 @@ def batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
-
-
-def collate(samples: Sequence[dict[str, Any]], keys: bool = False) -> dict[str, Any]:
-    """Decoded samples -> one batch dict of tensors (with their keys if ``keys``)."""
-    batch: dict[str, Any] = {
-        "ids": torch.from_numpy(np.stack([s["ids"] for s in samples]).astype(np.int64)),
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-    }
-    if keys:
-        batch["key"] = [s["key"] for s in samples]
-    if "text" in samples[0]:
-        batch["text"] = [s["text"] for s in samples]
-    return batch
 
 
 class TokenShardDataset(IterableDataset):
@@ -273,7 +182,9 @@ class TokenShardDataset(IterableDataset):
     def _decode(self, item: dict[str, Any] | Unreadable) -> dict[str, Any]:
         if isinstance(item, Unreadable):
             raise DataError(item.reason)
-        return decode_sample(item, Path(item.get("__url__", "?")).name, self.limits)
+        sample = decode_sample(item, Path(item.get("__url__", "?")).name, self.limits)
+        # evaluation reads the same caption of a sample at every validation; training draws one per epoch
+        return pick_caption(sample, self.seed, self.epoch if self.shuffle else 0)
 
     def _decode_batch(self, items: list[Any], recent: Sequence[Any], rng_key: list[int], reported: set[str]):
         """Decode and check a batch; with ``bad_data="skip"`` replace its bad samples by good ones of the batch (or,

@@ -7,6 +7,10 @@ The preparation also writes what the demo's "digits-FID" needs (:func:`write_dig
 CPU): a small classifier trained on the train split (``digits_classifier.pt``, the feature extractor ``digits``) and
 the reference statistics of its features on both splits (``digits_fid_stats_train.npz``, ``digits_fid_stats_val.npz``).
 A root prepared before these existed is completed on the next use (:func:`digits_evaluation_missing`).
+
+With ``captions=True`` (the ``digits_text`` preparation of the text-to-image demo) every image also carries captions,
+several phrasings of its label (:func:`digit_captions`: ``a handwritten digit seven``, ``the number seven``, ...), and
+``meta.json`` names the small ``words`` text encoder over their vocabulary (:data:`TEXT_ENCODER`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,28 @@ from lit_nat.data.shards import META_FILE, DatasetMeta, ShardWriter, read_metada
 from lit_nat.tokenizers import PixelTokenizer
 
 NUM_CLASSES = 10
+NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTION_TEMPLATES = (
+    "a handwritten digit {name}",
+    "the number {name}",
+    "a {name} written by hand",
+    "handwritten {numeral}",
+    "an image of the digit {name}",
+)
+
+
+def digit_captions(label: int) -> list[str]:
+    """Every caption of a digit: one per template, e.g. ``a handwritten digit seven`` ... ``handwritten 7``."""
+    return [t.format(name=NAMES[label], numeral=label) for t in CAPTION_TEMPLATES]
+
+
+def _vocabulary() -> list[str]:
+    words = dict.fromkeys(w for label in range(NUM_CLASSES) for c in digit_captions(label) for w in c.split())
+    return list(words)
+
+
+#: the text encoder of the captioned digits: every word of the captions, 32-dim, 8 tokens
+TEXT_ENCODER = {"name": "words", "vocab": _vocabulary(), "dim": 32, "max_length": 8, "seed": 0}
 CLASSIFIER_FILE = "digits_classifier.pt"
 #: split -> reference statistics of the digits classifier's features on that split
 REFERENCE_FILES = {"train": "digits_fid_stats_train.npz", "val": "digits_fid_stats_val.npz"}
@@ -49,6 +75,7 @@ def prepare_digits(
     seed: int = 0,
     samples_per_shard: int = 128,
     overwrite: bool = False,
+    captions: bool = False,
 ) -> DatasetMeta:
     """Tokenise scikit-learn's digits into ``<root>``: ``train`` and ``val`` shards plus ``meta.json``.
 
@@ -62,6 +89,7 @@ def prepare_digits(
         seed: seed of the split and of the sample order.
         samples_per_shard: samples per tar; small, so there are enough shards for ranks x workers to split.
         overwrite: replace an existing preparation in ``root``.
+        captions: also write every image's captions (:func:`digit_captions`), for text-to-image.
 
     Returns:
         The metadata written.
@@ -94,11 +122,14 @@ def prepare_digits(
             update_metadata=False,
             overwrite=overwrite,
             extra=extra,
+            text_encoder=TEXT_ENCODER if captions else None,
         )
         with writer:
             for i in indices:
-                writer.write(ids[i], int(labels[i]), key=f"{i:04d}")
+                text = digit_captions(int(labels[i])) if captions else None
+                writer.write(ids[i], int(labels[i]), key=f"{i:04d}", captions=text)
         splits[split] = writer.split_info
+        fields = writer.fields
     write_digits_evaluation(root, arrays, seed=seed)  # before meta.json: its presence means everything is there
     meta = DatasetMeta(
         codebook_size=tokenizer.codebook_size,
@@ -106,7 +137,9 @@ def prepare_digits(
         num_classes=NUM_CLASSES,
         tokenizer=tokenizer.config(),
         splits=splits,
+        fields=fields,
         extra=extra,
+        text_encoder=TEXT_ENCODER if captions else None,
     )
     write_metadata(root, meta)
     return read_metadata(root)

@@ -13,7 +13,9 @@ with a BOX filter while its shorter side is at least twice the target, BICUBIC-r
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tarfile
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -60,19 +62,22 @@ class ImageList:
         classes: all class names; label = index in it.
         files: paths relative to ``root`` (POSIX), sorted by class folder name, then path.
         labels: the label of each file.
+        captions: for captioned images (COCO, img2dataset), every caption of each file; None for class folders.
     """
 
     root: Path
     classes: tuple[str, ...]
     files: tuple[str, ...]
     labels: tuple[int, ...]
+    captions: tuple[tuple[str, ...], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def reordered(self, order: Sequence[int]) -> ImageList:
+        captions = None if self.captions is None else tuple(self.captions[i] for i in order)
         return ImageList(
-            self.root, self.classes, tuple(self.files[i] for i in order), tuple(self.labels[i] for i in order)
+            self.root, self.classes, tuple(self.files[i] for i in order), tuple(self.labels[i] for i in order), captions
         )
 
     def shuffled(self, seed: int) -> ImageList:
@@ -82,10 +87,12 @@ class ImageList:
         return self.reordered(sorted(range(len(self.files)), key=lambda i: (digest[i], self.files[i])))
 
     def sha256(self) -> str:
-        """Hash of the ordered ``(label, path)`` list: two lists with the same hash give the same shards."""
+        """Hash of the ordered ``(label, path[, captions])`` list: two lists with the same hash give the same shards."""
         h = hashlib.sha256()
-        for label, f in zip(self.labels, self.files):
+        for i, (label, f) in enumerate(zip(self.labels, self.files)):
             h.update(f"{label}\t{f}\n".encode())
+            if self.captions is not None:
+                h.update(("\t".join(self.captions[i]) + "\n").encode())
         return h.hexdigest()
 
 
@@ -148,7 +155,7 @@ def sample_keys(files: Sequence[str]) -> list[str]:
     """
     keys = []
     for f in files:
-        key = f.rsplit(".", 1)[0].replace("/", "_").replace("\\", "_").replace(".", "_")
+        key = f.rsplit(".", 1)[0].replace("::", "_").replace("/", "_").replace("\\", "_").replace(".", "_")
         keys.append(("k" + key) if key.startswith("__") else key)
     counts = Counter(keys) + Counter(k + FLIP_SUFFIX for k in keys)
     keys = [
@@ -180,13 +187,30 @@ def center_crop_arr(pil_image: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size].copy()  # owned and writable (PIL arrays are read-only)
 
 
+#: the tars of webdataset folders (img2dataset) this process has open, by path: ``<tar>::<member>`` image sources
+_OPEN_TARS: dict[str, tarfile.TarFile] = {}
+
+
+def open_image(path: str) -> Any:
+    """A file or, for ``<tar path>::<member name>`` (an image inside a webdataset shard), the member's bytes."""
+    if "::" not in path:
+        return path
+    tar_path, member = path.split("::", 1)
+    if tar_path not in _OPEN_TARS:
+        _OPEN_TARS[tar_path] = tarfile.open(tar_path, "r:")  # random access by member (indexed on first use)
+    data = _OPEN_TARS[tar_path].extractfile(member)
+    if data is None:
+        raise FileNotFoundError(f"{member} is not a file in {tar_path}")
+    return io.BytesIO(data.read())
+
+
 def load_crop(path: str | os.PathLike, size: int) -> tuple[np.ndarray | None, str | None]:
-    """Decode and centre-crop one file: ``(array, None)``, or ``(None, reason)`` for a file that is not a readable
-    image (truncated, not an image, too large for PIL's decompression-bomb limit, ...)."""
+    """Decode and centre-crop one file (or ``<tar>::<member>``): ``(array, None)``, or ``(None, reason)`` for one that
+    is not a readable image (truncated, not an image, too large for PIL's decompression-bomb limit, ...)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's EXIF/palette chatter would flood the log over a million files
-            with Image.open(path) as image:
+            with Image.open(open_image(str(path))) as image:
                 image.load()
                 return center_crop_arr(image, size), None
     except Exception as err:  # noqa: BLE001 - any failure means "skip this file", with the reason recorded
@@ -205,7 +229,7 @@ class CroppedImages(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
-        return (i, *load_crop(os.path.join(self.root, self.files[i]), self.size))
+        return (i, *load_crop(os.path.join(self.root, self.files[i]), self.size))  # (a "::" member keeps its tar)
 
 
 def collate_crops(items: Sequence[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:

@@ -23,12 +23,13 @@ from torch.utils.data import Dataset
 
 @dataclass(frozen=True)
 class GenerationBatch:
-    """One batch of the plan: its index, sample indices, labels and the seed of its decoding loop."""
+    """One batch of the plan: its index, sample indices, labels (or prompts) and the seed of its decoding loop."""
 
     index: int
     indices: tuple[int, ...]
     labels: tuple[int, ...]
     seed: int
+    prompts: tuple[str, ...] | None = None
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> list[int]:
@@ -46,6 +47,7 @@ def plan_generation(
     labels: Sequence[int] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    prompts: Sequence[str] | None = None,
 ) -> list[GenerationBatch]:
     """The batches rank ``rank`` of ``world_size`` generates (see the module docstring for the invariants).
 
@@ -57,6 +59,7 @@ def plan_generation(
         labels: explicit labels, cycled: sample i gets ``labels[i mod len(labels)]``.
         rank: this rank.
         world_size: number of ranks.
+        prompts: for text models, prompts cycled like labels (sample i gets ``prompts[i mod len(prompts)]``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -64,6 +67,10 @@ def plan_generation(
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
     if labels is not None and len(labels) == 0:
         raise ValueError("labels is empty")
+    if prompts is not None and len(prompts) == 0:
+        raise ValueError("prompts is empty")
+    if labels is None and prompts is not None:
+        labels = [0]
     if labels is None:
         if num_classes is None:
             raise ValueError("give num_classes (class-balanced labels) or labels")
@@ -75,7 +82,9 @@ def plan_generation(
     batches = []
     for b in range(rank, -(-num_samples // batch_size), world_size):
         indices = tuple(range(b * batch_size, min((b + 1) * batch_size, num_samples)))
-        batches.append(GenerationBatch(b, indices, tuple(pool[i % len(pool)] for i in indices), seed + b * batch_size))
+        texts = None if prompts is None else tuple(str(prompts[i % len(prompts)]) for i in indices)
+        labels_b = tuple(pool[i % len(pool)] for i in indices)
+        batches.append(GenerationBatch(b, indices, labels_b, seed + b * batch_size, texts))
     return batches
 
 
@@ -93,6 +102,7 @@ class GenerationBatches(Dataset):
         num_classes: class-balanced labels (when ``labels`` is None).
         labels: explicit labels, cycled.
         skip: batch numbers to leave out (already generated); when that is all of them, the last batch stays.
+        prompts: prompts, cycled (text models); items then carry ``"prompts"`` (a list of B strings).
     """
 
     def __init__(
@@ -103,8 +113,9 @@ class GenerationBatches(Dataset):
         num_classes: int | None = None,
         labels: Sequence[int] | None = None,
         skip: set[int] | None = None,
+        prompts: Sequence[str] | None = None,
     ) -> None:
-        batches = plan_generation(num_samples, batch_size, seed, num_classes, labels)
+        batches = plan_generation(num_samples, batch_size, seed, num_classes, labels, prompts=prompts)
         pending = [b for b in batches if b.index not in (skip or set())]
         # all done (an interrupted run that had not merged yet): redo the last batch, which checks the weights again
         self.batches = pending or batches[-1:]
@@ -116,4 +127,7 @@ class GenerationBatches(Dataset):
         batch = self.batches[b]
         index = torch.tensor(batch.indices, dtype=torch.long)
         seeds = batch.seed + (index - index[0])  # per-sample seed + i; the first one seeds the batch
-        return {"label": torch.tensor(batch.labels, dtype=torch.long), "seed": seeds, "index": index}
+        item = {"label": torch.tensor(batch.labels, dtype=torch.long), "seed": seeds, "index": index}
+        if batch.prompts is not None:
+            item["prompts"] = list(batch.prompts)
+        return item

@@ -22,6 +22,8 @@ META_FILE = "meta.json"
 TOKENS_FIELD = "tokens.npy"
 LABEL_FIELD = "cls"
 TEXT_FIELD = "txt"
+CAPTIONS_FIELD = "captions.json"  # every caption of the image, a JSON list of strings
+TEXT_STATES_FIELD = "text.npz"  # cached text-encoder states of those captions: tokens (C, L, E) fp16, mask, pooled
 
 
 class MetadataError(LitNatError, ValueError):
@@ -61,7 +63,10 @@ class DatasetMeta:
         num_classes: number of class labels; labels are in ``[0, num_classes)``.
         tokenizer: the tokenizer's :meth:`~lit_nat.tokenizers.Tokenizer.config`, to decode ids back to images.
         splits: split name -> its shards.
-        fields: the members every sample carries (``tokens.npy``, ``cls`` and, for captioned data, ``txt``).
+        fields: the members every sample carries (``tokens.npy``, ``cls`` and, for captioned data,
+            ``captions.json`` (or a single ``txt``) and, when the text-encoder states are cached, ``text.npz``).
+        text_encoder: the text encoder the captions are meant for (its config), and the one whose states
+            ``text.npz`` holds: a model is never built for another encoder than the cached states'.
         extra: free-form provenance (source data set, seed, ...), not interpreted.
     """
 
@@ -72,6 +77,7 @@ class DatasetMeta:
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     fields: tuple[str, ...] = (TOKENS_FIELD, LABEL_FIELD)
     extra: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -93,7 +99,7 @@ class DatasetMeta:
     def differences(self, other: DatasetMeta) -> list[str]:
         """What makes ``other`` describe a different token space (empty when shards of both may share a root)."""
         diffs = []
-        for key in ("codebook_size", "grid_size", "num_classes", "tokenizer"):
+        for key in ("codebook_size", "grid_size", "num_classes", "tokenizer", "text_encoder"):
             mine, theirs = getattr(self, key), getattr(other, key)
             if mine != theirs:
                 diffs.append(f"{key} {theirs!r} != {mine!r}")
@@ -107,6 +113,7 @@ class DatasetMeta:
             "num_classes": self.num_classes,
             "tokenizer": dict(self.tokenizer),
             "fields": list(self.fields),
+            "text_encoder": None if self.text_encoder is None else dict(self.text_encoder),
             "splits": {
                 name: {
                     "num_samples": info.num_samples,
@@ -158,6 +165,10 @@ class DatasetMeta:
         extra = data.get("extra", {})
         if not isinstance(extra, dict):
             raise fail("extra", "an object", extra)
+        text_encoder = data.get("text_encoder")
+        named = isinstance(text_encoder, dict) and isinstance(text_encoder.get("name"), str)
+        if text_encoder is not None and not named:
+            raise fail("text_encoder", "null or a text encoder config object with a string 'name'", text_encoder)
         raw_splits = get(data, "splits", "splits", "an object {split name: {num_samples, shards}}")
         if not isinstance(raw_splits, dict):
             raise fail("splits", "an object {split name: {num_samples, shards}}", raw_splits)
@@ -186,7 +197,7 @@ class DatasetMeta:
             if total != info.num_samples:
                 raise fail(f"{where}.num_samples", f"the sum of its shards' counts ({info.num_samples})", total)
             splits[name] = info
-        return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra)
+        return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra, text_encoder)
 
 
 def read_metadata(root: str | os.PathLike) -> DatasetMeta:

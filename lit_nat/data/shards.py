@@ -15,8 +15,9 @@ half-written file can never be read by accident.
 from __future__ import annotations
 
 import io
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ import torch
 import webdataset as wds
 
 from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's names live together)
+    CAPTIONS_FIELD,
     FORMAT,
     LABEL_FIELD,
     META_FILE,
     TEXT_FIELD,
+    TEXT_STATES_FIELD,
     TOKENS_FIELD,
     DatasetMeta,
     MetadataError,
@@ -71,12 +74,23 @@ def encode_tokens(tokens: Any, num_tokens: int, codebook_size: int) -> bytes:
 
 
 def make_sample(
-    key: str, tokens: Any, label: int, *, num_tokens: int, codebook_size: int, num_classes: int, text: str | None = None
+    key: str,
+    tokens: Any,
+    label: int,
+    *,
+    num_tokens: int,
+    codebook_size: int,
+    num_classes: int,
+    captions: Sequence[str] | None = None,
+    text_states: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One validated sample of the format: ``{"__key__", "tokens.npy", "cls"[, "txt"]}`` as bytes, ready for a tar.
+    """One validated sample of the format as bytes, ready for a tar: ``{"__key__", "tokens.npy", "cls"
+    [, "captions.json"[, "text.npz"]]}``.
 
     The key must be non-empty, without ``.``, ``/``, ``\\`` or a leading ``__`` (webdataset splits member names at
-    the first dot); the label must be in ``[0, num_classes)``; the ids as in :func:`encode_tokens`.
+    the first dot); the label must be in ``[0, num_classes)``; the ids as in :func:`encode_tokens`. ``captions`` are
+    all captions of the image (at least one); ``text_states`` their cached text-encoder states
+    (:func:`encode_text_states`).
     """
     label = int(label)
     if not 0 <= label < num_classes:
@@ -89,9 +103,31 @@ def make_sample(
         TOKENS_FIELD: encode_tokens(tokens, num_tokens, codebook_size),
         LABEL_FIELD: str(label).encode("ascii"),
     }
-    if text is not None:
-        sample[TEXT_FIELD] = text.encode("utf-8")
+    if captions is not None:
+        captions = [str(c) for c in captions]
+        if not captions:
+            raise ValueError(f"sample {key!r}: a captioned sample needs at least one caption")
+        sample[CAPTIONS_FIELD] = json.dumps(captions, ensure_ascii=False).encode("utf-8")
+    if text_states is not None:
+        if captions is None or len(text_states["tokens"]) != len(captions):
+            raise ValueError(f"sample {key!r}: text states need one row per caption")
+        sample[TEXT_STATES_FIELD] = encode_text_states(text_states)
     return sample
+
+
+def encode_text_states(states: dict[str, Any]) -> bytes:
+    """Cached text-encoder states of C captions as one ``.npz``: ``tokens`` (C, L, E) and ``pooled`` (C, E) in float16
+    (118 KB per caption for CLIP-L's 77 x 768), ``mask`` (C, L) bool."""
+    arrays = {k: np.asarray(torch.as_tensor(states[k]).detach().cpu().numpy()) for k in ("tokens", "mask", "pooled")}
+    buf = io.BytesIO()
+    np.savez(buf, tokens=arrays["tokens"].astype(np.float16), pooled=arrays["pooled"].astype(np.float16),
+             mask=arrays["mask"].astype(bool))  # fmt: skip
+    return buf.getvalue()
+
+
+def decode_text_states(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        return {k: arrays[k] for k in ("tokens", "mask", "pooled")}
 
 
 def tar_bytes(samples: Iterable[dict[str, Any]]) -> bytes:
@@ -139,6 +175,7 @@ class ShardWriter:
             ``False`` and publish them together with :func:`write_metadata`, so ``meta.json`` appears only complete.
         overwrite: allow replacing this split's shards and metadata entry.
         extra: provenance stored under ``extra`` in ``meta.json``.
+        text_encoder: config of the text encoder the captions are for (and whose states ``text_states`` are).
     """
 
     def __init__(
@@ -154,6 +191,7 @@ class ShardWriter:
         update_metadata: bool = True,
         overwrite: bool = False,
         extra: dict[str, Any] | None = None,
+        text_encoder: dict[str, Any] | None = None,
     ) -> None:
         if not split or any(c in split for c in "-./\\"):
             raise ValueError(f"split name must be non-empty without '-', '.', '/' or '\\', got {split!r}")
@@ -171,6 +209,7 @@ class ShardWriter:
             num_classes,
             dict(tokenizer_config),
             extra=extra or {},
+            text_encoder=None if text_encoder is None else dict(text_encoder),
         )
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_root(overwrite)
@@ -179,7 +218,7 @@ class ShardWriter:
         self._file: AtomicFile | None = None
         self._count = 0  # samples in the open shard
         self._index = 0  # samples written to the split
-        self._has_text: bool | None = None
+        self._fields: tuple[str, ...] | None = None
         self._closed = False
 
     @classmethod
@@ -219,13 +258,24 @@ class ShardWriter:
     def _path(self, index: int) -> Path:
         return self.root / shard_name(self.split, index)
 
-    def write(self, tokens: Any, label: int, text: str | None = None, key: str | None = None) -> None:
-        """Append one sample: ``tokens`` of ``h * w`` ids in ``[0, codebook_size)``, its class ``label``, optionally a
-        caption ``text`` (all samples or none) and a ``key`` (default: the running index in the split)."""
+    def write(
+        self,
+        tokens: Any,
+        label: int,
+        text: str | None = None,
+        key: str | None = None,
+        captions: Sequence[str] | None = None,
+        text_states: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one sample: ``tokens`` of ``h * w`` ids in ``[0, codebook_size)``, its class ``label``, optionally its
+        ``captions`` (``text``: one caption) with their cached ``text_states``, and a ``key`` (default: the running
+        index in the split). Every sample of a split carries the same members."""
         if self._closed:
             raise RuntimeError("ShardWriter is closed")
-        if self._has_text is not None and self._has_text != (text is not None):
-            raise ValueError("either every sample of a split has a text or none has")
+        if text is not None:
+            if captions is not None:
+                raise ValueError("give text (one caption) or captions, not both")
+            captions = [text]
         key = f"{self._index:09d}" if key is None else str(key)
         sample = make_sample(
             key,
@@ -234,10 +284,13 @@ class ShardWriter:
             num_tokens=self.meta.num_tokens,
             codebook_size=self.meta.codebook_size,
             num_classes=self.meta.num_classes,
-            text=text,
+            captions=captions,
+            text_states=text_states,
         )
-        if self._has_text is None:
-            self._has_text = text is not None
+        fields = tuple(k for k in sample if k != "__key__")
+        if self._fields is not None and fields != self._fields:
+            raise ValueError(f"sample {key!r} has the members {fields}, the split's others {self._fields}")
+        self._fields = fields
         if self._tar is None:
             self._file = AtomicFile(self._path(len(self._shards)))
             # mtime fixed: the same samples give byte-identical shards
@@ -247,11 +300,6 @@ class ShardWriter:
         self._index += 1
         if self._count == self.samples_per_shard:
             self._finish_shard()
-
-    def write_batch(self, tokens: Any, labels: Any, texts: list[str] | None = None) -> None:
-        """Append ``(B, h * w)`` ids with their ``(B,)`` labels (and ``B`` texts)."""
-        for i in range(len(labels)):
-            self.write(tokens[i], int(labels[i]), None if texts is None else texts[i])
 
     def _finish_shard(self) -> None:
         assert self._tar is not None and self._file is not None
@@ -264,7 +312,7 @@ class ShardWriter:
     @property
     def fields(self) -> tuple[str, ...]:
         """The members each sample of this split carries (for :attr:`DatasetMeta.fields`)."""
-        return (TOKENS_FIELD, LABEL_FIELD) + ((TEXT_FIELD,) if self._has_text else ())
+        return self._fields or (TOKENS_FIELD, LABEL_FIELD)
 
     @property
     def split_info(self) -> SplitInfo:

@@ -42,9 +42,12 @@ from typing import Any
 
 import torch
 
+from lit_nat.conditioning.text import text_encoder_from_config
+from lit_nat.data.captioned import list_coco, list_img2dataset
 from lit_nat.data.imagefolder import (
     FLIP_SUFFIX,
     CroppedImages,
+    ImageList,
     collate_crops,
     list_image_folder,
     read_class_list,
@@ -61,6 +64,7 @@ from lit_nat.data.tokenize_plan import (
     shard_complete,
     write_shard,
 )
+from lit_nat.io import atomic_write_text
 
 
 def _progress(msg: str) -> None:
@@ -89,6 +93,9 @@ def tokenize_folder(
     batch_size: int = 64,
     num_workers: int = 4,
     dry_run: bool = False,
+    captions: str | os.PathLike | None = None,
+    text_encoder: dict[str, Any] | None = None,
+    cache_text: bool = False,
 ) -> dict[str, Any]:
     """Tokenise this task's shards of ``images`` into ``out`` (see the module docstring); returns a summary.
 
@@ -109,6 +116,11 @@ def tokenize_folder(
         batch_size: images per encoder call (plus as many flips).
         num_workers: DataLoader processes decoding and cropping images.
         dry_run: only list the images and report the plan; write nothing.
+        captions: an MS-COCO ``captions_*.json`` for the images of the folder ``images`` (text-to-image). A folder of
+            ``*.tar`` shards is read as an img2dataset webdataset folder (CC3M/CC12M: ``jpg`` + ``txt``).
+        text_encoder: the text encoder config the captions are for (recorded in ``meta.json``).
+        cache_text: also store the text encoder's states of every caption (``text.npz``; 118 KB per caption for
+            CLIP-L), so training does not run the encoder.
     """
     if not split or any(c in split for c in "-./\\"):
         raise TokenizeError(f"split name must be non-empty without '-', '.', '/' or '\\', got {split!r}")
@@ -125,22 +137,32 @@ def tokenize_folder(
         raise TokenizeError(f"need 0 <= task_index < num_tasks, got task {task_index} of {num_tasks}")
     if images_per_shard < 1 or batch_size < 1 or num_workers < 0:
         raise TokenizeError("images_per_shard and batch_size must be >= 1 and num_workers >= 0")
-    flip = split == "train" if flip is None else flip
     try:
-        listing = list_image_folder(images, classes)
+        listing, unlisted = list_source(images, classes, captions)
     except ValueError as err:
         raise TokenizeError(str(err)) from None
+    captioned = listing.captions is not None
+    flip = split == "train" and not captioned if flip is None else flip  # text may say "left": no flips by default
+    if cache_text and text_encoder is None:
+        raise TokenizeError("--cache_text needs --text_encoder (the encoder whose states are stored)")
+    if text_encoder is not None and not captioned:
+        raise TokenizeError("--text_encoder was given but the images have no captions (--captions or a webdataset)")
     order = "sorted"
     if shuffle_seed is not None:
         listing, order = listing.shuffled(shuffle_seed), f"shuffled:{shuffle_seed}"
-    plan = make_plan(listing, split, tokenizer, resolution, flip, images_per_shard, order)
+    plan = make_plan(listing, split, tokenizer, resolution, flip, images_per_shard, order, text_encoder, cache_text)
     mine = list(range(task_index, plan.num_shards, num_tasks))
-    summary = {"plan": plan.to_dict(), "num_shards": plan.num_shards, "task_shards": len(mine)}
+    summary = {"plan": plan.to_dict(), "num_shards": plan.num_shards, "task_shards": len(mine),
+               "unlisted": len(unlisted)}  # fmt: skip
     if dry_run:
         return summary
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     claim_root(root, plan)
+    if unlisted:  # e.g. images of a captions json that are not in the folder
+        atomic_write_text(root / f"tokenize_{split}_unlisted.txt", "".join(f"{f}\t{r}\n" for f, r in unlisted))
+        _progress(f"tokenize {split}: {len(unlisted)} listed images skipped (missing or without caption), "
+                  f"see {root / f'tokenize_{split}_unlisted.txt'}")  # fmt: skip
     pending = [i for i in mine if not shard_complete(root, plan, i)]
     tag = f"tokenize {split} [task {task_index}/{num_tasks}]"
     _progress(
@@ -148,7 +170,8 @@ def tokenize_folder(
         f"{len(mine) - len(pending)} already complete, {len(pending)} to write"
     )
     if pending:
-        _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag)
+        encoder = text_encoder_from_config(text_encoder) if cache_text else None
+        _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag, encoder)
     summary["written"] = len(pending)
     summary["complete"] = all(shard_complete(root, plan, i) for i in range(plan.num_shards))
     if summary["complete"] and num_tasks == 1:
@@ -169,7 +192,18 @@ def tokenize_folder(
     return summary
 
 
-def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag) -> None:
+def list_source(images: Any, classes: list[str] | None, captions: Any) -> tuple[ImageList, list[tuple[str, str]]]:
+    """The images to tokenise: a COCO folder with its captions json, an img2dataset webdataset folder (``*.tar``),
+    or an ImageNet-layout class folder; and the listed images that were skipped (missing, no caption)."""
+    folder = Path(images)
+    if captions is not None:
+        return list_coco(folder, captions)
+    if folder.is_dir() and any(folder.glob("*.tar")):
+        return list_img2dataset(folder)
+    return list_image_folder(folder, classes), []
+
+
+def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag, encoder=None) -> None:
     dev = torch.device(device)
     tokenizer = tokenizer.to(dev).eval()
     keys = sample_keys(listing.files)
@@ -196,16 +230,20 @@ def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_worker
         ids = flipped = None
         if batch["images"] is not None:
             ids, flipped = _encode(tokenizer, batch["images"], dev, plan.flip, token_space["num_tokens"])
+        good = [i for i, ok in zip(batch["index"], batch["ok"]) if ok]
+        text = _text_states(encoder, [listing.captions[i] for i in good], dev) if encoder is not None else None
         j = 0
         for i, ok in zip(batch["index"], batch["ok"]):
             if not ok:
                 skipped.append((listing.files[i], batch["errors"][i]))
                 continue
             label = listing.labels[i]
-            samples.append(make_sample(keys[i], ids[j], label, num_classes=len(plan.classes), **token_space))
+            extra = {"num_classes": len(plan.classes), **token_space}
+            if listing.captions is not None:
+                extra.update(captions=listing.captions[i], text_states=None if text is None else text[j])
+            samples.append(make_sample(keys[i], ids[j], label, **extra))
             if flipped is not None:
-                key = keys[i] + FLIP_SUFFIX
-                samples.append(make_sample(key, flipped[j], label, num_classes=len(plan.classes), **token_space))
+                samples.append(make_sample(keys[i] + FLIP_SUFFIX, flipped[j], label, **extra))
             j += 1
         done += len(batch["index"])
         index = batch["index"][-1] // plan.images_per_shard
@@ -219,6 +257,21 @@ def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_worker
                 f"ETA {_duration((total - done) / rate)}"
             )
             samples, skipped = [], []
+
+
+def _text_states(encoder: Any, captions: list[tuple[str, ...]], device: torch.device) -> list[dict[str, Any]]:
+    """The text encoder's states of every caption of each image, one ``{tokens, mask, pooled}`` per image."""
+    flat = [c for image in captions for c in image]
+    if not flat:
+        return []
+    with torch.inference_mode():
+        states = encoder.to(device).encode(flat)
+    out, start = [], 0
+    for image in captions:
+        rows = slice(start, start + len(image))
+        out.append({"tokens": states.tokens[rows], "mask": states.mask[rows], "pooled": states.pooled[rows]})
+        start += len(image)
+    return out
 
 
 def _encode(tokenizer, images: torch.Tensor, device: torch.device, flip: bool, num_tokens: int):
@@ -243,7 +296,14 @@ def tokenize_parser() -> argparse.ArgumentParser:
         "token shards of one split: ADM centre crop, horizontal flips as extra samples, resumable, and parallel as "
         "a SLURM array (--task_index/--num_tasks). Array runs are finalised by `tokenize-verify --finalize`.",
     )
-    p.add_argument("--images", required=True, help="the split's image folder, e.g. /data/ILSVRC2012/train")
+    p.add_argument("--images", required=True, help="the split's image folder, e.g. /data/ILSVRC2012/train; or a COCO "
+                   "image folder (with --captions), or an img2dataset webdataset folder of *.tar (CC3M, CC12M)")
+    p.add_argument("--captions", default=None, help="MS-COCO captions json for the images (e.g. "
+                   "annotations/captions_train2014.json)")
+    p.add_argument("--text_encoder", default=None, help="the text encoder the captions are for, as JSON, e.g. "
+                   '\'{"name": "clip", "path": "assets/clip-vit-large-patch14"}\' (recorded in meta.json)')
+    p.add_argument("--cache_text", action="store_true", help="also store the encoder's states of every caption "
+                   "(text.npz: 118 KB per caption for CLIP-L; training then runs no text encoder)")
     p.add_argument("--out", required=True, help="the data root to write (shards, plan, records)")
     p.add_argument("--split", default="train", help="split name (default: train)")
     p.add_argument("--resolution", type=int, default=256, help="centre-crop side in pixels, a multiple of 16")
@@ -312,6 +372,9 @@ def main(argv: list[str]) -> dict[str, Any]:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             dry_run=args.dry_run,
+            captions=args.captions,
+            text_encoder=json.loads(args.text_encoder) if args.text_encoder else None,
+            cache_text=args.cache_text,
         )
     except (TokenizeError, FileNotFoundError) as err:
         raise SystemExit(f"python -m lit_nat tokenize: error: {err}") from err

@@ -18,7 +18,15 @@ from typing import Any
 import yaml
 
 from lit_nat.data.imagefolder import ImageList, read_class_list
-from lit_nat.data.meta import META_FILE, DatasetMeta, read_metadata
+from lit_nat.data.meta import (
+    CAPTIONS_FIELD,
+    LABEL_FIELD,
+    META_FILE,
+    TEXT_STATES_FIELD,
+    TOKENS_FIELD,
+    DatasetMeta,
+    read_metadata,
+)
 from lit_nat.data.shards import shard_name, tar_bytes
 from lit_nat.io import atomic_write_bytes, atomic_write_text
 
@@ -57,6 +65,9 @@ class TokenizePlan:
     codebook_size: int
     grid_size: tuple[int, int]
     source: str = ""
+    captioned: bool = False
+    text_encoder: dict[str, Any] | None = None
+    cache_text: bool = False
 
     @property
     def num_shards(self) -> int:
@@ -70,14 +81,25 @@ class TokenizePlan:
         return 2 if self.flip else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, **json.loads(json.dumps(asdict(self)))}
+        data = {"format": PLAN_FORMAT, **json.loads(json.dumps(asdict(self)))}
+        for key, default in (("captioned", False), ("text_encoder", None), ("cache_text", False)):
+            if data[key] == default:  # absent when unused: class-folder plans keep the digest they always had
+                del data[key]
+        return data
+
+    @property
+    def sample_fields(self) -> tuple[str, ...]:
+        """The members of every sample this plan writes."""
+        extra = (CAPTIONS_FIELD,) if self.captioned else ()
+        return (TOKENS_FIELD, LABEL_FIELD, *extra, *((TEXT_STATES_FIELD,) if self.cache_text else ()))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "plan") -> TokenizePlan:
         if data.get("format") != PLAN_FORMAT:
             raise TokenizeError(f"{source}: not a {PLAN_FORMAT} plan (format {data.get('format')!r})")
         names = [f.name for f in fields(cls)]
-        if missing := [n for n in names if n not in data and n != "source"]:
+        optional = ("source", "captioned", "text_encoder", "cache_text")  # (plans made before captions existed)
+        if missing := [n for n in names if n not in data and n not in optional]:
             raise TokenizeError(f"{source}: keys {missing} are missing")
         kwargs = {n: data[n] for n in names if n in data}
         kwargs["classes"], kwargs["grid_size"] = tuple(kwargs["classes"]), tuple(kwargs["grid_size"])
@@ -224,7 +246,15 @@ def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | 
 
 
 def make_plan(
-    listing: ImageList, split: str, tokenizer: Any, resolution: int, flip: bool, images_per_shard: int, order: str
+    listing: ImageList,
+    split: str,
+    tokenizer: Any,
+    resolution: int,
+    flip: bool,
+    images_per_shard: int,
+    order: str,
+    text_encoder: dict[str, Any] | None = None,
+    cache_text: bool = False,
 ) -> TokenizePlan:
     return TokenizePlan(
         split=split,
@@ -239,4 +269,7 @@ def make_plan(
         codebook_size=int(tokenizer.codebook_size),
         grid_size=(int(tokenizer.grid_size[0]), int(tokenizer.grid_size[1])),
         source=str(Path(listing.root).resolve()),
+        captioned=listing.captions is not None,
+        text_encoder=None if text_encoder is None else json.loads(json.dumps(text_encoder)),
+        cache_text=bool(cache_text),
     )

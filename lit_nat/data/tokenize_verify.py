@@ -38,7 +38,7 @@ from lit_nat.data.meta import (
     read_metadata,
     write_metadata,
 )
-from lit_nat.data.shards import decode_tokens, shard_name
+from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
 from lit_nat.io import atomic_write_json, atomic_write_text
 
@@ -57,8 +57,11 @@ def _read_shard(data: bytes, name: str) -> list[dict[str, Any]]:
     return list(group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}])))
 
 
-def check_shard(root: Path, plan: TokenizePlan, index: int, counts: np.ndarray, labels: np.ndarray) -> tuple:
-    """Check shard ``index``; add its ids to ``counts`` and labels to ``labels``.
+def check_shard(
+    root: Path, plan: TokenizePlan, index: int, counts: np.ndarray, labels: np.ndarray, captions: list | None = None
+) -> tuple:
+    """Check shard ``index``; add its ids to ``counts``, labels to ``labels`` and its samples' caption lists to
+    ``captions``.
 
     Returns ``(problems, record or None, samples)``, where ``samples`` are the parsed samples (for decoding).
     """
@@ -91,8 +94,14 @@ def check_shard(root: Path, plan: TokenizePlan, index: int, counts: np.ndarray, 
     for j, sample in enumerate(samples):
         key = sample["__key__"]
         try:
-            if set(sample) - {"__key__", "__url__"} != {TOKENS_FIELD, LABEL_FIELD}:
-                raise ValueError(f"members {sorted(sample)}")
+            if set(sample) - {"__key__", "__url__"} != set(plan.sample_fields):
+                raise ValueError(f"members {sorted(sample)}, expected {list(plan.sample_fields)}")
+            if CAPTIONS_FIELD in sample:
+                texts = json.loads(sample[CAPTIONS_FIELD].decode("utf-8"))
+                if not isinstance(texts, list) or not texts:
+                    raise ValueError("captions.json is not a non-empty list")
+                if captions is not None:
+                    captions.append(texts)
             ids, label = decode_tokens(sample[TOKENS_FIELD]), int(sample[LABEL_FIELD])
             if ids.shape != (num_tokens,) or int(ids.max()) >= plan.codebook_size:
                 raise ValueError(f"ids of shape {ids.shape}, max {ids.max()} (expected {num_tokens} in [0, K))")
@@ -132,17 +141,34 @@ def token_summary(counts: np.ndarray, top: int = 10) -> dict[str, Any]:
     }
 
 
+def caption_summary(captions: list[list[str]]) -> dict[str, Any]:
+    """Caption statistics of a captioned split: captions per image, words per caption, empty ones, examples."""
+    per_image = np.array([len(c) for c in captions] or [0])
+    words = np.array([len(t.split()) for c in captions for t in c] or [0])
+    return {
+        "images": len(captions),
+        "captions": int(per_image.sum()),
+        "per_image": {"min": int(per_image.min()), "mean": round(float(per_image.mean()), 3),
+                      "max": int(per_image.max())},  # fmt: skip
+        "words": {"min": int(words.min()), "mean": round(float(words.mean()), 2), "max": int(words.max())},
+        "empty": sum(1 for c in captions for t in c if not t.strip()),
+        "examples": [c[0] for c in captions[:3]],
+    }
+
+
 def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipped: int) -> DatasetMeta:
     """Add the split to ``meta.json`` (merged with the splits already there), atomically and under a lock."""
-    ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer)
+    ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer,
+                       fields=plan.sample_fields, text_encoder=plan.text_encoder)  # fmt: skip
     with exclusive_lock(root / ".lit_nat-tokenize.lock"):
         base = read_metadata(root) if (root / META_FILE).exists() else ours
         if diffs := ours.differences(base):
             raise TokenizeError(f"{root / META_FILE} describes another token space: {'; '.join(diffs)}")
         if base.extra.get("classes", list(plan.classes)) != list(plan.classes):
             raise TokenizeError(f"{root / META_FILE} records other class names than the plan of {plan.split!r}")
-        if base.fields != (TOKENS_FIELD, LABEL_FIELD):
-            raise TokenizeError(f"{root / META_FILE} holds splits with fields {base.fields}; use another root")
+        if base.fields != plan.sample_fields:
+            raise TokenizeError(f"{root / META_FILE} holds splits with fields {base.fields}, this plan writes "
+                                f"{plan.sample_fields}; use another root")  # fmt: skip
         info = {
             "source": plan.source,
             "num_images": plan.num_images,
@@ -201,8 +227,9 @@ def verify_split(
     shards: list[ShardInfo] = []
     skipped: list[tuple[str, str]] = []
     first: list[dict] = []
+    captions: list[list[str]] = []
     for index in range(plan.num_shards):
-        found, record, samples = check_shard(root, plan, index, counts, labels)
+        found, record, samples = check_shard(root, plan, index, counts, labels, captions)
         problems += found
         if record is not None:
             shards.append(ShardInfo(record["name"], record["num_samples"]))
@@ -234,6 +261,8 @@ def verify_split(
         "finalized": False,
         "path": str(report_path(root, split)),
     }
+    if plan.captioned:
+        report["captions"] = caption_summary(captions)
     if decode and first:
         if tokenizer is None:
             from lit_nat.tokenizers import tokenizer_from_config

@@ -1,6 +1,7 @@
 """ENAT: an encoder over visible tokens, a decoder over masked tokens, and feature reuse across decoding steps.
 
-Architecture (ENAT, NeurIPS 2024), DiT blocks with adaLN-Zero conditioned on the class embedding only:
+Architecture (ENAT, NeurIPS 2024), DiT blocks with adaLN-Zero conditioned on the class embedding (or, for text, on
+the prompt's pooled vector, with its tokens as read-only context of every block: see :class:`ENAT`):
 
     ids (B, N) -> word + position + LN -> split by the mask into visible (B, V, D) and masked (B, M, D), V + M = N
     visible -> encoder blocks (self-attention among visible tokens)                      -> encoded (B, V, D)
@@ -23,134 +24,18 @@ either given by the caller (``num_masked``) or read once; nothing in the normal 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from numbers import Integral
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_nat.conditioning.condition import Condition, TextCondition
 from lit_nat.models.base import TokenSpaceBackbone
-from lit_nat.models.layers import Mlp, TiedMLMHead, TokenEmbedding, multihead_attention
+from lit_nat.models.enat_blocks import ContextAttention, ENATBlock, ENATState, PrevProjection, gather_tokens
+from lit_nat.models.layers import TextEmbedding, TiedMLMHead, TokenEmbedding, condition_tokens
 
 __all__ = ["ENAT", "ENATBlock", "ENATState", "ContextAttention", "PrevProjection"]
-
-
-@dataclass
-class ENATState:
-    """What one ENAT call hands to the next decoding step (one entry per batch row).
-
-    Attributes:
-        features: ``(B, N, D)`` restored features in raster order, *before* the final norm (detached).
-        visible_positions: ``(B, V)`` long, the positions that were visible, ascending, ``V = N - num_masked``.
-        num_masked: Number of masked positions in every row (a Python int, so the next step never reads the device).
-    """
-
-    features: torch.Tensor
-    visible_positions: torch.Tensor
-    num_masked: int
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation ``x * (1 + scale) + shift``; ``x`` ``(B, S, D)``, ``shift``/``scale`` ``(B, 1, D)``."""
-    return x * (1 + scale) + shift
-
-
-def gather_tokens(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``(B, N, D)`` features at ``(B, S)`` positions -> ``(B, S, D)``."""
-    return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-class ContextAttention(nn.Module):
-    """Multi-head attention whose keys/values come from read-only context tokens and from the queries' own tokens.
-
-    The two token groups get separate K/V projections (official ``kv.A`` = context, ``kv.B`` = self); each projection
-    outputs ``2D`` features, K first then V, head-major inside each.
-
-    Args:
-        dim: Model width D.
-        num_heads: Number of heads H; must divide D.
-    """
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv_context = nn.Linear(dim, 2 * dim)
-        self.kv_self = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised self tokens ``(B, S, D)`` and normalised context ``(B, S_c, D)`` or None -> ``(B, S, D)``."""
-        kv = self.kv_self(x)  # (B, S, 2D)
-        if context is not None:
-            kv = torch.cat([self.kv_context(context), kv], dim=1)  # (B, S_c + S, 2D), context first
-        k, v = kv.chunk(2, dim=-1)
-        return self.proj(multihead_attention(self.q(x), k, v, self.num_heads))
-
-
-class ENATBlock(nn.Module):
-    """DiT block with adaLN-Zero and 8 modulation chunks; updates the self tokens, reads the context tokens.
-
-    The modulation chunks, in the official order: shift/scale for the self tokens' pre-attention norm, shift/scale
-    for the context tokens' pre-attention norm, attention gate, shift/scale before the MLP, MLP gate.
-
-    Args:
-        dim: Model width D.
-        num_heads: Attention heads.
-        mlp_ratio: MLP hidden width as a multiple of D.
-    """
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        # Non-affine, eps 1e-6 (DiT): the adaLN shifts and scales take the place of the affine parameters.
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
-        self.norm1_context = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
-        self.attn = ContextAttention(dim, num_heads)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate="tanh")
-        self.modulation = nn.Linear(dim, 8 * dim)  # applied to SiLU(class embedding), computed once by the model
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Update the self tokens.
-
-        Args:
-            x: Self tokens ``(B, S, D)``.
-            cond: ``SiLU(class embedding)`` ``(B, D)``.
-            context: Read-only context tokens ``(B, S_c, D)``; None or ``S_c == 0`` means pure self-attention.
-
-        Returns:
-            Updated self tokens ``(B, S, D)``.
-        """
-        chunks = self.modulation(cond).unsqueeze(1).chunk(8, dim=-1)  # 8 x (B, 1, D)
-        shift_sa, scale_sa, shift_ctx, scale_ctx, gate_sa, shift_mlp, scale_mlp, gate_mlp = chunks
-        h = modulate(self.norm1(x), shift_sa, scale_sa)  # (B, S, D): queries and self keys/values
-        if context is not None and context.shape[1] > 0:
-            context = modulate(self.norm1_context(context), shift_ctx, scale_ctx)  # (B, S_c, D)
-        else:
-            context = None  # an empty context contributes nothing; the official code then routes all K/V via "B" too
-        x = x + gate_sa * self.attn(h, context)
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-
-
-class PrevProjection(nn.Module):
-    """Maps the previous step's features into the current step: ``x + MLP(LN(x))`` (official ``PrevProj``).
-
-    Args:
-        dim: Model width D.
-        mlp_ratio: MLP hidden width as a multiple of D.
-    """
-
-    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate="tanh")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, S, D)`` -> ``(B, S, D)``."""
-        return x + self.mlp(self.norm(x))
 
 
 class ENAT(TokenSpaceBackbone):
@@ -169,7 +54,16 @@ class ENAT(TokenSpaceBackbone):
         num_heads: Attention heads (must divide width).
         mlp_ratio: MLP hidden width as a multiple of the model width.
         embed_dropout: Dropout after the token embedding (train mode only).
-        class_dropout: In-model label dropout: in train mode each label becomes the null class with this probability.
+        class_dropout: In-model label dropout: in train mode each label becomes the null class with this probability
+            (class conditions only; for text the module drops prompts to the empty prompt).
+        context_dim: Width E of a text encoder's states to condition on (None: class conditions only).
+        context_length: Most text tokens L (the text position table's rows).
+
+    Text conditions (lit_nat's design; the ENAT paper is class-conditional): the prompt's pooled vector, projected to
+    the width, takes the class embedding's place in every block's adaLN, and its token states, projected, are
+    read-only context tokens of *every* block: the encoder's visible tokens and the decoder's [MASK] tokens attend to
+    them beside their usual keys. The text tokens are never updated and never part of the reuse state, so feature
+    reuse works unchanged (no text is re-encoded between steps) and a step costs only L more keys per attention.
     """
 
     supports_reuse = True
@@ -190,6 +84,8 @@ class ENAT(TokenSpaceBackbone):
         mlp_ratio: float = 4.0,
         embed_dropout: float = 0.1,
         class_dropout: float = 0.1,
+        context_dim: int | None = None,
+        context_length: int = 77,
     ) -> None:
         super().__init__(codebook_size, grid_size, num_classes)
         if encoder_layers < 0 or decoder_layers < 1:
@@ -207,6 +103,7 @@ class ENAT(TokenSpaceBackbone):
 
         self.token_embed = TokenEmbedding(codebook_size + 1, self.num_tokens, width, dropout=embed_dropout)
         self.class_embed = nn.Embedding(num_classes + 1, width)  # row C = null class
+        self.context_embed = TextEmbedding(context_dim, context_length, width) if context_dim else None
         self.prev_proj = PrevProjection(width, mlp_ratio)
         # One list, encoder first, like the official ``blocks``: checkpoint keys map by name, for any split.
         self.blocks = nn.ModuleList(
@@ -240,7 +137,7 @@ class ENAT(TokenSpaceBackbone):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 m.reset_parameters()
-            elif isinstance(m, TokenEmbedding):
+            elif isinstance(m, (TokenEmbedding, TextEmbedding)):
                 m.reset_parameters()
         nn.init.normal_(self.class_embed.weight, std=0.02)
         for block in self.blocks:
@@ -302,7 +199,7 @@ class ENAT(TokenSpaceBackbone):
     def forward(
         self,
         ids: torch.Tensor,
-        condition: torch.Tensor,
+        condition: Condition,
         state: ENATState | None = None,
         num_masked: int | None = None,
     ) -> tuple[torch.Tensor, ENATState]:
@@ -311,7 +208,8 @@ class ENAT(TokenSpaceBackbone):
         Args:
             ids: ``(B, N)`` long token ids in ``[0, K]``, ``K`` marking masked positions; every row must have the same
                 number of masked positions.
-            condition: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``, ``C`` being the null class.
+            condition: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``, ``C`` being the null class, or a
+                :class:`~lit_nat.conditioning.TextCondition` of B prompts (with ``context_dim`` set).
             state: The state returned for the same rows by the previous decoding step (whose masked set must contain
                 the current one), or None for no reuse.
             num_masked: Masked count of every row, if the caller knows it; otherwise it is read from ``ids`` once.
@@ -328,8 +226,7 @@ class ENAT(TokenSpaceBackbone):
                 f"got {tuple(ids.shape)}"
             )
         b, n = ids.shape
-        if condition.shape not in ((b,), (b, 1)):
-            raise ValueError(f"condition must be ({b},) or ({b}, 1) class ids, got {tuple(condition.shape)}")
+        cond, text = self._condition(condition, b)  # (B, D) adaLN input; (B, L, D) text context or None
         is_masked = ids == self.mask_id  # (B, N)
         m = self._masked_count(is_masked, num_masked)
         v = n - m
@@ -337,12 +234,6 @@ class ENAT(TokenSpaceBackbone):
             self._check_state(state, b, m)
             if state.num_masked == n:
                 state = None  # the previous step saw no token: reuse would change nothing
-
-        labels = condition.reshape(b)
-        if self.training and self.class_dropout > 0:
-            drop = torch.rand(b, device=labels.device) < self.class_dropout
-            labels = labels.masked_fill(drop, self.null_class)
-        cond = F.silu(self.class_embed(labels))  # (B, D); the SiLU of every block's adaLN, applied once
 
         x = self.token_embed(ids)  # (B, N, D)
         # Stable sort of 0/1 keys: visible positions first, then masked, each ascending (raster order).
@@ -353,15 +244,16 @@ class ENAT(TokenSpaceBackbone):
             visible = gather_tokens(x, visible_pos)  # (B, V, D)
             if v > 0:  # with nothing visible the encoder has nothing to do
                 for block in self.encoder:
-                    visible = block(visible, cond)  # self-attention among visible tokens
+                    visible = block(visible, cond, context=text)  # self-attention among visible tokens (+ text)
             context_pos = visible_pos
         else:
-            visible, context_pos = self._encode_with_reuse(x, cond, visible_pos, state)
+            visible, context_pos = self._encode_with_reuse(x, cond, visible_pos, state, text)
 
         masked = gather_tokens(x, masked_pos)  # (B, M, D)
         if m > 0:
+            context = visible if text is None else torch.cat([text, visible], dim=1)  # (B, [L +] V, D)
             for block in self.decoder:
-                masked = block(masked, cond, context=visible)  # the same encoded context for every decoder block
+                masked = block(masked, cond, context=context)  # the same encoded context for every decoder block
 
         # Restore raster order: the positions form a permutation, so one scatter writes every row of every sample.
         positions = torch.cat([context_pos, masked_pos], dim=1)  # (B, N)
@@ -370,8 +262,26 @@ class ENAT(TokenSpaceBackbone):
         logits = self.head(self.final_norm(features), self.token_embed.word.weight)  # (B, N, K)
         return logits, ENATState(features=features.detach(), visible_positions=visible_pos, num_masked=m)
 
+    def _condition(self, condition: Condition, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(SiLU(adaLN input) (B, D), text tokens (B, L, D) or None)`` of a class or text condition."""
+        if isinstance(condition, TextCondition):
+            text = condition_tokens(condition, b, self.class_embed, self.context_embed)  # checks shapes
+            return F.silu(self.context_embed.pooled(condition)), text
+        if condition.shape not in ((b,), (b, 1)):
+            raise ValueError(f"condition must be ({b},) or ({b}, 1) class ids, got {tuple(condition.shape)}")
+        labels = condition.reshape(b)
+        if self.training and self.class_dropout > 0:
+            drop = torch.rand(b, device=labels.device) < self.class_dropout
+            labels = labels.masked_fill(drop, self.null_class)
+        return F.silu(self.class_embed(labels)), None  # the SiLU of every block's adaLN, applied once
+
     def _encode_with_reuse(
-        self, x: torch.Tensor, cond: torch.Tensor, visible_pos: torch.Tensor, state: ENATState
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        visible_pos: torch.Tensor,
+        state: ENATState,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the newly revealed tokens against the projected previous features.
 
@@ -380,6 +290,7 @@ class ENAT(TokenSpaceBackbone):
             cond: ``SiLU(class embedding)`` ``(B, D)``.
             visible_pos: Currently visible positions ``(B, V)``, ascending.
             state: Previous step's state (checked; at least one token was visible then).
+            text: Text context tokens ``(B, L, D)`` or None.
 
         Returns:
             ``(visible, positions)``: features ``(B, V, D)`` of all visible tokens -- projected previous features
@@ -401,8 +312,9 @@ class ENAT(TokenSpaceBackbone):
         previous = self.prev_proj(previous)  # computed once, shared by every encoder block
         new = gather_tokens(x, new_pos)  # (B, R, D)
         if v > kept:  # with nothing newly revealed, every visible feature comes from the previous step
+            context = previous if text is None else torch.cat([text, previous], dim=1)  # (B, [L +] V_prev, D)
             for block in self.encoder:
-                new = block(new, cond, context=previous)
+                new = block(new, cond, context=context)
         return torch.cat([previous, new], dim=1), ordered
 
     def extra_repr(self) -> str:

@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["TokenEmbedding", "Attention", "Mlp", "TiedMLMHead", "multihead_attention"]
+from lit_nat.conditioning.condition import Condition, TextCondition
+
+__all__ = [
+    "TokenEmbedding", "TextEmbedding", "Attention", "Mlp", "TiedMLMHead", "condition_tokens", "multihead_attention",
+]  # fmt: skip
 
 
 class TokenEmbedding(nn.Module):
@@ -49,6 +53,54 @@ class TokenEmbedding(nn.Module):
             raise ValueError(f"sequence of {n} ids is longer than the {self.position.shape[0]} learned positions")
         x = self.word(ids) + self.position[:n]  # (B, N, D)
         return self.dropout(self.norm(x))
+
+
+class TextEmbedding(nn.Module):
+    """A text encoder's token states ``(B, L, E)`` -> ``(B, L, D)`` tokens: ``Linear(E, D)`` plus a learned position
+    table (U-ViT's ``context_embed``), and the pooled vector ``(B, E)`` -> ``(B, D)`` for models that modulate by it.
+
+    Args:
+        context_dim: E.
+        max_length: rows of the position table (the most tokens a prompt has).
+        dim: D.
+    """
+
+    def __init__(self, context_dim: int, max_length: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(context_dim, dim)
+        self.pooled_proj = nn.Linear(context_dim, dim)
+        self.position = nn.Parameter(torch.empty(max_length, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.position, std=0.02)
+        for linear in (self.proj, self.pooled_proj):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, text: TextCondition) -> torch.Tensor:
+        length = text.tokens.shape[1]
+        if length > self.position.shape[0]:
+            raise ValueError(f"{length} text tokens, but the model was built for at most {self.position.shape[0]}")
+        return self.proj(text.tokens.to(self.proj.weight.dtype)) + self.position[:length]  # (B, L, D)
+
+    def pooled(self, text: TextCondition) -> torch.Tensor:
+        return self.pooled_proj(text.pooled.to(self.pooled_proj.weight.dtype))  # (B, D)
+
+
+def condition_tokens(
+    condition: Condition, batch: int, class_embed: nn.Module, text_embed: TextEmbedding | None
+) -> torch.Tensor:
+    """The in-context tokens of a condition: one class token ``(B, 1, D)`` or the text tokens ``(B, L, D)``."""
+    if isinstance(condition, TextCondition):
+        if text_embed is None:
+            raise ValueError("this backbone was built for class labels (context_dim=None) but was given text")
+        if len(condition) != batch:
+            raise ValueError(f"text condition has {len(condition)} rows for a batch of {batch}")
+        return text_embed(condition)
+    if condition.shape not in ((batch,), (batch, 1)):
+        raise ValueError(f"condition must be ({batch},) or ({batch}, 1) class ids, got {tuple(condition.shape)}")
+    return class_embed(condition.reshape(batch, 1))
 
 
 def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ __all__ = [
 ]  # fmt: skip
 
 #: Constructor arguments that every backbone takes and that ``build_backbone`` fills from the data, not the registry.
-DATA_ARGS: tuple[str, ...] = ("codebook_size", "grid_size", "num_classes")
+DATA_ARGS: tuple[str, ...] = ("codebook_size", "grid_size", "num_classes", "context_dim", "context_length")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def build_backbone(
     grid_size: tuple[int, int] | int,
     num_classes: int,
     overrides: Mapping[str, Any] | None = None,
+    context: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Instantiate a named backbone for a given tokenizer and label set.
 
@@ -110,6 +111,7 @@ def build_backbone(
         grid_size: Token grid ``(h, w)`` or a side length.
         num_classes: Number of real classes (the null class id equals it).
         overrides: Replacements for the size's defaults (e.g. ``{"embed_dropout": 0.0}``).
+        context: ``(width, tokens)`` of the text encoder to condition on (None: class conditions only).
 
     Returns:
         The backbone module, on the current default device.
@@ -129,6 +131,8 @@ def build_backbone(
             f"unknown override(s) {', '.join(map(repr, unknown))} for {arch!r}; valid keys: {', '.join(allowed)}"
         )
     kwargs = {**spec.defaults, **overrides}
+    if context is not None:
+        kwargs.update(context_dim=int(context[0]), context_length=int(context[1]))
     return spec.cls(codebook_size=codebook_size, grid_size=grid_size, num_classes=num_classes, **kwargs)
 
 

@@ -1,11 +1,16 @@
-"""AutoNAT's U-ViT: a bidirectional transformer over VQ token ids with a prepended class token and long skips.
+"""AutoNAT's U-ViT: a bidirectional transformer over VQ token ids with prepended condition tokens and long skips.
 
 Architecture (AutoNAT, CVPR 2024; U-ViT, Bao et al. 2023):
 
     ids (B, N)   -> word + position + LN -> (B, N, D) --+
     class (B,)   -> class + position + LN -> (B, 1, D) -+-> concat (B, 1 + N, D)
-    -> in-blocks -> mid-block -> out-blocks (each merging a long skip) -> LN -> drop class token -> tied head
+      or text (B, L, E) -> Linear(E, D) + position -> (B, L, D)   (concat (B, L + N, D))
+    -> in-blocks -> mid-block -> out-blocks (each merging a long skip) -> LN -> drop condition tokens -> tied head
     -> logits (B, N, K)
+
+Text-to-image follows U-ViT's MS-COCO model, which AutoNAT's authors say they kept for COCO ("the condition embedding
+is longer"): the text encoder's token states, projected to the width, are in-context tokens in front of the image
+tokens, attended to and updated like them (all L padded positions, as U-ViT trained on CLIP's 77).
 
 The in-blocks' outputs are pushed on a stack; each out-block pops one and merges it with a Linear(2D -> D) before its
 attention, so the first out-block sees the last in-block and the last out-block sees the first.
@@ -16,8 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_nat.conditioning.condition import Condition
 from lit_nat.models.base import TokenSpaceBackbone
-from lit_nat.models.layers import Attention, Mlp, TiedMLMHead, TokenEmbedding
+from lit_nat.models.layers import Attention, Mlp, TextEmbedding, TiedMLMHead, TokenEmbedding, condition_tokens
 
 __all__ = ["UViT", "UViTBlock"]
 
@@ -69,6 +75,8 @@ class UViT(TokenSpaceBackbone):
         mlp_ratio: MLP hidden width as a multiple of the model width.
         qkv_bias: Bias on the fused qkv projections (AutoNAT: off).
         embed_dropout: Dropout after the token embedding (train mode only).
+        context_dim: Width E of a text encoder's states to condition on (None: class conditions only).
+        context_length: Most text tokens L (the text position table's rows).
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class UViT(TokenSpaceBackbone):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
         embed_dropout: float = 0.1,
+        context_dim: int | None = None,
+        context_length: int = 77,
     ) -> None:
         super().__init__(codebook_size, grid_size, num_classes)
         if num_layers < 1 or num_layers % 2 == 0:
@@ -96,6 +106,7 @@ class UViT(TokenSpaceBackbone):
         self.token_embed = TokenEmbedding(codebook_size + 1, self.num_tokens, width, dropout=embed_dropout)
         # The class token is one extra sequence element with its own single position row; no dropout on it.
         self.class_embed = TokenEmbedding(num_classes + 1, 1, width, dropout=0.0)
+        self.context_embed = TextEmbedding(context_dim, context_length, width) if context_dim else None
 
         depth = (num_layers - 1) // 2
         block_args = dict(dim=width, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
@@ -120,19 +131,20 @@ class UViT(TokenSpaceBackbone):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 m.reset_parameters()
-            elif isinstance(m, TokenEmbedding):
+            elif isinstance(m, (TokenEmbedding, TextEmbedding)):
                 m.reset_parameters()
         nn.init.zeros_(self.head.bias)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
-        self, ids: torch.Tensor, condition: torch.Tensor, state: None = None, num_masked: int | None = None
+        self, ids: torch.Tensor, condition: Condition, state: None = None, num_masked: int | None = None
     ) -> tuple[torch.Tensor, None]:
         """Predict logits over the K real codes at every position.
 
         Args:
             ids: ``(B, N)`` long token ids in ``[0, K]``, ``K`` marking masked positions.
-            condition: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``, ``C`` being the null class.
+            condition: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``, ``C`` being the null class, or a
+                :class:`~lit_nat.conditioning.TextCondition` of B prompts (with ``context_dim`` set).
             state: Ignored; U-ViT recomputes everything each step. Accepted for the shared backbone contract.
             num_masked: Ignored (U-ViT treats every position alike). Accepted for the shared backbone contract.
 
@@ -145,12 +157,10 @@ class UViT(TokenSpaceBackbone):
                 f"got {tuple(ids.shape)}"
             )
         b = ids.shape[0]
-        if condition.shape not in ((b,), (b, 1)):
-            raise ValueError(f"condition must be ({b},) or ({b}, 1) class ids, got {tuple(condition.shape)}")
-
         x = self.token_embed(ids)  # (B, N, D)
-        c = self.class_embed(condition.reshape(b, 1))  # (B, 1, D)
-        x = torch.cat([c, x], dim=1)  # (B, 1 + N, D); the class token attends and is attended to like any token
+        c = condition_tokens(condition, b, self.class_embed, self.context_embed)  # (B, 1 or L, D)
+        x = torch.cat([c, x], dim=1)  # (B, S + N, D); condition tokens attend and are attended to like any token
+        s = c.shape[1]
 
         skips = []
         for block in self.in_blocks:
@@ -161,8 +171,8 @@ class UViT(TokenSpaceBackbone):
             x = block(x, skips.pop())  # mirror pairing: out_blocks[i] <- in_blocks[depth - 1 - i]
         x = self.final_norm(x)
 
-        # The head is per-token, so dropping the class token before it equals the official drop-after.
-        logits = self.head(x[:, 1:], self.token_embed.word.weight)  # (B, N, K)
+        # The head is per-token, so dropping the condition tokens before it equals the official drop-after.
+        logits = self.head(x[:, s:], self.token_embed.word.weight)  # (B, N, K)
         return logits, None
 
     def extra_repr(self) -> str:

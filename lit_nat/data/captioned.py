@@ -1,0 +1,95 @@
+"""Captioned image sources for text-to-image tokenisation: MS-COCO (a folder + ``captions_*.json``) and img2dataset
+webdataset folders (``*.tar`` of ``<key>.jpg`` + ``<key>.txt``, how CC3M and CC12M are usually downloaded).
+
+Both give an :class:`~lit_nat.data.imagefolder.ImageList` with one class (label 0) and every caption of each image,
+so :mod:`lit_nat.data.tokenize` tokenises them like an ImageNet folder (same plan, resume and verification).
+
+- COCO: images in the order of their ids (as U-ViT's feature extraction), every caption of an image kept (5, sometimes
+  more); an image of the json that is missing from the folder, or one without a caption, is skipped and listed.
+- img2dataset: the shards in name order, the images of each in tar order; an image's caption is its ``.txt`` member
+  (a ``.json`` member's ``caption`` when there is no ``.txt``); an image without one is skipped and listed. Images are
+  read from inside the tars (``<shard>.tar::<member>``), never extracted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+from lit_nat.data.imagefolder import ImageList, is_image_file
+
+CAPTIONED_CLASSES = ("image",)  # captioned data has no classes: every sample has label 0
+
+
+def list_coco(images: str | os.PathLike, captions_json: str | os.PathLike) -> tuple[ImageList, list[tuple[str, str]]]:
+    """``(the captioned images of a COCO split, [(file, why skipped)])`` from its folder and captions json."""
+    root, path = Path(images), Path(captions_json)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
+        annotations = [(int(a["image_id"]), str(a["caption"]).strip()) for a in data["annotations"]]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"captions file {path} does not exist") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a COCO captions file (needs images[id, file_name] and annotations[image_id, "
+                         f"caption]): {type(err).__name__}: {err}") from None  # fmt: skip
+    captions: dict[int, list[str]] = defaultdict(list)
+    for image_id, caption in annotations:
+        captions[image_id].append(caption)
+    present = set(os.listdir(root))
+    files, texts, skipped = [], [], []
+    for image_id in sorted(entries):
+        name = entries[image_id]
+        if name not in present:
+            skipped.append((name, f"listed in {path.name} but not in {root}"))
+        elif not captions.get(image_id):
+            skipped.append((name, f"has no caption in {path.name}"))
+        else:
+            files.append(name)
+            texts.append(tuple(captions[image_id]))
+    if not files:
+        raise ValueError(f"none of the {len(entries)} images of {path} is in {root} with a caption")
+    return ImageList(root, CAPTIONED_CLASSES, tuple(files), (0,) * len(files), tuple(texts)), skipped
+
+
+def list_img2dataset(folder: str | os.PathLike) -> tuple[ImageList, list[tuple[str, str]]]:
+    """``(the captioned images of an img2dataset webdataset folder, [(member, why skipped)])``."""
+    root = Path(folder)
+    tars = sorted(p for p in root.glob("*.tar")) if root.is_dir() else []
+    if not tars:
+        raise FileNotFoundError(f"{root}: no webdataset shards (*.tar) here")
+    files, texts, skipped = [], [], []
+    for tar_path in tars:
+        members: dict[str, dict[str, str]] = defaultdict(dict)
+        try:
+            with tarfile.open(tar_path, "r:") as tar:
+                for info in tar.getmembers():
+                    if not info.isfile():
+                        continue
+                    key, _, ext = info.name.partition(".")
+                    if ext in ("txt", "json"):
+                        members[key][ext] = tar.extractfile(info).read().decode("utf-8", errors="replace")
+                    elif is_image_file(info.name):
+                        members[key]["image"] = info.name
+        except tarfile.TarError as err:
+            skipped.append((tar_path.name, f"unreadable shard: {err}"))
+            continue
+        for found in members.values():  # tar order (dicts keep insertion order)
+            if "image" not in found:
+                continue
+            caption = found.get("txt")
+            if caption is None and "json" in found:
+                caption = (json.loads(found["json"] or "{}") or {}).get("caption")
+            if not caption or not caption.strip():
+                skipped.append((f"{tar_path.name}::{found['image']}", "has no caption (.txt or json caption)"))
+                continue
+            files.append(f"{tar_path.name}::{found['image']}")
+            texts.append((caption.strip(),))
+    if not files:
+        raise ValueError(f"{root}: no captioned image in its {len(tars)} shards")
+    return ImageList(root, CAPTIONED_CLASSES, tuple(files), (0,) * len(files), tuple(texts)), skipped
