@@ -12,6 +12,7 @@ and ``tokenize`` / ``tokenize-verify`` (image folder -> token shards, :mod:`lit_
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 import traceback
@@ -173,9 +174,35 @@ STANDALONE_COMMANDS = {
 }
 
 
+#: options that take several values after one flag (``--prompts "a red bus" "a cat"``), as users write them
+LIST_OPTIONS = ("--prompts", "--labels")
+
+
+def gather_list_options(argv: list[str]) -> list[str]:
+    """``--prompts a b c`` -> ``--prompts=["a", "b", "c"]`` (jsonargparse reads a list from one JSON value)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in LIST_OPTIONS:
+            values, j = [], i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                values.append(argv[j])
+                j += 1
+            if len(values) != 1 or not values[0].lstrip().startswith("["):  # a JSON list passes through as it is
+                if argv[i] == "--labels":  # --labels 3 7
+                    values = [int(v) if v.lstrip("-").isdigit() else v for v in values]
+                out.append(f"{argv[i]}={json.dumps(values)}")
+                i = j
+                continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``python -m lit_nat`` and the ``lit-nat`` console script."""
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = gather_list_options(list(sys.argv[1:] if args is None else args))
+    if args is None:  # LightningCLI reads sys.argv itself (and warns if given args too); DDP launchers re-run it
+        sys.argv[1:] = argv
     if argv and argv[0] in STANDALONE_COMMANDS:
         STANDALONE_COMMANDS[argv[0]](argv[1:])
         return
@@ -191,7 +218,7 @@ def main(args: ArgsType = None) -> None:
         trainer_class=NATTrainer,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a requeued SLURM job logs into the same run directory
-        args=args,  # None: LightningCLI reads sys.argv itself (passing both would warn)
+        args=argv if args is not None else None,
     )
 
 

@@ -201,7 +201,7 @@ class NATModule(L.LightningModule):
         self._check_batch(batch)
         if "bad_samples" in batch:
             self.bad_samples += int(batch.pop("bad_samples"))
-            self.log("train/bad_samples", float(self.bad_samples))
+            self.log("train/bad_samples", float(self.bad_samples), batch_size=len(batch["ids"]))
         inputs, targets, mask = self.masked_batch(batch)
         condition = self.conditioner.of_batch(batch, self.device)
         condition = self.conditioner.drop(condition, self.hparams.p_uncond)  # CFG: null class / empty prompt
@@ -211,15 +211,17 @@ class NATModule(L.LightningModule):
             # CPU draws: deciding whether to reuse must not wait for the device.
             if float(torch.rand(())) < self.hparams.reuse_prob:
                 state = self.previous_step_state(batch["ids"], mask, num_masked, condition, float(torch.rand(())))
-            self.log("train/reuse", float(state is not None))
+            self.log("train/reuse", float(state is not None), batch_size=len(batch["ids"]))
         logits, _ = self.backbone(inputs, condition, state, num_masked=num_masked)  # (B, N, K)
         loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
         finite = torch.isfinite(loss.detach())  # no host read here: checked once per optimiser step
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/masked_acc", accuracy, prog_bar=True)
-        self.log("train/mask_ratio", mask.float().mean())
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr)
+        size = len(batch["ids"])  # given: a batch with captions (a list of strings) makes Lightning's guess ambiguous
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/masked_acc", accuracy, prog_bar=True, batch_size=size)
+        self.log("train/mask_ratio", mask.float().mean(), batch_size=size)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else self.hparams.lr
+        self.log("train/lr", lr, batch_size=size)
         return loss
 
     @torch.no_grad()
@@ -289,8 +291,8 @@ class NATModule(L.LightningModule):
             inputs, targets, mask = self.masked_batch(batch)
         logits, _ = self.ema_backbone(inputs, self.conditioner.of_batch(batch, self.device))
         loss, accuracy = masked_token_loss(logits, targets, self.hparams.label_smoothing)
-        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
-        self.log(f"{prefix}/masked_acc", accuracy, sync_dist=True)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
+        self.log(f"{prefix}/masked_acc", accuracy, sync_dist=True, batch_size=len(batch["ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_nat.conditioning import CLIPTextEncoder, save_random_clip  # noqa: E402
+from lit_nat.data.shards import encode_text_states  # noqa: E402
 from lit_nat.module import NATModule  # noqa: E402
 
 PROMPT = "a red double decker bus driving down a city street next to a tall building"
@@ -58,6 +59,16 @@ def main() -> None:
             loss.backward()
             optimizer.step()
 
+        encoder.encode(prompts)  # warm-up
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            encoder.encode(prompts)
+        encode_rate = args.batch * args.steps / (time.perf_counter() - start)
+        one = encoder.encode(["a cat"] * 5)  # an image's 5 COCO captions, as text.npz stores them
+        stored = len(encode_text_states({"tokens": one.tokens, "mask": one.mask, "pooled": one.pooled}))
+        print(json.dumps({"text_encoder_params_m": round(params / 1e6, 1), "device": args.device,
+                          "text_dtype": args.dtype, "captions_per_s": round(encode_rate, 1),
+                          "text_npz_bytes_per_caption": stored // 5}), flush=True)  # fmt: skip
         for on_the_fly in (False, True):
             step(on_the_fly)  # warm-up
             start = time.perf_counter()

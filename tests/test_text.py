@@ -156,3 +156,36 @@ def test_prompts_cycle_over_the_samples():
     plan = plan_generation(7, 3, seed=5, prompts=["a", "b", "c", "d", "e"])
     assert [p for b in plan for p in b.prompts] == ["a", "b", "c", "d", "e", "a", "b"]
     assert [b.seed for b in plan] == [5, 8, 11]
+
+
+def test_evaluation_and_the_schedule_search_run_on_a_text_model(tmp_path):
+    """FID with the val captions as prompts, the CLIP score beside it, and a search update that is deterministic."""
+    from lit_nat.cli import main
+    from lit_nat.metrics.clip_score import save_random_clip_model
+    from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
+    from tests.conftest import fit_tiny_checkpoint, write_random_shards
+
+    root = write_random_shards(tmp_path / "shards", codebook_size=12, grid=4, num_classes=3, text_encoder=WORDS)
+    torch.manual_seed(1)
+    classifier = save_digits_classifier(DigitsClassifier(), tmp_path / "clf.pt")
+    clip = save_random_clip_model(tmp_path / "clip")
+    evaluation = {"class_path": "lit_nat.callbacks.GenerativeEvaluation", "init_args": {
+        "extractor": "digits", "weights_path": str(classifier), "reference_stats": str(tmp_path / "ref.npz"),
+        "reference_split": "val", "num_samples": 12, "batch_size": 6, "seed": 3, "inception_score": False,
+        "clip_score_model": str(clip)}}  # fmt: skip
+    config, ckpt = fit_tiny_checkpoint(tmp_path, root, steps=2, callbacks=[evaluation])
+    main(["validate", f"--config={config}", f"--ckpt_path={ckpt}", "--trainer.limit_val_batches=1",
+          f"--trainer.default_root_dir={tmp_path / 'val'}"])  # fmt: skip
+    (report,) = (tmp_path / "val").rglob("eval_report.json")
+    values = json.loads(report.read_text())
+    assert np.isfinite(values["fid"]) and 0 <= values["clip_score"] <= 100
+    states = []
+    for out in ("s1", "s2"):
+        main(["search", f"--config={config}", f"--ckpt_path={ckpt}", f"--out={tmp_path / out}", "--updates=1",
+              "--num_samples=6", "--ratio_step=0.2", "--other_step=1.0"])  # fmt: skip
+        state = json.loads((tmp_path / out / "state.json").read_text())["search"]
+        state["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in state["history"]]
+        states.append(state)
+    assert states[0] == states[1] and states[0]["updates"] == 1  # the same prompts and seeds: deterministic
+    assert states[0]["history"][0]["grad_norm"] > 0
+    assert (tmp_path / "s1" / "search_0.yaml").read_text() != (tmp_path / "s1" / "search_1.yaml").read_text()

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import lit_nat.data.tokenize_plan as plan_module
@@ -25,50 +24,12 @@ from lit_nat.data.tokenize_plan import TokenizeError
 from lit_nat.data.tokenize_verify import main as verify
 from lit_nat.data.tokenize_verify import verify_parser, verify_split
 from lit_nat.tokenizers import TOKENIZERS, Tokenizer
+from tests.helpers.tokenizers import PatchMeanTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["n001", "n002", "n003"]
 SIZES = [(40, 30), (64, 80), (33, 33), (100, 50), (32, 32)]  # (width, height): upscale, downscale, square, ...
 MODES = [("RGB", "JPEG"), ("L", "png"), ("RGBA", "png"), ("CMYK", "jpg"), ("P", "gif")]  # per image of a class
-
-
-class PatchMeanTokenizer(Tokenizer):
-    """A deterministic test tokenizer: each 16x16 patch -> its mean colour, ``levels`` levels per channel."""
-
-    name = "patchmean"
-
-    def __init__(self, image_size: int = 32, levels: int = 4, patch: int = 16) -> None:
-        super().__init__()
-        self.side, self.levels, self.patch = image_size, levels, patch
-
-    @property
-    def codebook_size(self) -> int:
-        return self.levels**3
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return (self.side // self.patch, self.side // self.patch)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.side, self.side)
-
-    @property
-    def channels(self) -> int:
-        return 3
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        assert images.shape[1:] == (3, self.side, self.side) and images.dtype == torch.float32
-        q = torch.round(F.avg_pool2d(images, self.patch) * (self.levels - 1)).long().clamp(0, self.levels - 1)
-        return ((q[:, 0] * self.levels + q[:, 1]) * self.levels + q[:, 2]).flatten(1)
-
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        n, h = self.levels, self.grid_size[0]
-        rgb = torch.stack([ids // (n * n), ids // n % n, ids % n], 1).float() / (n - 1)  # (B, 3, h * w)
-        return rgb.view(-1, 3, h, h).repeat_interleave(self.patch, 2).repeat_interleave(self.patch, 3)
-
-    def config(self) -> dict:
-        return {"name": self.name, "image_size": self.side, "levels": self.levels, "patch": self.patch}
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.data.labels import plan_generation
 from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_json
+from lit_nat.metrics.clip_score import LocalCLIPScore
 from lit_nat.metrics.extractors import FeatureExtractor, build_extractor, full_precision
 from lit_nat.metrics.fid import InceptionScore, ReferenceFID
 from lit_nat.metrics.reference import (
@@ -63,6 +64,9 @@ class GenerativeEvaluation(L.Callback):
         seed: base seed of the decoding loops.
         every_n_validations: evaluate at every n-th validation of fit (``validate`` always evaluates).
         inception_score: also compute the Inception Score (needs an extractor with class logits).
+        clip_score_model: for text-conditioned models, a local folder with a whole CLIP model (vision + text, e.g.
+            ``openai/clip-vit-large-patch14`` downloaded beforehand): the CLIP score of the images against their prompts
+            is logged as ``val/clip_score`` beside the FID. Optional: a missing folder is skipped with a message.
         report: JSON file written into the run's log directory after each evaluation (None: none).
     """
 
@@ -79,6 +83,7 @@ class GenerativeEvaluation(L.Callback):
         every_n_validations: int = 1,
         inception_score: bool = True,
         report: str | None = "eval_report.json",
+        clip_score_model: str | None = None,
     ) -> None:
         super().__init__()
         if num_samples < 2:
@@ -100,6 +105,8 @@ class GenerativeEvaluation(L.Callback):
         self.seed = seed
         self.every_n_validations = every_n_validations
         self.inception_score = inception_score
+        self.clip_score_model = clip_score_model
+        self.clip_score: LocalCLIPScore | None = None
         self.report = report
         self.extractor: FeatureExtractor | None = None
         self.fid: ReferenceFID | None = None
@@ -196,6 +203,8 @@ class GenerativeEvaluation(L.Callback):
         pl_module.log(f"val/{prefix}fid", values["fid"], sync_dist=False)
         if values.get("inception_score") is not None:
             pl_module.log(f"val/{prefix}is", values["inception_score"], sync_dist=False)
+        if values.get("clip_score") is not None:
+            pl_module.log("val/clip_score", values["clip_score"], sync_dist=False)
         self._write_report(trainer, pl_module, values)
 
     def evaluate(
@@ -215,7 +224,8 @@ class GenerativeEvaluation(L.Callback):
             world_size=trainer.world_size,
             prompts=self.prompts(trainer, pl_module),
         )
-        metrics = [m for m in (self.fid, self.inception) if m is not None]
+        clip = self.clip_metric(trainer, pl_module)
+        metrics = [m for m in (self.fid, self.inception, clip) if m is not None]
         device = pl_module.device
         # ranks hold at most one batch more than others: the stop check (a collective) runs as often on every rank
         rounds = math.ceil(math.ceil(self.num_samples / self.batch_size) / trainer.world_size)
@@ -234,21 +244,37 @@ class GenerativeEvaluation(L.Callback):
                 with trainer.precision_plugin.forward_context():
                     ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed, prompts=prompts).ids
                 with full_precision(device.type):
-                    features, logits = self.extractor(pl_module.decode(ids).float())
+                    images = pl_module.decode(ids).float()
+                    features, logits = self.extractor(images)
+                    if clip is not None:
+                        clip.update(images, prompts)
                 self.fid.update(features)
                 if self.inception is not None:
                     self.inception.update(logits)
             fid = float(self.fid.compute())
             inception = float(self.inception.compute()) if self.inception is not None else None
+            clip_score = float(clip.compute()) if clip is not None else None
             for metric in metrics:
                 metric.reset()
         return {
             "fid": fid,
             "inception_score": inception,
+            "clip_score": clip_score,
             "num_samples": self.num_samples,
             "seconds": round(time.perf_counter() - start, 3),
             "schedule": schedule,
         }
+
+    def clip_metric(self, trainer: L.Trainer, pl_module: L.LightningModule) -> LocalCLIPScore | None:
+        """The CLIP score metric (built once) for a text model with ``clip_score_model``; None otherwise."""
+        if self.clip_score is None and self.clip_score_model and pl_module.conditioner.is_text:
+            path = self.resolve_path(trainer, self.clip_score_model)
+            if not (Path(path) / "config.json").is_file():
+                rank_zero_info(f"GenerativeEvaluation: no CLIP model at {path}; the CLIP score is skipped")
+                self.clip_score_model = None
+                return None
+            self.clip_score = LocalCLIPScore(path).to(trainer.strategy.root_device)
+        return self.clip_score
 
     def prompts(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[str] | None:
         """For a text model, the evaluation's prompts: one caption per validation sample (sample i of the plan gets
@@ -276,6 +302,7 @@ class GenerativeEvaluation(L.Callback):
             "epoch": epoch,
             "fid": values["fid"],
             "inception_score": values["inception_score"],
+            "clip_score": values.get("clip_score"),
         }
         if fitting:  # the training curve; a validate run reports without extending it
             self.history.append(entry)
@@ -284,6 +311,7 @@ class GenerativeEvaluation(L.Callback):
             name: values["fid"],
             "fid": values["fid"],
             "inception_score": values["inception_score"],
+            "clip_score": values.get("clip_score"),
             "num_samples": self.num_samples,
             "steps": schedule.steps,
             "schedule": schedule.to_dict(),

@@ -168,6 +168,9 @@ class CLIPTextEncoder(TextEncoder):
                 raise UsageError(f"{folder}: no CLIP {what} folder here (a local transformers folder is needed; "
                                  "nothing is downloaded)")  # fmt: skip
         self.layer, self.pooled_kind, self.dtype_name, self.max_length = layer, pooled, dtype, int(max_length)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its per-load bars would interleave with training logs
         self.tokenizer = CLIPTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
         model_class = CLIPTextModelWithProjection if pooled == "projection" else CLIPTextModel
         self.model = model_class.from_pretrained(self.path, local_files_only=True, dtype=TEXT_DTYPES[dtype])

@@ -167,7 +167,8 @@ def claim_root(root: Path, plan: TokenizePlan) -> None:
             if getattr(other, key) != getattr(plan, key):
                 raise TokenizeError(f"split {other.split!r} in {root} was tokenised with another {key}")
     if meta is not None:
-        ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer)
+        ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer,
+                           text_encoder=plan.text_encoder)  # fmt: skip
         if diffs := ours.differences(meta):
             raise TokenizeError(f"{root / META_FILE} describes another token space ({'; '.join(diffs)})")
         if plan.split in meta.splits and not path.exists():

@@ -169,13 +169,17 @@ def shard_images(
 
 
 def folder_images(
-    folder: str | os.PathLike, batch_size: int = 100, rank: int = 0, world_size: int = 1
+    folder: str | os.PathLike, batch_size: int = 100, rank: int = 0, world_size: int = 1, resolution: int | None = None
 ) -> Iterator[torch.Tensor]:
     """RGB images of a folder (sorted by name; image i goes to rank i mod world_size) as float batches in [0, 1].
 
-    Images are used at their size (the extractor resizes); within a batch they must all have the same size.
+    With ``resolution`` every image is first centre-cropped to a square of that side with the ADM crop the tokenizers'
+    data went through (COCO's FID protocol: val2014 at 256). Otherwise images are used at their size (the extractor
+    resizes) and within a batch they must all have the same size.
     """
     from PIL import Image
+
+    from lit_nat.data.imagefolder import center_crop_arr
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -185,7 +189,8 @@ def folder_images(
         raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     mine = files[rank::world_size]
     for start in range(0, len(mine), batch_size):
-        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in mine[start : start + batch_size]]
+        opened = [Image.open(p).convert("RGB") for p in mine[start : start + batch_size]]
+        arrays = [center_crop_arr(im, resolution) if resolution else np.asarray(im) for im in opened]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"{folder}: images of different sizes {sorted(shapes)} in one batch; resize them first")
@@ -203,6 +208,7 @@ def write_reference_stats(
     batch_size: int = 100,
     device: str = "auto",
     overwrite: bool = False,
+    resolution: int | None = None,
 ) -> Path:
     """Compute FID reference statistics (mu, sigma) of real images once and write them as an .npz.
 
@@ -217,6 +223,8 @@ def write_reference_stats(
         batch_size: images per feature batch.
         device: cpu, cuda, or auto.
         overwrite: replace an existing out file.
+        resolution: with image_folder, centre-crop every image to this side first (the ADM crop of tokenisation;
+            e.g. 256 for COCO's FID-30K protocol on val2014).
     """
     from lit_nat.metrics.extractors import build_extractor
     from lit_nat.tokenizers import tokenizer_from_config
@@ -236,7 +244,9 @@ def write_reference_stats(
         tokenizer = tokenizer_from_config(read_metadata(data_root).tokenizer)
         images, source = shard_images(data_root, split, tokenizer, batch_size, device=device), f"{data_root}/{split}"
     else:
-        images, source = folder_images(image_folder, batch_size), str(image_folder)
+        images, source = folder_images(image_folder, batch_size, resolution=resolution), str(image_folder)
+        if resolution:
+            source += f", centre-cropped to {resolution}"
     mu, sigma, n = compute_reference_stats(net, images, device, sync=False)
     save_reference_stats(path, mu, sigma, extractor=net.identity, num_samples=n, source=f"{source} ({n} images)")
     print(f"reference-stats: wrote {path} (D = {mu.shape[0]}, {n} images, extractor {net.identity})")
