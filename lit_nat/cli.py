@@ -2,7 +2,7 @@
 
 Trainer subcommands (LightningCLI over :class:`~lit_nat.module.NATModule` and
 :class:`~lit_nat.data.TokenShardDataModule`): ``fit``, ``validate``, ``test``, ``predict``, and ``sample`` and
-``search``, which are methods of :class:`~lit_nat.sample.NATTrainer` (their signatures and docstrings are the
+``search``, which are methods of :class:`~lit_nat.trainer.NATTrainer` (their signatures and docstrings are the
 subcommands' options and help). The token space of the model (codebook size, grid, classes, tokenizer) is *linked*
 from the data's ``meta.json`` at instantiation, so a model can never be built for other shards than the ones it reads.
 Standalone commands without a model or Trainer: ``import-checkpoint``, ``reference-stats``, ``flops``, ``autonat``,
@@ -30,7 +30,7 @@ from lit_nat.errors import CheckpointError, LitNatError
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
-from lit_nat.sample import NATTrainer
+from lit_nat.trainer import NATTrainer
 
 #: data attribute -> model argument, resolved after the DataModule has read meta.json
 DATA_TO_MODEL_LINKS = {
@@ -54,7 +54,8 @@ class NATLightningCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # the Trainer method's arguments that come from the instantiated classes, not from the command line
-        return {**LightningCLI.subcommands(), "sample": {"model", "datamodule"}, "search": {"model", "datamodule"}}
+        trainer_methods = {name: {"model", "datamodule"} for name in ("sample", "search", "edit")}
+        return {**LightningCLI.subcommands(), **trainer_methods}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
@@ -175,7 +176,8 @@ STANDALONE_COMMANDS = {
 
 
 #: options that take several values after one flag (``--prompts "a red bus" "a cat"``), as users write them
-LIST_OPTIONS = ("--prompts", "--labels")
+LIST_OPTIONS = ("--prompts", "--labels", "--seeds")
+INTEGER_LISTS = ("--labels", "--seeds")
 
 
 def gather_list_options(argv: list[str]) -> list[str]:
@@ -188,7 +190,7 @@ def gather_list_options(argv: list[str]) -> list[str]:
                 values.append(argv[j])
                 j += 1
             if len(values) != 1 or not values[0].lstrip().startswith("["):  # a JSON list passes through as it is
-                if argv[i] == "--labels":  # --labels 3 7
+                if argv[i] in INTEGER_LISTS:  # --labels 3 7
                     values = [int(v) if v.lstrip("-").isdigit() else v for v in values]
                 out.append(f"{argv[i]}={json.dumps(values)}")
                 i = j

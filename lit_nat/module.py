@@ -7,6 +7,7 @@ weights, used for validation and sampling) and the current generation schedule.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.checkpointing import read_checkpoint
-from lit_nat.conditioning import Condition, Conditioner, batch_size, text_space
+from lit_nat.conditioning import Condition, Conditioner, batch_size, select, text_space
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.errors import CheckpointError
 from lit_nat.finite import NonFiniteGuard
@@ -29,7 +30,7 @@ from lit_nat.objective import (
     sample_training_mask,
     seed_training_step,
 )
-from lit_nat.sampling import GenerationResult, generate, make_generator
+from lit_nat.sampling import GenerationResult, generate, make_generator, rows_by_unknown_count
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.tokenizers import Tokenizer, tokenizer_from_config
 
@@ -334,24 +335,51 @@ class NATModule(L.LightningModule):
         use_ema: bool = True,
         *,
         prompts: Sequence[str] | None = None,
+        init_ids: torch.Tensor | None = None,
+        keep_mask: torch.Tensor | None = None,
     ) -> GenerationResult:
         """Generate one image's tokens per label (class-conditional models) or per prompt (text models, e.g.
         ``model.generate(prompts=["a red bus"], seed=0)``), with the current (or a given) schedule and the EMA
-        weights. Guidance's unconditional branch is the null class or the empty prompt."""
-        backbone = self.ema_backbone if use_ema else self.backbone
+        weights. Guidance's unconditional branch is the null class or the empty prompt.
+
+        Editing: ``init_ids`` ``(B, N)`` and ``keep_mask`` ``(B, N)`` (True = kept) start from a partial canvas (see
+        :func:`lit_nat.sampling.generate`). ENAT gathers every row's tokens into dense blocks, so its rows are
+        generated in groups of equal unknown count, each with the generator seeded ``seed + first row index``.
+        """
         condition = self.conditioner.of(labels, prompts, self.device)
+        run = functools.partial(self._decode_loop, schedule=schedule or self.schedule, use_ema=use_ema,
+                                return_history=return_history)  # fmt: skip
+        groups = rows_by_unknown_count(keep_mask) if keep_mask is not None and self.supports_reuse else []
+        if len(groups) <= 1:
+            return run(condition, seed, init_ids, keep_mask)
+        ids = torch.empty(keep_mask.shape, dtype=torch.long, device=self.device)
+        history: list[torch.Tensor] | None = None
+        for rows in groups:
+            index = torch.tensor(rows, device=self.device)
+            part = run(select(condition, index), seed + rows[0], init_ids[index], keep_mask[index])
+            ids[index] = part.ids
+            if return_history:
+                history = history or [torch.empty_like(ids) for _ in part.history]
+                for canvas, step in zip(history, part.history):
+                    canvas[index] = step
+        return GenerationResult(ids=ids, history=history)
+
+    def _decode_loop(self, condition, seed, init_ids, keep_mask, *, schedule, use_ema, return_history):
+        backbone = self.ema_backbone if use_ema else self.backbone
         was_training = backbone.training
         backbone.eval()
         try:
             return generate(
                 backbone,
                 condition,
-                schedule or self.schedule,
+                schedule,
                 make_generator(seed, self.device),
                 num_tokens=self.num_tokens,
                 mask_id=self.mask_id,
                 null_condition=self.conditioner.null(batch_size(condition), self.device),
                 return_history=return_history,
+                init_ids=init_ids,
+                keep_mask=keep_mask,
             )
         finally:
             backbone.train(was_training)

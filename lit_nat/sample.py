@@ -29,15 +29,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock, raise_if_stopped
+from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.callbacks.visuals import label_rows
-from lit_nat.checkpointing import DurableCheckpointIO, weights_digest
+from lit_nat.checkpointing import weights_digest
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json
@@ -246,144 +245,59 @@ def check_parts_plan(path: Path, plan: dict[str, Any]) -> None:
         )
 
 
-class NATTrainer(L.Trainer):
-    """The Lightning Trainer plus ``sample`` and ``search`` (the CLI subcommands of the same names).
-
-    Every run also gets, unless the arguments already hold one of the same kind: durable checkpoint files
-    (:class:`~lit_nat.checkpointing.DurableCheckpointIO`: atomic, never with non-finite weights, damaged files named on
-    load), one live fit per run directory (:class:`~lit_nat.callbacks.RunDirectoryLock`) and a checkpoint of the
-    current step on SIGTERM/SIGUSR1 (:class:`~lit_nat.callbacks.Preemption`).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        plugins = kwargs.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(DurableCheckpointIO())
-        kwargs["plugins"] = plugins
-        callbacks = kwargs.get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        # first, so the run directory is locked before any other callback writes into it (e.g. the saved config)
-        defaults = [cb() for cb in (RunDirectoryLock, Preemption) if not any(isinstance(c, cb) for c in callbacks)]
-        kwargs["callbacks"] = [*defaults, *callbacks]
-        super().__init__(*args, **kwargs)
-
-    def sample(
-        self,
-        model: L.LightningModule,
-        datamodule: L.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        num_samples: int = 50_000,
-        batch_size: int = 100,
-        labels: list[int] | None = None,
-        schedule: str | None = None,
-        seed: int = 0,
-        out: str = "samples",
-        save_png: bool = False,
-        grid_samples: int = 100,
-        overwrite: bool = False,
-        prompts: list[str] | None = None,
-        prompts_file: str | None = None,
-    ) -> Path:
-        """Generate images on every device and write samples.npz (ADM layout), grid.png and samples.json.
-
-        Args:
-            model: the NATModule (built from --config; weights from ckpt_path).
-            datamodule: unused for loading (the labels plan replaces it); kept for the config's token-space links.
-            ckpt_path: checkpoint to sample from (lit_nat or imported official weights); the EMA weights are used.
-            num_samples: number of images over all devices.
-            batch_size: images per generation batch (fixed composition: the output does not depend on the devices).
-            labels: class labels, cycled (sample i gets labels[i mod len]); default class-balanced, i mod num_classes.
-                The null class (num_classes) gives unconditional samples.
-            schedule: generation schedule for this run: a schedule YAML (ours or the official AutoNAT format) or a
-                preset name (heuristic, enat); default: the checkpoint's schedule.
-            seed: base seed: batch b is generated with seed + b * batch_size.
-            out: output folder.
-            save_png: also write each image as out/images/NNNNNN.png.
-            grid_samples: number of images in grid.png.
-            overwrite: replace an existing out/samples.npz, and drop the parts of an interrupted run instead of
-                resuming it.
-            prompts: for a text-conditioned model, the prompts, cycled (sample i gets prompts[i mod P]).
-            prompts_file: a UTF-8 file with one prompt per line (blank lines skipped), instead of --prompts.
-        """
-        out_dir = Path(out)
-        if (out_dir / NPZ_FILE).exists() and not overwrite:
-            raise FileExistsError(f"{out_dir / NPZ_FILE} exists; pass --overwrite true or another --out")
-        parsed = GenerationSchedule.preset(schedule) if schedule else None  # bad files fail before any work
-        num_classes = int(model.hparams.num_classes)
-        if labels is not None:
-            bad = [v for v in labels if not 0 <= int(v) <= num_classes]
-            if bad or not labels:
-                raise ValueError(
-                    f"labels must be non-empty and in [0, {num_classes}] ({num_classes} = null), got {bad}"
-                )
-        prompts = read_prompts(prompts, prompts_file, model, labels)
-        if ckpt_path is None:
-            rank_zero_warn("sample: no --ckpt_path; sampling from the model's initial (untrained) weights")
-        settings = {"num_samples": num_samples, "batch_size": batch_size, "seed": seed,
-                    "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
-        if prompts is not None:
-            settings = {**settings, "labels": None, "prompts": prompts}
-        info = {"checkpoint": ckpt_path, **settings, "schedule_source": schedule or "checkpoint"}
-        # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
-        lock = DirectoryLock(out_dir, "lit_nat sample").acquire() if self.is_global_zero else None
+def run_sample(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    ckpt_path: str | None,
+    num_samples: int,
+    batch_size: int,
+    labels: list[int] | None,
+    schedule: str | None,
+    seed: int,
+    out: str,
+    save_png: bool,
+    grid_samples: int,
+    overwrite: bool,
+    prompts: list[str] | None,
+    prompts_file: str | None,
+) -> Path:
+    """The body of :meth:`NATTrainer.sample <lit_nat.trainer.NATTrainer.sample>` (see its documentation)."""
+    out_dir = Path(out)
+    if (out_dir / NPZ_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / NPZ_FILE} exists; pass --overwrite true or another --out")
+    parsed = GenerationSchedule.preset(schedule) if schedule else None  # bad files fail before any work
+    num_classes = int(model.hparams.num_classes)
+    if labels is not None:
+        bad = [v for v in labels if not 0 <= int(v) <= num_classes]
+        if bad or not labels:
+            raise ValueError(
+                f"labels must be non-empty and in [0, {num_classes}] ({num_classes} = null), got {bad}"
+            )
+    prompts = read_prompts(prompts, prompts_file, model, labels)
+    if ckpt_path is None:
+        rank_zero_warn("sample: no --ckpt_path; sampling from the model's initial (untrained) weights")
+    settings = {"num_samples": num_samples, "batch_size": batch_size, "seed": seed,
+                "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
+    if prompts is not None:
+        settings = {**settings, "labels": None, "prompts": prompts}
+    info = {"checkpoint": ckpt_path, **settings, "schedule_source": schedule or "checkpoint"}
+    # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
+    lock = DirectoryLock(out_dir, "lit_nat sample").acquire() if trainer.is_global_zero else None
+    try:
+        if overwrite and trainer.is_global_zero:  # (before predict starts, so before any rank writes a part)
+            shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
+        done = set() if overwrite else done_batches(out_dir)
+        if done:
+            rank_zero_info(f"sample: resuming: {len(done)} batches already in {out_dir / PARTS_DIR}")
+        loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels,
+                                   skip=done, prompts=prompts)  # fmt: skip
+        writer = SampleWriter(out_dir, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
+        trainer.callbacks.append(writer)
         try:
-            if overwrite and self.is_global_zero:  # (before predict starts, so before any rank writes a part)
-                shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
-            done = set() if overwrite else done_batches(out_dir)
-            if done:
-                rank_zero_info(f"sample: resuming: {len(done)} batches already in {out_dir / PARTS_DIR}")
-            loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels,
-                                       skip=done, prompts=prompts)  # fmt: skip
-            writer = SampleWriter(out_dir, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
-            self.callbacks.append(writer)
-            try:
-                self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
-            finally:
-                self.callbacks.remove(writer)
+            trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
         finally:
-            if lock is not None:
-                lock.release()
-        return out_dir / NPZ_FILE
-
-    def search(
-        self,
-        model: L.LightningModule,
-        datamodule: L.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        updates: int = 10,
-        schedule: str | None = None,
-        num_samples: int | None = None,
-        momentum: float = 0.5,
-        ratio_step: float = 0.01,
-        ratio_lr: float = 1e-3,
-        other_step: float = 0.1,
-        other_lr: float = 0.1,
-        out: str = "search",
-    ) -> dict[str, Any]:
-        """Generation-strategy search (AutoNAT Sec. 4.2, the official ``--mode search``) on a trained checkpoint.
-
-        Projected momentum SGD on the schedule with forward-difference gradients of the FID of the config's
-        GenerativeEvaluation callback (common random numbers). Writes out/search_{k}.yaml, out/stp_{k}.yaml
-        (official format), out/best.yaml and out/state.json after every update; running the same command again
-        resumes from out/state.json. See :mod:`lit_nat.search.standalone`.
-
-        Args:
-            model: the NATModule (built from --config; weights from ckpt_path, EMA weights used for sampling).
-            datamodule: the config's data (the checkpoint is loaded by a one-batch validate run).
-            ckpt_path: checkpoint to search on (lit_nat or imported official weights).
-            updates: total number of SGD updates (a resumed search continues up to this count).
-            schedule: starting schedule: a schedule YAML (ours or official) or a preset name; default: the
-                checkpoint's. When resuming it must have the saved search's number of steps.
-            num_samples: images per FID evaluation (default: the evaluator's num_samples).
-            momentum: SGD momentum (official 0.5).
-            ratio_step: forward-difference step of the mask ratios (official 0.01).
-            ratio_lr: learning rate of the mask ratios (official 1e-3).
-            other_step: forward-difference step of temperatures and guidance (official 0.1).
-            other_lr: learning rate of temperatures and guidance (official 0.1).
-            out: output folder (state and strategy files).
-        """
-        from lit_nat.search.standalone import run_search
-
-        return run_search(self, model, datamodule, ckpt_path, updates, schedule, num_samples, momentum, ratio_step,
-                          ratio_lr, other_step, other_lr, out)  # fmt: skip
+            trainer.callbacks.remove(writer)
+    finally:
+        if lock is not None:
+            lock.release()
+    return out_dir / NPZ_FILE

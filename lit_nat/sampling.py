@@ -59,6 +59,8 @@ def generate(
     mask_id: int,
     null_condition: Condition | int,
     return_history: bool = False,
+    init_ids: torch.Tensor | None = None,
+    keep_mask: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Generate ``(B, N)`` token ids for ``condition`` (class ids ``(B,)`` or a text condition of ``B`` prompts).
 
@@ -68,23 +70,44 @@ def generate(
     Per step t: decode every position in parallel, draw tokens at masked positions with temperature tau1(t),
     score each draw by its temperature-free guided log-probability (+inf for positions already visible, so they are
     never re-masked), add tau2(t)-scaled Gumbel noise and re-mask the ``masked_counts[t]`` least confident positions.
+
+    Editing (a partial canvas): ``init_ids`` ``(B, N)`` with ``keep_mask`` ``(B, N)`` bool, True where a token is given
+    and kept. Kept tokens are visible from the first step and never re-masked (their confidence is +inf like any
+    visible token's); the schedule applies to each row's ``U`` unknown tokens
+    (:meth:`~lit_nat.schedule.GenerationSchedule.counts_for`). ``U`` may differ between rows: the per-row counts are
+    computed once before the loop (the one host read of the mask), and each step re-masks the k_b lowest perturbed
+    confidences of row b by one sort instead of a top-k. With the same ``U`` in every row (e.g. an all-False mask)
+    the loop is exactly the plain one. A backbone that needs equal counts per row (ENAT) gets them from the caller
+    (:meth:`lit_nat.module.NATModule.generate` groups rows by ``U``).
     """
     batch = conditions.batch_size(condition)
     device = generator.device
-    counts = schedule.masked_counts(num_tokens)
+    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    unknown = [num_tokens]
+    if keep_mask is None:
+        table = [schedule.masked_counts(num_tokens)]  # one count vector for every row
+    else:
+        if init_ids is None or tuple(keep_mask.shape) != (batch, num_tokens) or init_ids.shape != keep_mask.shape:
+            raise ValueError(f"init_ids and keep_mask must both be ({batch}, {num_tokens})")
+        keep_mask = keep_mask.to(device).bool()
+        ids = torch.where(keep_mask, init_ids.to(device).long(), ids)
+        unknown = (~keep_mask).sum(dim=1).tolist()  # the one host read: counts for every step follow from it
+        table = [schedule.counts_for(u) for u in unknown]
+    uniform = all(row == table[0] for row in table)
+    per_row = None if uniform else torch.tensor(table, device=device).T  # (T, B)
+    start = unknown[0]  # masked before the first step (every row alike when uniform)
     guided = any(scale != 0.0 for scale in schedule.guidance)
     if isinstance(null_condition, int):
         null_condition = torch.full_like(condition, null_condition)
     # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
     condition = conditions.concat(condition, null_condition) if guided else condition
 
-    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     state = None
     history: list[torch.Tensor] = []
     for t in range(schedule.steps):
         is_masked = ids == mask_id  # (B, N)
         model_ids = torch.cat([ids, ids]) if guided else ids
-        masked_before = num_tokens if t == 0 else counts[t - 1]
+        masked_before = (start if t == 0 else table[0][t - 1]) if uniform else None
         logits, state = backbone(model_ids, condition, state, num_masked=masked_before)  # (B or 2B, N, K)
         cond, uncond = logits.chunk(2) if guided else (logits, None)
         log_probs = guided_log_probs(cond, uncond, schedule.guidance[t])  # (B, N, K)
@@ -96,18 +119,35 @@ def generate(
         sampled = torch.where(is_masked, sampled, ids)
         score = torch.where(is_masked, score, torch.full_like(score, float("inf")))
 
-        keep_masked = counts[t]
-        if keep_masked == 0:
+        if max(row[t] for row in table) == 0:
             ids = sampled
         else:
             # Gumbel-top-k: the k lowest perturbed confidences are a sample without replacement from
-            # softmax(-C / tau2) over positions; +inf (visible) stays +inf and is never chosen.
+            # softmax(-C / tau2) over positions; +inf (visible or kept) stays +inf and is never chosen.
             confidence = score + schedule.remask_temperature[t] * gumbel_noise(score.shape, generator, device)
-            remask = confidence.topk(keep_masked, dim=1, largest=False).indices  # (B, keep_masked)
-            ids = sampled.scatter(1, remask, mask_id)
+            ids = remask_lowest(sampled, confidence, table[0][t] if uniform else per_row[t], mask_id)
         if return_history:
             history.append(ids.clone())
     return GenerationResult(ids=ids, history=history if return_history else None)
+
+
+def remask_lowest(ids: torch.Tensor, confidence: torch.Tensor, k: int | torch.Tensor, mask_id: int) -> torch.Tensor:
+    """``ids`` with the ``k`` lowest-confidence positions of each row set to ``mask_id``; ``k`` an int (every row) or a
+    ``(B,)`` tensor (per row: one sort and a rank comparison instead of a top-k)."""
+    if isinstance(k, int):
+        return ids.scatter(1, confidence.topk(k, dim=1, largest=False).indices, mask_id)
+    order = confidence.argsort(dim=1)  # (B, N) ascending
+    first_k = torch.arange(ids.shape[1], device=ids.device)[None] < k[:, None]  # (B, N) in rank space
+    remask = torch.zeros_like(first_k).scatter(1, order, first_k)  # back to positions
+    return ids.masked_fill(remask, mask_id)
+
+
+def rows_by_unknown_count(keep_mask: torch.Tensor) -> list[list[int]]:
+    """Row indices grouped by their number of unknown (not kept) tokens, groups in order of their first row."""
+    groups: dict[int, list[int]] = {}
+    for row, unknown in enumerate((~keep_mask.bool()).sum(dim=1).tolist()):
+        groups.setdefault(unknown, []).append(row)
+    return list(groups.values())
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

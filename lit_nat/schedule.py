@@ -103,6 +103,21 @@ class GenerationSchedule:
             previous = kept
         return counts
 
+    def counts_for(self, unknown: int) -> list[int]:
+        """Masked counts after each step when only ``unknown`` of the tokens are to be generated (editing: the others
+        are given and kept). The rule of :meth:`masked_counts` applied to ``U = unknown`` instead of N: after step
+        t < T-1, ``max(1, min(m_prev - 1, floor(U r[t])))`` stay masked. With fewer unknown tokens than steps the
+        floor of 1 is dropped (``U = 3`` at T = 8 reveals one token in each of the first steps and nothing after), and
+        ``U = 0`` gives all zeros."""
+        if unknown >= self.steps:
+            return self.masked_counts(unknown)
+        counts, previous = [], unknown
+        for t, ratio in enumerate(self.mask_ratio):
+            kept = 0 if t == self.steps - 1 else max(0, min(previous - 1, math.floor(unknown * ratio)))
+            counts.append(kept)
+            previous = kept
+        return counts
+
     # ------------------------------------------------------------------------------------------------------------------
     # Constructors
     @classmethod

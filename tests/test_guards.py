@@ -28,8 +28,8 @@ from lit_nat.errors import CheckpointError, DataError, LockedError, NonFiniteErr
 from lit_nat.finite import NonFiniteGuard
 from lit_nat.io import DirectoryLock
 from lit_nat.module import NATModule, load_model
-from lit_nat.sample import NATTrainer
 from lit_nat.schedule import GenerationSchedule
+from lit_nat.trainer import NATTrainer
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,14 @@
 """Conditions of the backbones: class ids or text, and the frozen text encoders that turn prompts into text."""
 
-from lit_nat.conditioning.condition import Condition, TextCondition, batch_size, concat, masked_mean, to_device
+from lit_nat.conditioning.condition import (
+    Condition,
+    TextCondition,
+    batch_size,
+    concat,
+    masked_mean,
+    select,
+    to_device,
+)
 from lit_nat.conditioning.conditioner import Conditioner
 from lit_nat.conditioning.text import (
     TEXT_ENCODERS,
@@ -14,7 +22,7 @@ from lit_nat.conditioning.text import (
 )
 
 __all__ = [
-    "Condition", "Conditioner", "TextCondition", "batch_size", "concat", "masked_mean", "to_device", "TEXT_ENCODERS",
-    "CLIPTextEncoder", "TextEncoder", "WordsEncoder", "encoder_identity", "save_random_clip",
+    "Condition", "Conditioner", "TextCondition", "batch_size", "concat", "masked_mean", "select", "to_device",
+    "TEXT_ENCODERS", "CLIPTextEncoder", "TextEncoder", "WordsEncoder", "encoder_identity", "save_random_clip",
     "text_encoder_from_config", "text_space",
 ]  # fmt: skip

@@ -83,6 +83,13 @@ def concat(first: Condition, second: Condition) -> Condition:
     return torch.cat([first, second])
 
 
+def select(condition: Condition, rows: torch.Tensor) -> Condition:
+    """The given rows (a LongTensor of indices) of a condition."""
+    if isinstance(condition, TextCondition):
+        return TextCondition(condition.tokens[rows], condition.mask[rows], condition.pooled[rows])
+    return condition[rows]
+
+
 def to_device(condition: Condition, device: torch.device | str) -> Condition:
     return condition.to(device) if isinstance(condition, TextCondition) else condition.to(device).long()
 

@@ -1,6 +1,6 @@
 """``python -m lit_nat search``: the generation-strategy search on a trained checkpoint (official ``--mode search``).
 
-How it runs: :meth:`NATTrainer.search <lit_nat.sample.NATTrainer.search>` starts a ``validate`` run limited to one
+How it runs: :meth:`NATTrainer.search <lit_nat.trainer.NATTrainer.search>` starts a ``validate`` run limited to one
 batch with :class:`SearchRunner` as an extra callback, which runs the whole search in ``on_validation_start``. At that
 point Lightning has restored the checkpoint exactly as ``validate`` does (the module's full state dict, so the EMA
 backbone that :meth:`NATModule.generate` samples with, and the checkpoint's schedule), moved the module to the device
