@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "load_tokenizer"]
+__all__ = ["__version__", "load_amused", "load_model", "load_tokenizer"]
 
 
 def load_model(ckpt_path: str, map_location: str = "cpu"):
@@ -19,3 +19,12 @@ def load_tokenizer(name: str, **kwargs):
     from lit_nat.tokenizers import load_tokenizer as _load_tokenizer
 
     return _load_tokenizer(name, **kwargs)
+
+
+def load_amused(folder: str, **model_args):
+    """aMUSEd from a local diffusers folder (``amused/amused-256`` or ``-512`` downloaded beforehand) as a lit_nat
+    model in eval mode, with aMUSEd's own schedule (preset ``amused``); needs the ``amused`` extra. See
+    ``lit_nat.importer.amused_module``."""
+    from lit_nat.importer import amused_module
+
+    return amused_module(folder, **model_args)

@@ -14,6 +14,7 @@ look at the saved hyper-parameters, the importers): a missing, empty, truncated 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -121,3 +122,51 @@ class DurableCheckpointIO(TorchCheckpointIO):
 
 def _is_remote(path: Any) -> bool:
     return "://" in str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# diffusers model folders (aMUSEd's transformer/ and vqvae/): read as plain state dicts, then loaded strictly
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+
+
+def read_diffusers_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a diffusers model folder in float32: ``diffusion_pytorch_model.safetensors`` (or ``.bin``, or
+    a sharded ``.safetensors.index.json``), else the ``fp16`` variant of those, upcast. A folder without weights or a
+    damaged file is a :class:`CheckpointError` naming it."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for variant in ("", ".fp16"):
+        stem = folder / f"{DIFFUSERS_WEIGHTS}{variant}"
+        single, binary, sharded = (stem.with_name(stem.name + ext) for ext in (".safetensors", ".bin",
+                                                                             ".safetensors.index.json"))  # fmt: skip
+        try:
+            if single.is_file():
+                state = load_file(single)
+            elif sharded.is_file():
+                shards = sorted(set(json.loads(sharded.read_text())["weight_map"].values()))
+                state = {k: v for shard in shards for k, v in load_file(folder / shard).items()}
+            elif binary.is_file():
+                state = torch.load(binary, map_location="cpu", weights_only=True)
+            else:
+                continue
+        except Exception as err:  # safetensors, JSON and pickle errors alike
+            raise CheckpointError(f"{folder}: cannot read the weights ({_first_line(err)})") from None
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    raise CheckpointError(f"{folder}: no weights ({DIFFUSERS_WEIGHTS}[.fp16].safetensors or .bin)")
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` requiring every key with its shape and nothing else; the error lists what
+    is missing, unexpected or of the wrong shape (first few of each) and names ``source``."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]  # fmt: skip
+    problems = [f"{len(items)} {what} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
+                for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+                if items]  # fmt: skip
+    if problems:
+        raise CheckpointError(f"{source}: the weights do not fit the model of its config: {'; '.join(problems)}")
+    module.load_state_dict(state)

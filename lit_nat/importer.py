@@ -5,6 +5,9 @@ describes, with the token space inferred from the weights themselves (codebook, 
 the weights strictly into both the online and the EMA backbone, and write a complete Lightning checkpoint (fresh
 optimiser and scheduler state at step 0), so that ``fit``, ``validate``, ``test`` and ``predict`` accept it with
 ``--ckpt_path`` and :func:`lit_nat.load_model` returns the official model.
+
+aMUSEd (``--format amused``) is a diffusers folder instead: the folder itself describes the model (transformer config,
+VQ-GAN, CLIP text encoder, scheduler), so no config is needed; :func:`amused_module` is the same from Python.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from typing import Any
 import lightning as L
 import yaml
 
+from lit_nat.amused import read_amused_folder
 from lit_nat.checkpointing import save_checkpoint_file
+from lit_nat.errors import UsageError
 from lit_nat.models import ARCHITECTURES
+from lit_nat.models.amused import load_amused_transformer
 from lit_nat.models.convert import CONVERTERS, load_official, read_checkpoint
 from lit_nat.module import NATModule
 
 #: model arguments that come from the weights (or the data's meta.json), never from the config's model section
 TOKEN_SPACE_ARGS = ("codebook_size", "grid_size", "num_classes", "tokenizer")
+#: source layouts: the official state_dict converters and aMUSEd's diffusers folder
+FORMATS = (*CONVERTERS, "amused")
 
 
 def read_model_section(config: Path) -> dict[str, Any]:
@@ -78,7 +86,7 @@ def build_checkpoint(module: NATModule, extra: dict[str, Any]) -> dict[str, Any]
 def import_checkpoint(
     format: str,
     src: Path,
-    config: Path,
+    config: Path | None,
     dst: Path,
     num_heads: int | None = None,
     overwrite: bool = False,
@@ -86,17 +94,23 @@ def import_checkpoint(
     """Convert an official checkpoint into a lit_nat checkpoint.
 
     Args:
-        format: layout of the source file: ``autonat`` (LeapLabTHU/ImprovedNAT ``nnet_ema.pth``) or ``enat``
-            (LeapLabTHU/ENAT ``nnet_ema.pth`` / ``nnet_ema_512.pth``; its unused ``prev_embedder`` is dropped).
-        src: the official state_dict file.
-        config: the lit_nat config whose ``model`` section describes the architecture (e.g. configs/autonat_l.yaml).
+        format: layout of the source: ``autonat`` (LeapLabTHU/ImprovedNAT ``nnet_ema.pth``), ``enat``
+            (LeapLabTHU/ENAT ``nnet_ema.pth`` / ``nnet_ema_512.pth``; its unused ``prev_embedder`` is dropped) or
+            ``amused`` (a local diffusers folder of ``amused/amused-256`` or ``-512``; see :func:`import_amused`).
+        src: the official state_dict file (``amused``: the folder).
+        config: the lit_nat config whose ``model`` section describes the architecture (e.g. configs/autonat_l.yaml);
+            for ``amused`` optional (the folder describes the model; the config may set other model arguments).
         dst: the lit_nat checkpoint to write.
         num_heads: override the attention head count (it cannot be read from the weights); default: the config's.
         overwrite: replace an existing ``dst`` (by default an existing file is never touched).
     """
-    src, config, dst = Path(src), Path(config), Path(dst)
+    if format == "amused":
+        return import_amused(src, dst, config=config, overwrite=overwrite)
     if format not in CONVERTERS:
-        raise ValueError(f"unknown checkpoint format {format!r}; expected one of {sorted(CONVERTERS)}")
+        raise ValueError(f"unknown checkpoint format {format!r}; expected one of {sorted(FORMATS)}")
+    if config is None:
+        raise UsageError(f"import-checkpoint --format {format}: --config is required (the architecture it describes)")
+    src, config, dst = Path(src), Path(config), Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
     if not src.is_file():
@@ -141,6 +155,38 @@ def import_checkpoint(
     return dst
 
 
+def amused_module(src: str | Path, config: Path | None = None, **model_args: Any) -> NATModule:
+    """A NATModule holding aMUSEd from a local diffusers folder (weights loaded strictly into the online and EMA
+    backbones; the VQ-GAN and CLIP text encoder are referenced by their sub-folders, loaded on first use). Other
+    model arguments come from ``config``'s model section and ``model_args`` (e.g. ``schedule_params``)."""
+    args = read_amused_folder(src)
+    extra = read_model_section(config) if config is not None else {}
+    extra.update(model_args)
+    fixed = sorted(set(extra) & (set(args) - {"schedule"}))
+    if fixed:
+        raise UsageError(f"aMUSEd folder {src} fixes {fixed}; leave them out of the config / arguments")
+    module = NATModule(**{**args, **extra})
+    load_amused_transformer(module.backbone, src)
+    module.ema_backbone.load_state_dict(module.backbone.state_dict())
+    return module.eval()
+
+
+def import_amused(src: Path, dst: Path, config: Path | None = None, overwrite: bool = False) -> Path:
+    """``import-checkpoint --format amused``: a local aMUSEd diffusers folder -> a lit_nat checkpoint at step 0 with
+    the ``amused`` schedule preset (aMUSEd's own 12-step strategy), for ``sample``, ``edit``, ``search`` and
+    ``validate``. The checkpoint holds the transformer twice (online and EMA: about 4.8 GB for aMUSEd-256 in fp32);
+    the VQ-GAN and the text encoder stay in the folder, which must remain where it is."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
+    module = amused_module(src, config)
+    checkpoint = build_checkpoint(module, {"imported_from": str(src.resolve()), "format": "amused"})
+    save_checkpoint_file(checkpoint, dst)
+    params = sum(p.numel() for p in module.backbone.parameters())
+    print(f"import-checkpoint: {src} -> {dst}\naMUSEd transformer: {params:,} parameters, all keys loaded strictly")
+    return dst
+
+
 def _norm(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
@@ -149,12 +195,13 @@ def import_checkpoint_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m lit_nat import-checkpoint`` (their help is import_checkpoint's docstring)."""
     parser = argparse.ArgumentParser(
         prog="python -m lit_nat import-checkpoint",
-        description="Convert an official checkpoint (nnet_ema.pth) into a lit_nat checkpoint that fit, validate, "
-        "test and predict accept with --ckpt_path.",
+        description="Convert an official checkpoint (nnet_ema.pth) or an aMUSEd diffusers folder into a lit_nat "
+        "checkpoint that fit, validate, test, predict, sample, edit and search accept with --ckpt_path.",
     )
-    parser.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="layout of the source file")
-    parser.add_argument("--src", required=True, type=Path, help="the official state_dict file")
-    parser.add_argument("--config", required=True, type=Path, help="lit_nat config whose model section is used")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="layout of the source")
+    parser.add_argument("--src", required=True, type=Path, help="the official state_dict file (amused: the folder)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="lit_nat config whose model section is used (required but for amused)")  # fmt: skip
     parser.add_argument("--dst", required=True, type=Path, help="the lit_nat checkpoint to write")
     parser.add_argument("--num_heads", type=int, default=None, help="attention heads (not readable from weights)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from lit_nat.io import atomic_write_text
@@ -164,9 +165,41 @@ class GenerationSchedule:
         )
 
     @classmethod
+    def amused(
+        cls, steps: int = 12, guidance_scale: float = 10.0, temperature: tuple[float, float] = (2.0, 0.0),
+        masking_schedule: str = "cosine",
+    ) -> GenerationSchedule:  # fmt: skip
+        """aMUSEd's hand-set strategy (``AmusedPipeline`` defaults with ``AmusedScheduler``), in our conventions.
+
+        Step t (0-based) keeps ``cos(pi/2 (t + 1) / T)`` masked (``linear``: ``1 - (t + 1) / T``) under the same count
+        rule as ours; tokens are drawn at temperature 1; the re-masking Gumbel scale is ``linspace(t0, t1, T)[t]``.
+        Guidance: aMUSEd computes ``uncond + g (cond - uncond)`` and guides only when ``g > 1``; that is our
+        ``cond + w (cond - uncond)`` with ``w = g - 1`` (so its default g = 10 is our w = 9).
+        """
+        if steps < 1:
+            raise ValueError(f"amused schedule: steps must be >= 1, got {steps}")
+        if masking_schedule not in ("cosine", "linear"):
+            raise ValueError(f"amused schedule: masking_schedule must be cosine or linear, got {masking_schedule!r}")
+        # aMUSEd computes the ratios in float32 (cos(pi/3) = 0.49999997 there): the same arithmetic keeps its counts
+        # exactly (floor(64 x 0.5) would reveal one token fewer at step 7 of 12 than aMUSEd does)
+        rho = (torch.arange(steps) + 1) / steps
+        ratio = torch.cos(rho * math.pi / 2) if masking_schedule == "cosine" else 1 - rho
+        ratios = ratio.tolist()
+        ratios[-1] = 0.0
+        first, last = (float(v) for v in temperature)
+        remask = [first + (last - first) * t / (steps - 1) for t in range(steps)] if steps > 1 else [first]
+        return cls(
+            mask_ratio=ratios,
+            sample_temperature=[1.0] * steps,
+            remask_temperature=remask,
+            guidance=[max(float(guidance_scale) - 1.0, 0.0)] * steps,
+            name="amused",
+        )
+
+    @classmethod
     def preset(cls, name: str, **params: Any) -> GenerationSchedule:
-        """A named constructor (``heuristic`` or ``enat``) with keyword parameters, or a YAML file path."""
-        presets = {"heuristic": cls.heuristic, "enat": cls.enat}
+        """A named constructor (``heuristic``, ``enat`` or ``amused``) with keyword parameters, or a YAML file path."""
+        presets = {"heuristic": cls.heuristic, "enat": cls.enat, "amused": cls.amused}
         if name in presets:
             try:
                 return presets[name](**params)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from lit_nat.models.amused import AmusedBackbone
 from lit_nat.models.enat import ENAT
 from lit_nat.models.uvit import UViT
 
@@ -67,6 +68,9 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
         "enat-tiny": ArchSpec(
             ENAT, dict(width=128, encoder_layers=3, decoder_layers=1, num_heads=4), "ENAT for demos: 3+1 blocks, 128"
         ),
+        # Pre-trained text-to-image (Muse family): the transformer's size is its diffusers config, given as the
+        # ``transformer`` override by ``import-checkpoint --format amused`` (needs the ``amused`` extra: diffusers).
+        "amused": ArchSpec(AmusedBackbone, {}, "aMUSEd (diffusers UVit2DModel); sizes from its config.json"),
     }
 )
 

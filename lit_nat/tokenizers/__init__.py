@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_nat.tokenizers.amused_vq import AmusedVQTokenizer
 from lit_nat.tokenizers.base import Tokenizer
 from lit_nat.tokenizers.pixel import PixelTokenizer
 from lit_nat.tokenizers.vqgan import VQGANTokenizer
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"pixel": PixelTokenizer, "vqgan": VQGANTokenizer}
+TOKENIZERS: dict[str, type[Tokenizer]] = {
+    "pixel": PixelTokenizer, "vqgan": VQGANTokenizer, "amused_vq": AmusedVQTokenizer,
+}  # fmt: skip
 
 
 def load_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
@@ -42,6 +45,6 @@ def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
 
 
 __all__ = [
-    "Tokenizer", "PixelTokenizer", "VQGANTokenizer", "TOKENIZERS", "load_tokenizer", "token_space",
+    "Tokenizer", "AmusedVQTokenizer", "PixelTokenizer", "VQGANTokenizer", "TOKENIZERS", "load_tokenizer", "token_space",
     "tokenizer_from_config",
 ]  # fmt: skip

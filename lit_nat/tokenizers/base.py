@@ -66,3 +66,24 @@ class Tokenizer(nn.Module, ABC):
     def num_tokens(self) -> int:
         h, w = self.grid_size
         return h * w
+
+
+class SquareConvTokenizer(Tokenizer):
+    """A fully convolutional tokenizer of square images: ``image_size`` px <-> a grid ``image_size / factor`` a side.
+    Subclasses call :meth:`set_size` once they know their downsampling factor."""
+
+    factor: int = 1
+    _side: int = 0
+
+    def set_size(self, image_size: int, factor: int) -> None:
+        if not isinstance(image_size, int) or image_size <= 0 or image_size % factor:
+            raise ValueError(f"{self.name}: image_size must be a positive multiple of {factor}, got {image_size!r}")
+        self.factor, self._side = int(factor), image_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self._side // self.factor, self._side // self.factor)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self._side, self._side)

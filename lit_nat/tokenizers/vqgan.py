@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_nat.tokenizers.base import Tokenizer
+from lit_nat.tokenizers.base import SquareConvTokenizer
 
 __all__ = [
     "Decoder",
@@ -156,7 +156,7 @@ class VectorQuantizer(nn.Module):
         return torch.stack(ids) if ids else z.new_zeros(z.shape[:2], dtype=torch.long)  # (B, h*w)
 
 
-class VQGANTokenizer(Tokenizer):
+class VQGANTokenizer(SquareConvTokenizer):
     """The MaskGIT/MAGE f16 VQGAN: ``image_size`` px RGB in [0, 1] <-> a ``(image_size / 16)**2`` grid of 1024 codes.
 
     Frozen and in eval mode. ``encode`` always runs in float32 (autocast off, as the official feature extraction);
@@ -203,14 +203,9 @@ class VQGANTokenizer(Tokenizer):
             raise ValueError(
                 f"VQGANTokenizer: ch * ch_mult must be multiples of {NORM_GROUPS} (GroupNorm), got {self.arch}"
             )
-        self.factor = 2 ** (len(ch_mult) - 1)
-        if not isinstance(image_size, int) or image_size <= 0 or image_size % self.factor:
-            raise ValueError(
-                f"VQGANTokenizer: image_size must be a positive multiple of {self.factor}, got {image_size!r}"
-            )
+        self.set_size(image_size, 2 ** (len(ch_mult) - 1))
         if decode_dtype not in DECODE_DTYPES:
             raise ValueError(f"VQGANTokenizer: decode_dtype must be one of {list(DECODE_DTYPES)}, got {decode_dtype!r}")
-        self._side = image_size
         self.seed = seed
         self.decode_dtype = decode_dtype
         self.batch_invariant = batch_invariant
@@ -242,14 +237,6 @@ class VQGANTokenizer(Tokenizer):
     @property
     def codebook_size(self) -> int:
         return self.arch["codebook_size"]
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return (self._side // self.factor, self._side // self.factor)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self._side, self._side)
 
     @property
     def channels(self) -> int:
