@@ -6,7 +6,8 @@ Trainer subcommands (LightningCLI over :class:`~lit_nat.module.NATModule` and
 subcommands' options and help). The token space of the model (codebook size, grid, classes, tokenizer) is *linked*
 from the data's ``meta.json`` at instantiation, so a model can never be built for other shards than the ones it reads.
 Standalone commands without a model or Trainer: ``import-checkpoint``, ``reference-stats``, ``flops``, ``autonat``,
-and ``tokenize`` / ``tokenize-verify`` (image folder -> token shards, :mod:`lit_nat.data.tokenize`).
+and ``tokenize`` / ``tokenize-verify`` (image folder -> token shards, :mod:`lit_nat.data.tokenize`). ``sample`` and
+``edit`` also run from ``--ckpt_path`` alone (no config, no data): the checkpoint describes its model.
 """
 
 from __future__ import annotations
@@ -175,6 +176,43 @@ STANDALONE_COMMANDS = {
 }
 
 
+#: Trainer subcommands that also run from a checkpoint alone: its hyper-parameters describe the whole model (token
+#: space, tokenizer, text encoder), so an imported aMUSEd or official checkpoint needs no config and no data
+CHECKPOINT_ONLY_COMMANDS = ("sample", "edit")
+
+
+def is_checkpoint_only(argv: list[str]) -> bool:
+    """``sample`` / ``edit`` with ``--ckpt_path`` and neither a config nor data or model options."""
+    if not argv or argv[0] not in CHECKPOINT_ONLY_COMMANDS:
+        return False
+    rest = argv[1:]
+    return any(a.startswith("--ckpt_path") for a in rest) and not any(
+        a.startswith(("--config", "-c", "--data", "--model")) for a in rest)  # fmt: skip
+
+
+def run_from_checkpoint(argv: list[str]) -> Any:
+    """``python -m lit_nat sample|edit --ckpt_path K ...`` without ``--config``: the model is rebuilt from the
+    checkpoint's hyper-parameters; ``--trainer.*`` options (accelerator, devices, precision) still apply (no logger
+    by default: nothing is trained)."""
+    from lit_nat.module import module_from_hparams
+
+    command = argv[0]
+    parser = LightningArgumentParser(prog=f"python -m lit_nat {command}",
+                                     description=f"{command} from a checkpoint alone (no --config)")  # fmt: skip
+    parser.add_class_arguments(NATTrainer, "trainer", fail_untyped=False, sub_configs=True)
+    parser.set_defaults({"trainer.logger": False})
+    parser.add_method_arguments(NATTrainer, command, skip={"model", "datamodule"})
+    config = parser.parse_args(argv[1:])
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # (renamed in jsonargparse 4.49)
+    trainer = instantiate(config).trainer
+    args = {k: v for k, v in config.as_dict().items() if k != "trainer"}
+    ckpt_path = str(args["ckpt_path"])
+    # edit loads the checkpoint itself; sample's predict run restores the weights into this fresh module
+    hparams = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters")
+    model = None if command == "edit" else module_from_hparams(hparams, ckpt_path)
+    return getattr(trainer, command)(model, **args)
+
+
 #: options that take several values after one flag (``--prompts "a red bus" "a cat"``), as users write them
 LIST_OPTIONS = ("--prompts", "--labels", "--seeds")
 INTEGER_LISTS = ("--labels", "--seeds")
@@ -214,6 +252,9 @@ def main(args: ArgsType = None) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Tensor cores on Ampere+ for the transformer; no effect on CPU.
     torch.set_float32_matmul_precision("high")
+    if is_checkpoint_only(argv):
+        run_from_checkpoint(argv)
+        return
     NATLightningCLI(
         NATModule,
         TokenShardDataModule,

@@ -165,7 +165,7 @@ def load_images(source: str | os.PathLike, size: tuple[int, int], channels: int)
         if array.shape[:2] != tuple(size):
             raise UsageError(f"{name}: the image is {array.shape[1]}x{array.shape[0]}, the tokenizer takes "
                              f"{size[1]}x{size[0]} (crop or resize it first)")  # fmt: skip
-        image = torch.from_numpy(np.ascontiguousarray(array)).float() / 255
+        image = torch.from_numpy(np.array(array)).float() / 255
         image = image[..., None] if image.dim() == 2 else image
         image = image.permute(2, 0, 1)  # (C, H, W)
         images.append(image[:1] if channels == 1 else image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3])

@@ -14,6 +14,10 @@ from lit_nat.data.shards import ShardWriter
 # backbones small enough that any config runs a few CPU steps in about a second
 TINY_ARCH = "{width: 32, num_layers: 3, num_heads: 2}"
 TINY_ENAT = "{width: 32, encoder_layers: 1, decoder_layers: 1, num_heads: 2}"
+REPO = Path(__file__).resolve().parents[1]
+#: the shipped configs that train (every one is fitted a few steps by tests/test_cli.py); configs/amused_cc3m.yaml
+#: trains nothing (a search/validate config for an imported aMUSEd) and runs in tests/test_amused.py
+FIT_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.stem != "amused_cc3m")
 
 
 def tiny_overrides(arch: str) -> str:

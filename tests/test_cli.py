@@ -13,11 +13,10 @@ from lit_nat.cli import main
 from lit_nat.conditioning import save_random_clip
 from lit_nat.data.digits import prepare_digits
 from lit_nat.module import NATModule
-from tests.conftest import tiny_overrides, write_random_shards
+from tests.conftest import FIT_CONFIGS, tiny_overrides, write_random_shards
 from tests.test_models import H, random_official_state_dict, reference_forward, tiny_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def cpu_overrides(tmp_path: Path, steps: int = 2, arch: str = "autonat-s") -> list[str]:
@@ -55,7 +54,7 @@ def data_for(config: Path, tmp_path: Path) -> Path:
                                sizes={"train": 32, "val": 8}, text_encoder=text)  # fmt: skip
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", FIT_CONFIGS, ids=[c.stem for c in FIT_CONFIGS])
 def test_every_config_fits_a_few_steps_on_cpu(config, tmp_path):
     root = data_for(config, tmp_path)
     arch = yaml.safe_load(config.read_text())["model"]["arch"]

@@ -20,12 +20,11 @@ import torch
 import yaml
 
 from lit_nat.cli import main
-from tests.conftest import TINY_ARCH, write_random_shards
+from tests.conftest import FIT_CONFIGS, TINY_ARCH, write_random_shards
 from tests.helpers.checks import assert_same_training_state
 
 REPO = Path(__file__).resolve().parents[1]
 FIT_SBATCH = REPO / "scripts" / "slurm" / "fit.sbatch"
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 JOB_ID = "4242"
 
 
@@ -38,7 +37,7 @@ def script_overrides() -> list[str]:
     return [f"{k}={values.get(k, 'runs/slurm/' + JOB_ID)}" for k in keys]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", FIT_CONFIGS, ids=[c.stem for c in FIT_CONFIGS])
 def test_fit_sbatch_overrides_parse_for_every_config(config, capsys):
     text = FIT_SBATCH.read_text()
     commands = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))

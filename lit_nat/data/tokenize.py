@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from lit_nat.amused import read_amused_folder
 from lit_nat.conditioning.text import text_encoder_from_config
 from lit_nat.data.captioned import list_coco, list_img2dataset
 from lit_nat.data.imagefolder import (
@@ -302,6 +303,8 @@ def tokenize_parser() -> argparse.ArgumentParser:
                    "annotations/captions_train2014.json)")
     p.add_argument("--text_encoder", default=None, help="the text encoder the captions are for, as JSON, e.g. "
                    '\'{"name": "clip", "path": "assets/clip-vit-large-patch14"}\' (recorded in meta.json)')
+    p.add_argument("--amused", default=None, metavar="FOLDER", help="tokenise for an aMUSEd model: its VQ-GAN "
+                   "(FOLDER/vqvae) and CLIP text encoder, instead of --tokenizer/--checkpoint/--text_encoder")
     p.add_argument("--cache_text", action="store_true", help="also store the encoder's states of every caption "
                    "(text.npz: 118 KB per caption for CLIP-L; training then runs no text encoder)")
     p.add_argument("--out", required=True, help="the data root to write (shards, plan, records)")
@@ -355,6 +358,14 @@ def tokenize_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> dict[str, Any]:
     args = tokenize_parser().parse_args(argv)
     try:
+        text_encoder = json.loads(args.text_encoder) if args.text_encoder else None
+        if args.amused is not None:
+            if args.checkpoint or text_encoder or args.tokenizer != "vqgan":
+                raise TokenizeError("--amused sets the tokenizer and the text encoder: drop --tokenizer, --checkpoint "
+                                    "and --text_encoder")  # fmt: skip
+            spec = read_amused_folder(args.amused)
+            args.tokenizer, args.checkpoint, text_encoder = "amused_vq", spec["tokenizer"]["checkpoint"], spec[
+                "text_encoder"]  # fmt: skip
         tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg, args.resolution)
         summary = tokenize_folder(
             args.images,
@@ -373,7 +384,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             num_workers=args.num_workers,
             dry_run=args.dry_run,
             captions=args.captions,
-            text_encoder=json.loads(args.text_encoder) if args.text_encoder else None,
+            text_encoder=text_encoder,
             cache_text=args.cache_text,
         )
     except (TokenizeError, FileNotFoundError) as err:
