@@ -18,6 +18,8 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.checkpointing import read_checkpoint
 from lit_nat.data import TokenShardDataModule
-from lit_nat.errors import CheckpointError, LitNatError
+from lit_nat.errors import CheckpointError, LitNatError, UsageError
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
@@ -165,15 +167,57 @@ def _tokenize_verify(argv: list[str]) -> None:
     verify_main(argv)
 
 
-#: commands that need no Trainer (LightningCLI subcommands always build a model and a datamodule)
-STANDALONE_COMMANDS = {
-    "import-checkpoint": _import_checkpoint,
-    "reference-stats": _reference_stats,
-    "flops": _flops,
-    "autonat": _autonat,
-    "tokenize": _tokenize,
-    "tokenize-verify": _tokenize_verify,
+@dataclass(frozen=True)
+class Command:
+    """One row of the command table: a one-line summary and, for a standalone command, its runner (``argv`` after the
+    command name); Trainer commands (``run=None``) go through LightningCLI and :class:`NATTrainer`."""
+
+    summary: str
+    run: Callable[[list[str]], Any] | None = None
+
+
+#: every command of ``python -m lit_nat``, in the order ``--help`` lists them
+COMMANDS: dict[str, Command] = {
+    "fit": Command("train a model from a config (--config; --model.*, --data.*, --trainer.* override it)"),
+    "validate": Command("validation loss and FID (and CLIP score) of a checkpoint with its or the config's schedule"),
+    "test": Command("loss on the config's test split"),
+    "predict": Command("generate the data module's prediction plan of images"),
+    "sample": Command("generate images from a checkpoint: samples.npz, grid.png (--ckpt_path alone is enough)"),
+    "edit": Command("inpaint, outpaint or re-generate regions of images with a checkpoint"),
+    "search": Command("search a checkpoint's generation strategy by FID (AutoNAT Sec. 4.2); resumable"),
+    "import-checkpoint": Command("official AutoNAT/ENAT weights or an aMUSEd folder -> a lit_nat checkpoint",
+                                 _import_checkpoint),  # fmt: skip
+    "reference-stats": Command("FID reference statistics of real images or of token shards", _reference_stats),
+    "flops": Command("compute per generated image of one or more configs", _flops),
+    "autonat": Command("AutoNAT Algorithm 1: alternate the strategy search and the line search on (alpha, beta)",
+                       _autonat),  # fmt: skip
+    "tokenize": Command("image folders (ImageNet, COCO, img2dataset) -> token shards; resumable, SLURM arrays",
+                        _tokenize),  # fmt: skip
+    "tokenize-verify": Command("check a tokenised split and, with --finalize, publish it in meta.json",
+                               _tokenize_verify),  # fmt: skip
 }
+
+
+def top_level_help() -> str:
+    """What ``python -m lit_nat --help`` prints: the command table."""
+    width = max(map(len, COMMANDS)) + 2
+    rows = "\n".join(f"  {name:<{width}}{command.summary}" for name, command in COMMANDS.items())
+    return (
+        "usage: python -m lit_nat <command> [options]   (python -m lit_nat <command> --help: its options)\n\n"
+        "Train, sample, edit and tune masked-token image generators (AutoNAT, ENAT, aMUSEd) with Lightning.\n\n"
+        f"commands:\n{rows}\n\noptions:\n  -h, --help{' ' * (width - 10)}this list\n"
+        f"  --version{' ' * (width - 9)}lit_nat's version\n\n"
+        "Booleans take a value (--overwrite true). A user's mistake prints one line; LIT_NAT_DEBUG=1 shows the "
+        "traceback."
+    )
+
+
+def version() -> str:
+    import lightning
+
+    from lit_nat import __version__
+
+    return f"lit_nat {__version__} (torch {torch.__version__}, lightning {lightning.__version__})"
 
 
 #: Trainer subcommands that also run from a checkpoint alone: its hyper-parameters describe the whole model (token
@@ -243,13 +287,23 @@ def main(args: ArgsType = None) -> None:
     argv = gather_list_options(list(sys.argv[1:] if args is None else args))
     if args is None:  # LightningCLI reads sys.argv itself (and warns if given args too); DDP launchers re-run it
         sys.argv[1:] = argv
-    if argv and argv[0] in STANDALONE_COMMANDS:
-        STANDALONE_COMMANDS[argv[0]](argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
+        return
+    if argv[0] == "--version":
+        print(version())
+        return
+    if argv[0] not in COMMANDS:
+        raise UsageError(f"unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} (see --help)")
+    if COMMANDS[argv[0]].run is not None:
+        COMMANDS[argv[0]].run(argv[1:])
         return
     # The EMA backbone is in eval mode on purpose (it is only evaluated); Lightning would warn at every fit start.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # sample's writer takes each batch's sample indices from the batch itself, not from Lightning's batch_indices
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
     # Tensor cores on Ampere+ for the transformer; no effect on CPU.
     torch.set_float32_matmul_precision("high")
     if is_checkpoint_only(argv):

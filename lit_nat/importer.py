@@ -22,11 +22,14 @@ import yaml
 
 from lit_nat.amused import read_amused_folder
 from lit_nat.checkpointing import save_checkpoint_file
+from lit_nat.data.tokenize_plan import tokenizer_kwargs
 from lit_nat.errors import UsageError
+from lit_nat.flags import add_bool_flag
 from lit_nat.models import ARCHITECTURES
 from lit_nat.models.amused import load_amused_transformer
 from lit_nat.models.convert import CONVERTERS, load_official, read_checkpoint
 from lit_nat.module import NATModule
+from lit_nat.tokenizers import TOKENIZERS, token_space
 
 #: model arguments that come from the weights (or the data's meta.json), never from the config's model section
 TOKEN_SPACE_ARGS = ("codebook_size", "grid_size", "num_classes", "tokenizer")
@@ -90,6 +93,9 @@ def import_checkpoint(
     dst: Path,
     num_heads: int | None = None,
     overwrite: bool = False,
+    tokenizer: str | None = None,
+    tokenizer_checkpoint: str | None = None,
+    tokenizer_arg: list[str] | None = None,
 ) -> Path:
     """Convert an official checkpoint into a lit_nat checkpoint.
 
@@ -103,6 +109,10 @@ def import_checkpoint(
         dst: the lit_nat checkpoint to write.
         num_heads: override the attention head count (it cannot be read from the weights); default: the config's.
         overwrite: replace an existing ``dst`` (by default an existing file is never touched).
+        tokenizer: the tokenizer to record in the checkpoint (e.g. ``vqgan``), so ``sample`` and ``edit`` decode images
+            from the checkpoint alone; default: the one of the config's data ``meta.json``, if it exists.
+        tokenizer_checkpoint: that tokenizer's weights (e.g. ``assets/vqgan_jax_strongaug.ckpt``).
+        tokenizer_arg: further tokenizer arguments as ``KEY=VALUE``; its ``image_size`` follows from the weights' grid.
     """
     if format == "amused":
         return import_amused(src, dst, config=config, overwrite=overwrite)
@@ -140,6 +150,8 @@ def import_checkpoint(
         if mismatched:
             raise ValueError(f"{src} does not match the data of {config}: (data meta.json, checkpoint) = {mismatched}")
         token_space["tokenizer"] = meta["tokenizer"]
+    if tokenizer is not None:
+        token_space["tokenizer"] = tokenizer_record(tokenizer, tokenizer_checkpoint, tokenizer_arg, token_space)
     overrides.update(dims)  # width and depth come from the weights
     if num_heads is not None:
         overrides["num_heads"] = num_heads
@@ -153,6 +165,24 @@ def import_checkpoint(
     save_checkpoint_file(checkpoint, dst)  # atomic: never a half-written checkpoint under the final name
     print(f"import-checkpoint: {src} -> {dst}\n{report.summary()}")
     return dst
+
+
+def tokenizer_record(name: str, checkpoint: str | None, args: list[str] | None, space: dict[str, Any]) -> dict:
+    """The config of tokenizer ``name`` for the weights' token space (its ``image_size`` chosen so that its grid is the
+    weights' grid), checked without loading it: a tokenizer of another codebook or grid is a one-line error."""
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise UsageError(f"--tokenizer_checkpoint {checkpoint}: no such file")
+    config = {"name": name, **tokenizer_kwargs(name, None if checkpoint is None else str(Path(checkpoint).resolve()),
+                                               args)}  # fmt: skip
+    grid = tuple(space["grid_size"]) if isinstance(space["grid_size"], (list, tuple)) else (space["grid_size"],) * 2
+    if "image_size" not in config and "image_size" in inspect.signature(TOKENIZERS[name]).parameters:
+        probe = token_space({**config, "image_size": 1024})[1][0]  # the tokenizer's downsampling: 1024 / probe
+        config["image_size"] = grid[0] * (1024 // probe)
+    codes, tokens = token_space(config)
+    if (codes, tuple(tokens)) != (space["codebook_size"], grid):
+        raise UsageError(f"tokenizer {name} gives {codes} codes on a {tokens} grid, the weights expect "
+                         f"{space['codebook_size']} codes on {grid}")  # fmt: skip
+    return config
 
 
 def amused_module(src: str | Path, config: Path | None = None, **model_args: Any) -> NATModule:
@@ -204,5 +234,10 @@ def import_checkpoint_parser() -> argparse.ArgumentParser:
                         help="lit_nat config whose model section is used (required but for amused)")  # fmt: skip
     parser.add_argument("--dst", required=True, type=Path, help="the lit_nat checkpoint to write")
     parser.add_argument("--num_heads", type=int, default=None, help="attention heads (not readable from weights)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
+    parser.add_argument("--tokenizer", default=None, help="record this tokenizer (e.g. vqgan), so sample and edit "
+                        "need only the checkpoint; default: the config's data meta.json")  # fmt: skip
+    parser.add_argument("--tokenizer_checkpoint", default=None, help="its weights, e.g. vqgan_jax_strongaug.ckpt")
+    parser.add_argument("--tokenizer_arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="another tokenizer argument (repeatable; YAML value)")  # fmt: skip
+    add_bool_flag(parser, "--overwrite", "replace an existing --dst")
     return parser

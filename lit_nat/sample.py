@@ -1,6 +1,7 @@
 """``python -m lit_nat sample``: generate N images on every device of the Trainer and write them for evaluators.
 
-Output under ``--out``:
+Output under ``--out`` (a folder; or ``--out x.npz``: that file, with ``x.png``, ``x.json`` and ``x.parts/`` beside
+it):
 
 - ``samples.npz``: the ADM / DiT layout read by the ADM evaluation suite and torch-fidelity wrappers: ``arr_0`` uint8
   (N, H, W, 3) and ``arr_1`` int64 (N,) labels, in sample order (grey images are repeated to RGB);
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +56,50 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return x.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def part_path(out_dir: Path, batch: int) -> Path:
-    return out_dir / PARTS_DIR / f"batch_{batch:06d}.npz"
+@dataclass(frozen=True)
+class SampleFiles:
+    """Where a run writes: ``--out`` a folder (``samples.npz``, ``grid.png``, ``samples.json``, ``parts/`` and
+    ``images/`` inside it), or ``--out x.npz``: that file, with ``x.png``, ``x.json``, ``x.parts/`` and ``x.images/``
+    beside it."""
+
+    npz: Path
+    grid: Path
+    info: Path
+    parts: Path
+    images: Path
+    folder: Path  # the folder the run locks
+
+    @classmethod
+    def at(cls, out: str | Path | SampleFiles) -> SampleFiles:
+        if isinstance(out, SampleFiles):
+            return out
+        out = Path(out)
+        if out.suffix == ".npz":
+            stem = out.with_suffix("")
+            return cls(out, stem.with_suffix(".png"), stem.with_suffix(".json"), Path(f"{stem}.parts"),
+                       Path(f"{stem}.images"), out.parent)  # fmt: skip
+        return cls(out / NPZ_FILE, out / GRID_FILE, out / INFO_FILE, out / PARTS_DIR, out / IMAGES_DIR, out)
 
 
-def write_part(out_dir: Path, batch: int, images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> Path:
+def part_path(out: str | Path | SampleFiles, batch: int) -> Path:
+    return SampleFiles.at(out).parts / f"batch_{batch:06d}.npz"
+
+
+def write_part(out: str | Path | SampleFiles, batch: int, images: np.ndarray, labels: np.ndarray,
+               index: np.ndarray) -> Path:  # fmt: skip
     """One generated batch, atomically: a part file is whole or absent, so a resumed run can trust it."""
-    return atomic_write(part_path(out_dir, batch), lambda f: np.savez(f, images=images, labels=labels, index=index))
+    return atomic_write(part_path(out, batch), lambda f: np.savez(f, images=images, labels=labels, index=index))
 
 
-def done_batches(out_dir: Path) -> set[int]:
+def done_batches(out: str | Path | SampleFiles) -> set[int]:
     """The batch numbers whose part file is complete."""
-    return {int(p.stem.split("_")[1]) for p in (out_dir / PARTS_DIR).glob("batch_*.npz")}
+    return {int(p.stem.split("_")[1]) for p in SampleFiles.at(out).parts.glob("batch_*.npz")}
 
 
-def merge_parts(out_dir: Path, num_samples: int) -> Path:
+def merge_parts(out: str | Path | SampleFiles, num_samples: int) -> Path:
     """Merge every ``parts/batch_*.npz`` into ``samples.npz`` in sample order, each index exactly once."""
-    parts = sorted((out_dir / PARTS_DIR).glob("batch_*.npz"))
+    files = SampleFiles.at(out)
+    parts = sorted(files.parts.glob("batch_*.npz"))
     seen = np.zeros(num_samples, dtype=np.int64)
     shape = None
     for part in parts:
@@ -82,8 +111,8 @@ def merge_parts(out_dir: Path, num_samples: int) -> Path:
             shape = data["images"].shape[1:] if index.size else shape
     if shape is None or not (seen == 1).all():
         bad = np.flatnonzero(seen != 1)[:10].tolist()
-        raise RuntimeError(f"parts in {out_dir / PARTS_DIR} do not cover each sample exactly once (e.g. {bad})")
-    tmp = out_dir / PARTS_DIR / "arr_0.npy"
+        raise RuntimeError(f"parts in {files.parts} do not cover each sample exactly once (e.g. {bad})")
+    tmp = files.parts / "arr_0.npy"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(num_samples, *shape))
     labels = np.zeros(num_samples, dtype=np.int64)
     for part in parts:
@@ -92,8 +121,8 @@ def merge_parts(out_dir: Path, num_samples: int) -> Path:
             labels[data["index"]] = data["labels"]
     images.flush()
     # numpy streams the memory map into the zip in chunks
-    path = atomic_write(out_dir / NPZ_FILE, lambda f: np.savez(f, arr_0=images, arr_1=labels))
-    shutil.rmtree(out_dir / PARTS_DIR)  # (the memory map's file may vanish while mapped: POSIX keeps it until unmapped)
+    path = atomic_write(files.npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+    shutil.rmtree(files.parts)  # (the memory map's file may vanish while mapped: POSIX keeps it until unmapped)
     return path
 
 
@@ -120,7 +149,7 @@ class SampleWriter(BasePredictionWriter):
     """Writes every generated batch as a part file, checks a resumed run's parts, and merges them at the end.
 
     Args:
-        out_dir: output folder.
+        out: output folder, or the ``.npz`` to write (see :class:`SampleFiles`).
         num_samples: total number of samples over all ranks (for the merge's completeness check).
         batch_size: images per generation batch (batch b starts at sample b * batch_size).
         settings: what the parts depend on besides the weights and the schedule (N, batch size, seed, labels).
@@ -132,7 +161,7 @@ class SampleWriter(BasePredictionWriter):
 
     def __init__(
         self,
-        out_dir: str | Path,
+        out: str | Path | SampleFiles,
         num_samples: int,
         batch_size: int,
         settings: dict[str, Any],
@@ -142,7 +171,7 @@ class SampleWriter(BasePredictionWriter):
         info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
-        self.out_dir = Path(out_dir)
+        self.files = SampleFiles.at(out)
         self.num_samples, self.batch_size, self.settings = num_samples, batch_size, dict(settings)
         self.schedule = schedule
         self.save_png = save_png
@@ -154,7 +183,7 @@ class SampleWriter(BasePredictionWriter):
             pl_module.set_schedule(self.schedule)  # validated against the model's token count
         plan = {**self.settings, "schedule": pl_module.schedule.to_dict(),
                 "weights": weights_digest(pl_module.ema_backbone.state_dict())}  # fmt: skip
-        path = self.out_dir / PARTS_DIR / PLAN_FILE
+        path = self.files.parts / PLAN_FILE
         trainer.strategy.barrier("lit_nat-sample-check")
         if path.exists():  # every rank reads the same file and raises together
             check_parts_plan(path, plan)
@@ -162,7 +191,7 @@ class SampleWriter(BasePredictionWriter):
         if trainer.is_global_zero and not path.exists():
             atomic_write_json(path, plan)
         if self.save_png:
-            (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+            self.files.images.mkdir(parents=True, exist_ok=True)
 
     def write_on_batch_end(
         self,
@@ -181,9 +210,9 @@ class SampleWriter(BasePredictionWriter):
         labels = prediction["label"].cpu().numpy().astype(np.int64)
         if self.save_png:
             for i, image in zip(index, images):
-                atomic_write(self.out_dir / IMAGES_DIR / f"{i:06d}.png", lambda f, im=image: Image.fromarray(im).save(
+                atomic_write(self.files.images / f"{i:06d}.png", lambda f, im=image: Image.fromarray(im).save(
                     f, format="PNG"))  # fmt: skip
-        write_part(self.out_dir, int(index[0]) // self.batch_size, images, labels, index)
+        write_part(self.files, int(index[0]) // self.batch_size, images, labels, index)
         # SIGTERM: stop after this batch, whose part is on disk (per rank: ranks may hold one batch more than others)
         raise_if_stopped(trainer, synced=False)
 
@@ -191,10 +220,10 @@ class SampleWriter(BasePredictionWriter):
         trainer.strategy.barrier("lit_nat-sample-parts")  # every part is on disk before rank 0 merges
         if not trainer.is_global_zero:
             return
-        path = merge_parts(self.out_dir, self.num_samples)
+        path = merge_parts(self.files, self.num_samples)
         prompts = self.settings.get("prompts")
         with np.load(path) as data:
-            save_grid(data["arr_0"][: self.grid_samples], self.out_dir / GRID_FILE, prompts=prompts)
+            save_grid(data["arr_0"][: self.grid_samples], self.files.grid, prompts=prompts)
             shape = list(data["arr_0"].shape)
         schedule: GenerationSchedule = pl_module.schedule
         info = {
@@ -206,8 +235,8 @@ class SampleWriter(BasePredictionWriter):
         }
         if prompts:
             info["image_prompts"] = [prompts[i % len(prompts)] for i in range(self.num_samples)]
-        atomic_write_json(self.out_dir / INFO_FILE, info)
-        rank_zero_info(f"sample: wrote {path} (arr_0 {shape} uint8, arr_1 labels) and {self.out_dir / GRID_FILE}")
+        atomic_write_json(self.files.info, info)
+        rank_zero_info(f"sample: wrote {path} (arr_0 {shape} uint8, arr_1 labels) and {self.files.grid}")
 
 
 def read_prompts(prompts: list[str] | None, prompts_file: str | None, model: Any, labels: Any) -> list[str] | None:
@@ -262,9 +291,9 @@ def run_sample(
     prompts_file: str | None,
 ) -> Path:
     """The body of :meth:`NATTrainer.sample <lit_nat.trainer.NATTrainer.sample>` (see its documentation)."""
-    out_dir = Path(out)
-    if (out_dir / NPZ_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir / NPZ_FILE} exists; pass --overwrite true or another --out")
+    files = SampleFiles.at(out)
+    if files.npz.exists() and not overwrite:
+        raise FileExistsError(f"{files.npz} exists; pass --overwrite true or another --out")
     parsed = GenerationSchedule.preset(schedule) if schedule else None  # bad files fail before any work
     num_classes = int(model.hparams.num_classes)
     if labels is not None:
@@ -282,16 +311,16 @@ def run_sample(
         settings = {**settings, "labels": None, "prompts": prompts}
     info = {"checkpoint": ckpt_path, **settings, "schedule_source": schedule or "checkpoint"}
     # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
-    lock = DirectoryLock(out_dir, "lit_nat sample").acquire() if trainer.is_global_zero else None
+    lock = DirectoryLock(files.folder, "lit_nat sample").acquire() if trainer.is_global_zero else None
     try:
         if overwrite and trainer.is_global_zero:  # (before predict starts, so before any rank writes a part)
-            shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
-        done = set() if overwrite else done_batches(out_dir)
+            shutil.rmtree(files.parts, ignore_errors=True)
+        done = set() if overwrite else done_batches(files)
         if done:
-            rank_zero_info(f"sample: resuming: {len(done)} batches already in {out_dir / PARTS_DIR}")
+            rank_zero_info(f"sample: resuming: {len(done)} batches already in {files.parts}")
         loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels,
                                    skip=done, prompts=prompts)  # fmt: skip
-        writer = SampleWriter(out_dir, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
+        writer = SampleWriter(files, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
         trainer.callbacks.append(writer)
         try:
             trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
@@ -300,4 +329,4 @@ def run_sample(
     finally:
         if lock is not None:
             lock.release()
-    return out_dir / NPZ_FILE
+    return files.npz

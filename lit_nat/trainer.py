@@ -69,9 +69,9 @@ class NATTrainer(L.Trainer):
             labels: class labels, cycled (sample i gets labels[i mod len]); default class-balanced, i mod num_classes.
                 The null class (num_classes) gives unconditional samples.
             schedule: generation schedule for this run: a schedule YAML (ours or the official AutoNAT format) or a
-                preset name (heuristic, enat); default: the checkpoint's schedule.
+                preset name (heuristic, enat, amused); default: the checkpoint's schedule.
             seed: base seed: batch b is generated with seed + b * batch_size.
-            out: output folder.
+            out: output folder, or an .npz file to write (grid, record and parts beside it: x.png, x.json, x.parts/).
             save_png: also write each image as out/images/NNNNNN.png.
             grid_samples: number of images in grid.png.
             overwrite: replace an existing out/samples.npz, and drop the parts of an interrupted run instead of

@@ -12,6 +12,7 @@ from lit_nat import load_model
 from lit_nat.cli import main
 from lit_nat.conditioning import save_random_clip
 from lit_nat.data.digits import prepare_digits
+from lit_nat.errors import UsageError
 from lit_nat.module import NATModule
 from tests.conftest import FIT_CONFIGS, tiny_overrides, write_random_shards
 from tests.test_models import H, random_official_state_dict, reference_forward, tiny_inputs
@@ -206,3 +207,64 @@ def test_import_checkpoint_reads_the_shipped_config_section():
 
     section = read_model_section(REPO / "configs/autonat_l.yaml")
     assert section["arch"] == "autonat-l" and "codebook_size" not in section
+
+
+# ---------------------------------------------------------------------------------------------- the command table
+def test_top_level_help_lists_every_command_and_version(capsys):
+    from lit_nat.cli import COMMANDS
+
+    main(["--help"])
+    listing = capsys.readouterr().out
+    assert all(f"  {name} " in listing and command.summary in listing for name, command in COMMANDS.items())
+    main([])
+    assert capsys.readouterr().out == listing
+    main(["--version"])
+    assert capsys.readouterr().out.startswith("lit_nat 0.1.0 (torch ")
+    with pytest.raises(UsageError, match="unknown command 'sampel'; the commands are fit, validate"):
+        main(["sampel"])
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "sample", "edit", "search",
+                                     "import-checkpoint", "reference-stats", "flops", "autonat", "tokenize",
+                                     "tokenize-verify"])  # fmt: skip
+def test_every_command_has_help_and_refuses_an_unknown_option(command, capsys):
+    from lit_nat.cli import COMMANDS
+
+    assert command in COMMANDS
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--no_such_option=1"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse may name missing required options first
+    assert exit_info.value.code == 2 and "error:" in error and ("no_such_option" in error or "required" in error)
+
+
+def test_official_weights_and_a_vqgan_file_sample_with_the_checkpoint_alone(tmp_path):
+    """import-checkpoint records the tokenizer, so sample needs no config and no data root; --out x.npz is a file."""
+    import numpy as np
+
+    from lit_nat.tokenizers.vqgan import save_random_checkpoint
+
+    src = tmp_path / "nnet_ema.pth"
+    torch.save(random_official_state_dict(seed=5), src)  # 16 codes, 4x4 grid, 10 classes
+    config = tmp_path / "arch.yaml"
+    config.write_text(yaml.safe_dump({"model": {"arch": "autonat-s", "arch_overrides": {"num_heads": H},
+                                                "schedule_params": {"steps": 4}}}))  # fmt: skip
+    arch = ["ch=32", "ch_mult=[1, 2]", "num_res_blocks=1", "z_channels=8", "codebook_size=16"]
+    vqgan = save_random_checkpoint(tmp_path / "vqgan.ckpt", **{a.split("=")[0]: yaml.safe_load(a.split("=")[1])
+                                                               for a in arch})  # fmt: skip
+    dst = tmp_path / "model.ckpt"
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst),
+          "--tokenizer", "vqgan", "--tokenizer_checkpoint", vqgan, *[f"--tokenizer_arg={a}" for a in arch]])
+    assert load_model(str(dst)).hparams.tokenizer["image_size"] == 8  # a 4x4 grid of a 2x-downsampling VQGAN
+    out = tmp_path / "official.npz"
+    main(["sample", f"--ckpt_path={dst}", f"--out={out}", "--num_samples=6", "--batch_size=4", "--labels", "3", "7",
+          "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    with np.load(out) as data:
+        assert data["arr_0"].shape == (6, 8, 8, 3) and data["arr_1"].tolist() == [3, 7, 3, 7, 3, 7]
+    assert (tmp_path / "official.png").exists() and (tmp_path / "official.json").exists()
+    assert not (tmp_path / "official.parts").exists()
+    with pytest.raises(UsageError, match="gives 1024 codes on a \\(16, 16\\) grid, the weights expect 16 codes"):
+        main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst",
+              str(tmp_path / "x.ckpt"), "--tokenizer", "vqgan", "--tokenizer_arg=image_size=256"])  # fmt: skip

@@ -141,7 +141,7 @@ def test_a_stopped_sample_keeps_its_batches_and_resumes_with_the_rest(setup, tmp
     written = SampleWriter.write_on_batch_end
 
     def sigterm_during_the_second(self, trainer, *rest):
-        if len(done_batches(self.out_dir)) == 1:
+        if len(done_batches(self.files)) == 1:
             trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler records
         written(self, trainer, *rest)
 

@@ -258,7 +258,7 @@ def test_refusals_leave_the_root_untouched(images, tmp_path):
     refusals = [
         (["--tokenizer_arg", "levels=3"], "plans another tokenisation.*tokenizer"),
         (["--resolution", "48"], "resolution 32 != 48"),
-        (["--no-flip"], "flip True != False"),
+        (["--flip", "false"], "flip True != False"),
         (["--images_per_shard", "5"], "images_per_shard"),
         (["--sorted"], "order"),
     ]
@@ -289,7 +289,7 @@ def test_refusals_leave_the_root_untouched(images, tmp_path):
 
 def test_verify_reports_tokens_decodes_and_catches_tampering(images, tmp_path, capsys):
     out = tmp_path / "out"
-    tokenize(_args(images, out, "--no-flip", "--split", "val"))
+    tokenize(_args(images, out, "--flip=false", "--split", "val"))
     capsys.readouterr()
     report = verify(["--root", str(out), "--split", "val", "--decode", "3"])
     assert "codes used" in capsys.readouterr().out

@@ -65,6 +65,7 @@ from lit_nat.data.tokenize_plan import (
     shard_complete,
     write_shard,
 )
+from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_text
 
 
@@ -305,8 +306,8 @@ def tokenize_parser() -> argparse.ArgumentParser:
                    '\'{"name": "clip", "path": "assets/clip-vit-large-patch14"}\' (recorded in meta.json)')
     p.add_argument("--amused", default=None, metavar="FOLDER", help="tokenise for an aMUSEd model: its VQ-GAN "
                    "(FOLDER/vqvae) and CLIP text encoder, instead of --tokenizer/--checkpoint/--text_encoder")
-    p.add_argument("--cache_text", action="store_true", help="also store the encoder's states of every caption "
-                   "(text.npz: 118 KB per caption for CLIP-L; training then runs no text encoder)")
+    add_bool_flag(p, "--cache_text", "also store the encoder's states of every caption (text.npz: 118 KB per caption "
+                  "for CLIP-L; training then runs no text encoder)")
     p.add_argument("--out", required=True, help="the data root to write (shards, plan, records)")
     p.add_argument("--split", default="train", help="split name (default: train)")
     p.add_argument("--resolution", type=int, default=256, help="centre-crop side in pixels, a multiple of 16")
@@ -325,15 +326,11 @@ def tokenize_parser() -> argparse.ArgumentParser:
         help="class list file (one name per line, label = line index; "
         "first word counts); default: the sorted class folders",
     )
-    p.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also store each image's horizontal flip (default: on for split train, off otherwise)",
-    )
+    add_bool_flag(p, "--flip", "also store each image's horizontal flip (default: true for split train, false "
+                  "otherwise)", default=None)
     p.add_argument("--images_per_shard", type=int, default=1000, help="images per shard (default 1000)")
     p.add_argument("--shuffle_seed", type=int, default=0, help="seed of the image order's hash shuffle (default 0)")
-    p.add_argument("--sorted", action="store_true", help="keep the sorted order (shards hold one class or two)")
+    add_bool_flag(p, "--sorted", "keep the sorted order (shards hold one class or two)")
     env = os.environ
     default_task = int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
     p.add_argument(
@@ -351,7 +348,7 @@ def tokenize_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch_size", type=int, default=64, help="images per encoder call (default 64)")
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
-    p.add_argument("--dry_run", action="store_true", help="list the images, print the plan and shard count, exit")
+    add_bool_flag(p, "--dry_run", "list the images, print the plan and shard count, exit")
     return p
 
 

@@ -224,10 +224,11 @@ def write_shard(root: Path, plan: TokenizePlan, index: int, samples: list[dict],
     atomic_write_bytes(root / shard_name(plan.split, index), data)
 
 
-def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | None = None, resolution=None):
-    """``load_tokenizer(name, **kwargs)`` with ``KEY=VALUE`` arguments (values parsed as YAML), ``checkpoint=`` if
-    given, and ``image_size=resolution`` when the tokenizer takes an ``image_size`` and none was given."""
-    from lit_nat.tokenizers import TOKENIZERS, load_tokenizer
+def tokenizer_kwargs(name: str, checkpoint: str | None = None, args: list[str] | None = None,
+                     resolution: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The keyword arguments of tokenizer ``name`` from ``KEY=VALUE`` arguments (values parsed as YAML), ``checkpoint=``
+    if given, and ``image_size=resolution`` when the tokenizer takes an ``image_size`` and none was given."""
+    from lit_nat.tokenizers import TOKENIZERS
 
     kwargs: dict[str, Any] = {}
     for arg in args or []:
@@ -239,11 +240,17 @@ def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | 
         kwargs["checkpoint"] = checkpoint
     if name not in TOKENIZERS:
         raise TokenizeError(f"unknown tokenizer {name!r}; registered: {sorted(TOKENIZERS)}")
-    cls = TOKENIZERS[name]
     if resolution is not None and "image_size" not in kwargs:
-        if "image_size" in inspect.signature(cls).parameters:
+        if "image_size" in inspect.signature(TOKENIZERS[name]).parameters:
             kwargs["image_size"] = resolution
-    return load_tokenizer(name, **kwargs)
+    return kwargs
+
+
+def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | None = None, resolution=None):
+    """``load_tokenizer(name, **tokenizer_kwargs(...))``."""
+    from lit_nat.tokenizers import load_tokenizer
+
+    return load_tokenizer(name, **tokenizer_kwargs(name, checkpoint, args, resolution))
 
 
 def make_plan(

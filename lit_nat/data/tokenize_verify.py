@@ -40,6 +40,7 @@ from lit_nat.data.meta import (
 )
 from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
+from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_json, atomic_write_text
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
@@ -292,7 +293,7 @@ def verify_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", required=True, help="the data root given to tokenize as --out")
     p.add_argument("--split", default="train", help="split name (default: train)")
-    p.add_argument("--finalize", action="store_true", help="add the split to meta.json when every check passes")
+    add_bool_flag(p, "--finalize", "add the split to meta.json when every check passes")
     p.add_argument("--decode", type=int, default=0, metavar="N", help="decode the first N samples to PNGs")
     p.add_argument("--tokenizer", default=None, help="tokenizer for --decode (default: the plan's config)")
     p.add_argument("--checkpoint", default=None, help="its weights (with --tokenizer)")
