@@ -154,3 +154,13 @@ def test_sigterm_stops_a_search_within_an_evaluation_and_the_rerun_recomputes_no
         self, *a, **k))  # fmt: skip
     search(config, ckpt, out, "--updates=1")
     assert len(calls) == 1 + 6 + 1 - 3  # the start, 6 finite differences and the new point, minus the saved 3
+
+
+def test_search_shows_its_own_progress_not_an_idle_validation_bar(setup, tmp_path, capfd):
+    config, ckpt = setup
+    search(config, ckpt, tmp_path / "search", "--updates=1", "--trainer.enable_progress_bar=true")
+    err = capfd.readouterr().err
+    assert "search: 100%|" in err and "1/1 [" in err  # the updates, with the FID reached
+    assert "update 1:   0%|" in err and "/7 [" in err  # its FID evaluations: 6 forward differences + the new point
+    assert "digits-FID-6:   0%|" in err and "0/6 [" in err  # the images of each FID
+    assert "Validation" not in err

@@ -39,6 +39,7 @@ from lit_nat.metrics.reference import (
     save_reference_stats,
     shard_images,
 )
+from lit_nat.progress import progress, trainer_shows_progress
 from lit_nat.schedule import GenerationSchedule
 
 
@@ -114,6 +115,7 @@ class GenerativeEvaluation(L.Callback):
         self.reference: ReferenceStats | None = None
         self.validations = 0  # validations seen in fit (checkpointed, so every_n survives a resume)
         self._prompts: list[str] | None = None  # a text model's evaluation prompts, read once
+        self.show_progress: bool | None = None  # None: the Trainer decides (rank 0, progress bar on)
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, Any] | None = None
         self.checkpoint_progress: tuple[int | None, int | None] = (None, None)  # (global_step, epoch) of a loaded ckpt
@@ -230,7 +232,10 @@ class GenerativeEvaluation(L.Callback):
         # ranks hold at most one batch more than others: the stop check (a collective) runs as often on every rank
         rounds = math.ceil(math.ceil(self.num_samples / self.batch_size) / trainer.world_size)
         start = time.perf_counter()
-        with torch.inference_mode():
+        bar = progress(self.num_samples, f"{self.extractor.metric_prefix.replace('_', '-')}FID-"
+                       f"{count_label(self.num_samples)}", unit="img",
+                       enabled=trainer_shows_progress(trainer) if self.show_progress is None else self.show_progress)
+        with torch.inference_mode(), bar:
             for metric in metrics:
                 metric.reset()
             for index in range(rounds):
@@ -251,6 +256,7 @@ class GenerativeEvaluation(L.Callback):
                 self.fid.update(features)
                 if self.inception is not None:
                     self.inception.update(logits)
+                bar.update(min(len(batch.indices) * trainer.world_size, bar.total - bar.n))  # (rank 0's view)
             fid = float(self.fid.compute())
             inception = float(self.inception.compute()) if self.inception is not None else None
             clip_score = float(clip.compute()) if clip is not None else None

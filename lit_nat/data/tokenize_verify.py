@@ -42,6 +42,7 @@ from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
 from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_json, atomic_write_text
+from lit_nat.progress import progress
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
 
@@ -216,6 +217,7 @@ def verify_split(
     decode: int = 0,
     tokenizer: Any = None,
     device: str = "cpu",
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Check every shard of ``split`` against its plan and records; write the report and the skipped list; with
     ``finalize`` (and no problem) add the split to ``meta.json``; with ``decode`` write that many decoded samples
@@ -229,14 +231,17 @@ def verify_split(
     skipped: list[tuple[str, str]] = []
     first: list[dict] = []
     captions: list[list[str]] = []
+    bar = progress(plan.num_shards, f"verifying {split}", unit="shard", enabled=show_progress)
     for index in range(plan.num_shards):
         found, record, samples = check_shard(root, plan, index, counts, labels, captions)
+        bar.update(1)
         problems += found
         if record is not None:
             shards.append(ShardInfo(record["name"], record["num_samples"]))
             skipped += [(s["file"], s["reason"]) for s in record["skipped"]]
         if len(first) < decode and not found:
             first += samples[: decode - len(first)]
+    bar.close()
     numbered = [(p.name, p.stem.split("-", 1)[1]) for p in root.glob(f"{split}-[0-9]*.tar")]
     if stray := sorted(name for name, n in numbered if not n.isdigit() or int(n) >= plan.num_shards):
         problems.append(f"shards beyond the plan's {plan.num_shards}: {stray[:3]} (from another plan?)")
@@ -308,9 +313,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         tokenizer = None
         if args.tokenizer is not None:
             tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg)
-        report = verify_split(
-            args.root, args.split, finalize=args.finalize, decode=args.decode, tokenizer=tokenizer, device=args.device
-        )
+        report = verify_split(args.root, args.split, finalize=args.finalize, decode=args.decode, tokenizer=tokenizer,
+                              device=args.device, show_progress=True)  # fmt: skip
     except TokenizeError as err:
         raise SystemExit(f"python -m lit_nat tokenize-verify: error: {err}") from err
     tokens, labels = report["tokens"], report["labels"]

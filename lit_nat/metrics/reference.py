@@ -25,6 +25,7 @@ import torch
 
 from lit_nat.io import atomic_write
 from lit_nat.metrics.fid import FeatureStatistics
+from lit_nat.progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -114,6 +115,8 @@ def compute_reference_stats(
     images: Iterable[torch.Tensor],
     device: torch.device | str = "cpu",
     sync: bool = True,
+    total: int | None = None,
+    show_progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Features of every batch of ``images`` (B, C, H, W) in [0, 1] -> ``(mu, sigma, n)`` in float64.
 
@@ -123,13 +126,17 @@ def compute_reference_stats(
         device: where features are computed.
         sync: all-gather the sums over ranks (every rank must then call this); False for a single process's data,
             e.g. inside a data preparation that only one rank runs.
+        total: the number of images, for the progress bar's ETA.
+        show_progress: show a progress bar (images done, ETA).
     """
     from lit_nat.metrics.extractors import full_precision
 
     stats = FeatureStatistics(extractor.num_features, sync_on_compute=sync).to(device)
-    with full_precision(torch.device(device).type):  # features in float32: no bf16 autocast, no TF32
+    bar = progress(total, "reference statistics", unit="img", enabled=show_progress)
+    with full_precision(torch.device(device).type), bar:  # features in float32: no bf16 autocast, no TF32
         for batch in images:
             stats.update(extractor(batch.to(device).float())[0])
+            bar.update(len(batch))
     mu, sigma, n = stats.compute()
     return mu.cpu(), sigma.cpu(), n
 
@@ -241,13 +248,16 @@ def write_reference_stats(
     if data_root is not None:
         from lit_nat.data.shards import read_metadata
 
-        tokenizer = tokenizer_from_config(read_metadata(data_root).tokenizer)
+        meta = read_metadata(data_root)
+        tokenizer = tokenizer_from_config(meta.tokenizer)
         images, source = shard_images(data_root, split, tokenizer, batch_size, device=device), f"{data_root}/{split}"
+        total = meta.splits[split].num_samples if split in meta.splits else None
     else:
         images, source = folder_images(image_folder, batch_size, resolution=resolution), str(image_folder)
+        total = sum(1 for p in Path(image_folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if resolution:
             source += f", centre-cropped to {resolution}"
-    mu, sigma, n = compute_reference_stats(net, images, device, sync=False)
+    mu, sigma, n = compute_reference_stats(net, images, device, sync=False, total=total, show_progress=True)
     save_reference_stats(path, mu, sigma, extractor=net.identity, num_samples=n, source=f"{source} ({n} images)")
     print(f"reference-stats: wrote {path} (D = {mu.shape[0]}, {n} images, extractor {net.identity})")
     return path

@@ -139,8 +139,11 @@ class AutoNAT:
 
         def score(alpha: float, beta: float) -> float:
             run_dir = candidate_dir(self.out, index, alpha, beta)
+            report(f"round {index}: training candidate {len(candidates) + 1}, Beta({alpha:.4g}, {beta:.4g}) -> "
+                   f"{run_dir}")
             result = self.train(alpha, beta, schedule, run_dir)
             fid = float(result.fid)
+            report(f"round {index}: candidate Beta({alpha:.4g}, {beta:.4g}): FID {fid:.4f}")
             candidates.append({"alpha": snap(alpha), "beta": snap(beta), "score": fid if math.isfinite(fid) else None,
                                "checkpoint": result.checkpoint, "run_dir": str(run_dir)})  # fmt: skip
             self.save()
@@ -175,6 +178,7 @@ class AutoNAT:
         if record["phase"] == "generation":
             start = record["start"]
             out = self.out / "rounds" / f"r{index}" / "search"
+            report(f"round {index}: searching the generation strategy of {start['checkpoint']} -> {out}")
             record["schedule"] = str(self.generation(index, start["checkpoint"], start["schedule"], out))
             record["phase"] = "training"
         elif record["phase"] == "training":
@@ -191,9 +195,8 @@ class AutoNAT:
                 state["status"] = "converged"
             elif len(rounds) >= state["settings"]["max_rounds"]:
                 state["status"] = "max_rounds"
-            print(f"autonat: round {index}: F {f_prev:.4f} -> {f_new:.4f} (|dF| {delta:.4f}), "
-                  f"Beta({record['result']['alpha']:.4g}, {record['result']['beta']:.4g}), {state['status']}",
-                  flush=True)  # fmt: skip
+            report(f"round {index}: F {f_prev:.4f} -> {f_new:.4f} (|dF| {delta:.4f}), "
+                   f"Beta({record['result']['alpha']:.4g}, {record['result']['beta']:.4g}), {state['status']}")
         self.save()
         return state["status"] == "running"
 
@@ -205,6 +208,11 @@ class AutoNAT:
             pass
         self.save()
         return json_safe(self.state)
+
+
+def report(line: str) -> None:
+    """Where Algorithm 1 stands (round, phase, candidate), between the child commands' own progress bars."""
+    print(f"autonat: {line}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
