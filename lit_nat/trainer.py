@@ -16,6 +16,7 @@ from lit_nat.checkpointing import DurableCheckpointIO
 from lit_nat.edit_command import run_edit
 from lit_nat.module import load_model
 from lit_nat.sample import run_sample
+from lit_nat.search.session import SearchSettings
 from lit_nat.search.standalone import run_search
 
 
@@ -161,5 +162,5 @@ class NATTrainer(L.Trainer):
             other_lr: learning rate of temperatures and guidance (official 0.1).
             out: output folder (state and strategy files).
         """
-        return run_search(self, model, datamodule, ckpt_path, updates, schedule, num_samples, momentum, ratio_step,
-                          ratio_lr, other_step, other_lr, out)  # fmt: skip
+        settings = SearchSettings(momentum, ratio_step, ratio_lr, other_step, other_lr, num_samples)
+        return run_search(self, model, datamodule, ckpt_path, updates, schedule, settings, out)

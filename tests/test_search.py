@@ -12,7 +12,7 @@ from lit_nat.callbacks import GenerativeEvaluation
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
-from lit_nat.search import ScheduleSearch, SearchSpace, StrategySearch, estimate_gradient, isotonic_nonincreasing
+from lit_nat.search import ScheduleSearch, SearchSpace, StrategySearch, estimate_gradient
 from tests.test_evaluation import TINY, datamodule, tiny_module, trainer
 
 
@@ -80,7 +80,7 @@ def test_projection_keeps_every_constraint_and_is_the_euclidean_projection():
                 assert np.dot(xi - p, y - p) <= 1e-9
     space = SearchSpace(4)
     assert space.project(np.array([0.9, 0.1, 0.8, *[1.0] * 11]))[:3] == pytest.approx([0.9, 0.45, 0.45])
-    assert isotonic_nonincreasing(np.array([1.0, 2.0, 3.0])).tolist() == [2.0, 2.0, 2.0]
+    assert space.project(np.array([0.2, 0.4, 0.6, *[1.0] * 11]))[:3] == pytest.approx([0.4, 0.4, 0.4])  # all pooled
     with pytest.raises(ValueError, match="non-finite"):
         space.project(np.full(space.size, np.nan))
 
@@ -190,7 +190,7 @@ def test_common_random_numbers_same_schedule_same_fid(tiny_shards, evaluator, tm
     model, search = tiny_module(), ScheduleSearch(num_samples=6, evaluation=evaluator)
     fit = trainer(tmp_path, [evaluator, search])
     fit.validate(model, datamodule=datamodule(tiny_shards), verbose=False)  # builds extractor and reference
-    fid = search.objective(fit, model)
+    fid = search.prepare(fit, model).objective(fit, model)
     schedule = GenerationSchedule.heuristic(4)
     first, second = fid(schedule), fid(GenerationSchedule.heuristic(4))
     assert first == second and np.isfinite(first)
@@ -221,7 +221,7 @@ def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards
     out = tmp_path / "a" / "searched_strategies"
     assert GenerationSchedule.load(out / "stp_1.yaml").to_official() == model.schedule.to_official()
     assert GenerationSchedule.load(out / "search_1.yaml").to_official() == model.schedule.to_official()
-    assert (out / "best.yaml").exists() and (out / "history.json").exists()
+    assert (out / "best.yaml").exists() and (out / "state.json").exists()
     saved = search.state_dict()
     assert saved["momentum_buffer"] is not None and len(saved["xi"]) == 6 and record.grad_norm > 0
     ckpt = tmp_path / "a" / "epoch1.ckpt"
