@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 def make_ema_copy(module: nn.Module) -> nn.Module:
@@ -27,11 +28,16 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * online`` over parameters, in one fused call; buffers are copied."""
+    """``ema <- decay * ema + (1 - decay) * online`` over parameters, in one fused call; buffers are copied.
+
+    The update is torch's public EMA function of ``torch.optim.swa_utils`` (a fused ``lerp`` over the parameter list,
+    the same arithmetic as a hand-written ``torch._foreach_lerp_``), without its ``AveragedModel`` wrapper: our EMA
+    copy is a plain module the checkpoint and the sampler address directly.
+    """
     ema_params = [p for p in ema.parameters()]
     online_params = [p.detach() for p in online.parameters()]
     if len(ema_params) != len(online_params):
         raise RuntimeError("EMA and online backbones have different parameter lists")
-    torch._foreach_lerp_(ema_params, online_params, 1.0 - decay)
+    get_ema_multi_avg_fn(decay)(ema_params, online_params, None)
     for ema_buffer, buffer in zip(ema.buffers(), online.buffers()):
         ema_buffer.copy_(buffer)

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_nat.schedule import GenerationSchedule  # noqa: E402
-from lit_nat.search.report import search_curve, svg_line_plot  # noqa: E402
+from lit_nat.search.report import line_plot, search_curve  # noqa: E402
 
 CONFIG = ROOT / "configs" / "autonat_digits.yaml"
 #: the demo's hand-tuned heuristic (Table 1's rules with lambda = 1, k = 1), as configs/demo_digits.yaml uses
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         offset = curve[-1][0]
     series["T=8, baseline model"] = search_curve(out / "search_t8_baseline")
     series["T=8, after the T=4 loop"] = search_curve(out / "search_t8_alternating")
-    svg_line_plot(series, out / "fid_vs_updates.svg", title="digits-FID-250 (seed 0) minimised by the search",
+    line_plot(series, out / "fid_vs_updates.svg", title="digits-FID-250 (seed 0) minimised by the search",
                   xlabel="search update", ylabel="digits-FID-250")  # fmt: skip
 
     loop = [{"round": r["round"], "alpha": r["result"]["alpha"], "beta": r["result"]["beta"], "fid": r["f_new"],

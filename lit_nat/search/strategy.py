@@ -12,10 +12,10 @@ Feasible set (:meth:`SearchSpace.project`): ratios in [0, 0.99] and non-increasi
 guidance >= 1e-4. The official code only clips the ratios into the box; we also keep them non-increasing because the
 count rule (:meth:`GenerationSchedule.masked_counts`) silently turns an increasing ratio into "reveal one token", so
 ratios above their predecessor are wasted search directions. The projection is the exact Euclidean one: isotonic
-regression (pool-adjacent-violators) followed by clipping into the box, which is the projection onto the intersection
-of the monotone cone and the box (a clipped isotonic fit stays monotone, and the clip commutes with the pooling). A
-running minimum would also be feasible but is not a projection: one too-small early ratio drags every later ratio
-down with it, i.e. one noisy gradient coordinate would rewrite the whole tail of the schedule.
+regression (scikit-learn's pool-adjacent-violators) followed by clipping into the box, which is the projection onto the
+intersection of the monotone cone and the box (a clipped isotonic fit stays monotone, and the clip commutes with the
+pooling). A running minimum would also be feasible but is not a projection: one too-small early ratio drags every
+later ratio down with it, i.e. one noisy gradient coordinate would rewrite the whole tail of the schedule.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.isotonic import isotonic_regression
 
 from lit_nat.schedule import GenerationSchedule
 
@@ -61,18 +62,6 @@ def default_groups(
         Group("sample_temp", "sample_temperature", other_step, other_lr, POSITIVE_MIN),
         Group("guidance", "guidance", other_step, other_lr, POSITIVE_MIN),
     )
-
-
-def isotonic_nonincreasing(values: np.ndarray) -> np.ndarray:
-    """Least-squares non-increasing fit of ``values`` (pool-adjacent-violators, O(n))."""
-    blocks: list[list[float]] = []  # [mean, count] of pooled runs, means non-increasing
-    for v in np.asarray(values, dtype=np.float64):
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:  # a violation: pool the two last runs
-            mean, count = blocks.pop()
-            left_mean, left_count = blocks[-1]
-            blocks[-1] = [(left_mean * left_count + mean * count) / (left_count + count), left_count + count]
-    return np.concatenate([np.full(int(count), mean) for mean, count in blocks]) if blocks else np.zeros(0)
 
 
 class SearchSpace:
@@ -146,7 +135,9 @@ class SearchSpace:
         if not np.all(np.isfinite(xi)):
             raise ValueError(f"cannot project a non-finite xi: {xi.tolist()}")
         ratios = self.slices["ratio"]
-        xi[ratios] = np.clip(isotonic_nonincreasing(xi[ratios]), 0.0, RATIO_MAX)
+        if np.any(np.diff(xi[ratios]) > 0):  # a monotone part is its own fit: left bit-exact (idempotent projection)
+            xi[ratios] = isotonic_regression(xi[ratios], increasing=False)
+        xi[ratios] = np.clip(xi[ratios], 0.0, RATIO_MAX)
         rest = slice(ratios.stop, None)
         xi[rest] = np.maximum(xi[rest], self.lower[rest])
         return xi
