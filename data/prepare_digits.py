@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lit_nat.data.digits import prepare_digits
+from lit_nat.demos.digits import prepare_digits
 
 
 def main(argv: list[str] | None = None) -> None:

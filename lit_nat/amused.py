@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lit_nat.conditioning.text import save_random_clip
 from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_json
 
@@ -97,7 +98,6 @@ def save_random_amused(
     from diffusers import AmusedScheduler, UVit2DModel, VQModel
     from diffusers.utils import logging as diffusers_logging
 
-    from lit_nat.conditioning.text import save_random_clip
 
     diffusers_logging.disable_progress_bar()
     path = Path(path)

@@ -22,6 +22,7 @@ import yaml
 
 from lit_nat.amused import read_amused_folder
 from lit_nat.checkpointing import save_checkpoint_file
+from lit_nat.data.shards import read_metadata
 from lit_nat.data.tokenize_plan import tokenizer_kwargs
 from lit_nat.errors import UsageError
 from lit_nat.flags import add_bool_flag
@@ -57,7 +58,6 @@ def read_data_meta(config: Path) -> dict[str, Any] | None:
     meta_path = Path(root) / "meta.json" if root else None
     if meta_path is None or not meta_path.is_file():
         return None
-    from lit_nat.data import read_metadata
 
     meta = read_metadata(root)
     return {

@@ -11,7 +11,7 @@ import yaml
 from lit_nat import load_model
 from lit_nat.cli import main
 from lit_nat.conditioning import save_random_clip
-from lit_nat.data.digits import prepare_digits
+from lit_nat.demos.digits import prepare_digits
 from lit_nat.errors import UsageError
 from lit_nat.module import NATModule
 from tests.conftest import FIT_CONFIGS, tiny_overrides, write_random_shards

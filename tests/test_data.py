@@ -25,11 +25,11 @@ from lit_nat.data import (
     plan_eval,
     plan_resampled,
     plan_train,
-    prepare_digits,
     read_metadata,
     write_metadata,
 )
 from lit_nat.data.split import shard_order
+from lit_nat.demos.digits import prepare_digits
 from lit_nat.errors import DataError
 from lit_nat.tokenizers import tokenizer_from_config
 
@@ -162,9 +162,11 @@ def test_refuses_mismatched_root_and_keeps_data(tmp_path):
 
 
 def test_read_metadata_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="prepare_digits") as err:
-        read_metadata(tmp_path)
+    with pytest.raises(FileNotFoundError, match="lit_nat tokenize --images") as err:
+        read_metadata(tmp_path)  # not a digits root: the hint is the tokenizer, not the digits demo
     assert str(tmp_path / "meta.json") in str(err.value)
+    with pytest.raises(FileNotFoundError, match="prepare_digits.py --root"):
+        read_metadata(tmp_path / "digits")
     _write(tmp_path, 5)
     good = json.loads((tmp_path / "meta.json").read_text())
 
@@ -453,6 +455,11 @@ def test_datamodule_errors_and_prepare(tmp_path):
     assert str(tmp_path / "nothing" / "meta.json") in str(err.value)
     with pytest.raises(ValueError, match="unknown preparation"):
         TokenShardDataModule(str(tmp_path), prepare="imagenet-by-magic")
+    with pytest.raises(ValueError, match="cannot import lit_nat.demos.digits:NOPE"):
+        TokenShardDataModule(str(tmp_path), prepare="lit_nat.demos.digits:NOPE")
+    # a user's own preparation by import path: any function of the root that writes shards and meta.json last
+    own = TokenShardDataModule(str(tmp_path / "own"), prepare="lit_nat.demos.digits:prepare_digits", num_workers=0)
+    assert own.meta.num_classes == 10 and (tmp_path / "own" / "digits_classifier.pt").is_file()
     results, errors = [], []
 
     def build():  # several "ranks" at once: one prepares, the others wait for it
@@ -506,7 +513,7 @@ def test_datamodule_in_a_trainer(digits_root):
 
 def test_datamodule_hparams_are_plain_even_for_a_path_root(tmp_path):
     from lit_nat.data import TokenShardDataModule
-    from lit_nat.data.digits import prepare_digits
+    from lit_nat.demos.digits import prepare_digits
 
     prepare_digits(tmp_path / "digits")
     data = TokenShardDataModule(tmp_path / "digits", num_workers=0)

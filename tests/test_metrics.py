@@ -225,7 +225,7 @@ def test_digits_extractor_and_rng_isolation(tmp_path):
 
 def test_digits_preparation_writes_classifier_and_reference_stats(tmp_path):
     from lit_nat.data import ensure_prepared
-    from lit_nat.data.digits import CLASSIFIER_FILE, REFERENCE_FILES, prepare_digits
+    from lit_nat.demos.digits import CLASSIFIER_FILE, REFERENCE_FILES, prepare_digits
 
     root = tmp_path / "digits"
     prepare_digits(root)

@@ -1,6 +1,7 @@
 """Pre-tokenised shards: one writer (:class:`ShardWriter`), one reader (:class:`TokenShardDataset` through
-:class:`TokenShardDataModule`), the DDP/worker planning (:mod:`lit_nat.data.split`), the digits preparation, and the
-plan of what to generate on which rank (:mod:`lit_nat.data.labels`).
+:class:`TokenShardDataModule`), the DDP/worker planning (:mod:`lit_nat.data.split`), named preparations of a data root
+(the digits demo's lives in :mod:`lit_nat.demos`, above this package), and the plan of what to generate on which rank
+(:mod:`lit_nat.data.labels`).
 
 The DataModule (and with it Lightning) is imported on first access, so writing and preparing shards stays light.
 """
@@ -8,7 +9,6 @@ The DataModule (and with it Lightning) is imported on first access, so writing a
 from typing import Any
 
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset
-from lit_nat.data.digits import prepare_digits
 from lit_nat.data.labels import GenerationBatch, GenerationBatches, class_balanced_labels, plan_generation
 from lit_nat.data.samples import read_range
 from lit_nat.data.shards import (
@@ -47,13 +47,12 @@ __all__ = [
     "plan_generation",
     "plan_resampled",
     "plan_train",
-    "prepare_digits",
     "read_metadata",
     "read_range",
     "write_metadata",
 ]
 
-_LAZY = {"PREPARATIONS", "TokenShardDataModule", "ensure_prepared"}  # from lit_nat.data.datamodule
+_LAZY = {"PREPARATIONS", "Preparation", "TokenShardDataModule", "ensure_prepared"}  # from lit_nat.data.datamodule
 
 
 def __getattr__(name: str) -> Any:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
+import importlib
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 
 from lit_nat.conditioning.text import encoder_identity
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset
-from lit_nat.data.digits import complete_digits, digits_evaluation_missing, prepare_digits
 from lit_nat.data.labels import GenerationBatches
 from lit_nat.data.meta import exclusive_lock
 from lit_nat.data.samples import SampleLimits
@@ -33,17 +32,48 @@ from lit_nat.data.shards import (
 from lit_nat.data.split import TrainPosition, resume_point
 from lit_nat.tokenizers import token_space
 
-#: built-in preparations, by the name given to ``--data.prepare``: ``fn(root)`` writes shards and meta.json
-PREPARATIONS: dict[str, Callable[[Path], Any]] = {
-    "digits": prepare_digits,
-    "digits_text": functools.partial(prepare_digits, captions=True),  # with captions, for text-to-image
+
+@dataclass(frozen=True)
+class Preparation:
+    """How to create a data root, and how to complete one that an older version created.
+
+    Args:
+        run: ``run(root)`` writes shards and, last and atomically, ``meta.json`` (so its presence means "complete").
+        missing: ``missing(root)``: whether a root with ``meta.json`` lacks artefacts added later (e.g. the digits-FID
+            classifier); then ``complete(root)`` adds them in place.
+        complete: see ``missing``.
+    """
+
+    run: Callable[[Path], Any]
+    missing: Callable[[Path], bool] | None = None
+    complete: Callable[[Path], Any] | None = None
+
+
+#: built-in preparations, by the name given to ``--data.prepare``, as ``"module:attribute"`` of a :class:`Preparation`.
+#: They live in :mod:`lit_nat.demos`, above both ``data`` and ``metrics`` (preparing the digits also trains the
+#: digits-FID classifier), so this package names them instead of importing them. ``--data.prepare`` also takes the
+#: ``"package.module:attribute"`` of a user's own Preparation (or plain ``run(root)`` function).
+PREPARATIONS: dict[str, str] = {
+    "digits": "lit_nat.demos.digits:DIGITS",
+    "digits_text": "lit_nat.demos.digits:DIGITS_TEXT",  # with captions, for text-to-image
 }
-#: artefacts a preparation gained later (e.g. the digits-FID classifier): ``(missing(root), complete(root))``, run
-#: on a root that has meta.json but not them, so an existing data directory is upgraded in place
-COMPLETIONS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], Any]]] = {
-    "digits": (digits_evaluation_missing, complete_digits),
-    "digits_text": (digits_evaluation_missing, complete_digits),
-}
+
+
+def resolve_preparation(name: str) -> Preparation:
+    """The :class:`Preparation` a ``--data.prepare`` value names (a built-in name or ``module:attribute``)."""
+    path = PREPARATIONS.get(name, name)
+    module, _, attribute = path.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"unknown preparation {name!r}; built-in ones are {sorted(PREPARATIONS)} (or 'module:name')")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--data.prepare {name!r}: cannot import {path} ({err})") from err
+    if isinstance(found, Preparation):
+        return found
+    if callable(found):
+        return Preparation(found)
+    raise ValueError(f"--data.prepare {name!r}: {path} is neither a Preparation nor a function of the root")
 
 
 def _silence_len_warning() -> None:
@@ -61,17 +91,21 @@ def ensure_prepared(root: str | os.PathLike, prepare: str | None = None) -> Data
     atomically, so seeing it means the data is complete.
     """
     root = Path(root)
-    if prepare is not None and prepare not in PREPARATIONS:
-        raise ValueError(f"unknown preparation {prepare!r}; built-in ones are {sorted(PREPARATIONS)}")
-    missing, complete = COMPLETIONS.get(prepare, (lambda _: False, None))
-    if prepare is None or ((root / META_FILE).exists() and not missing(root)):
+    if prepare is None:
+        return read_metadata(root)
+    preparation = resolve_preparation(prepare)
+
+    def incomplete() -> bool:
+        return preparation.missing is not None and preparation.complete is not None and preparation.missing(root)
+
+    if (root / META_FILE).exists() and not incomplete():
         return read_metadata(root)
     root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(root / ".lit_nat-prepare.lock"):
         if not (root / META_FILE).exists():  # another rank may have finished while we waited
-            PREPARATIONS[prepare](root)
-        elif complete is not None and missing(root):
-            complete(root)
+            preparation.run(root)
+        elif incomplete():
+            preparation.complete(root)
     return read_metadata(root)
 
 

@@ -200,6 +200,17 @@ class DatasetMeta:
         return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra, text_encoder)
 
 
+def how_to_prepare(root: str | os.PathLike) -> str:
+    """The hint for a data root without ``meta.json``: the digits preparation for a digits root, else ``tokenize``."""
+    root = Path(root)
+    if "digits" in root.name:
+        return (f"Prepare it with `python data/prepare_digits.py --root {root}`, or pass `--data.prepare digits` to "
+                f"let the DataModule do it.")  # fmt: skip
+    return (f"Tokenise the images first, e.g. `python -m lit_nat tokenize --images /data/ILSVRC2012/train --out {root} "
+            f"--split train --tokenizer vqgan --checkpoint <vqgan.pth>` (and --split val), or point --data.root at a "
+            f"prepared root.")  # fmt: skip
+
+
 def read_metadata(root: str | os.PathLike) -> DatasetMeta:
     """Read and validate ``<root>/meta.json``.
 
@@ -209,11 +220,7 @@ def read_metadata(root: str | os.PathLike) -> DatasetMeta:
     """
     path = Path(root) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no token-shard metadata at {path}. Prepare the data first, e.g. "
-            f"`python data/prepare_digits.py --root {Path(root)}` for the digits demo (or pass "
-            f"`--data.prepare digits` to let the DataModule do it), or point `--data.root` at a prepared root."
-        )
+        raise FileNotFoundError(f"no token-shard metadata at {path}. {how_to_prepare(root)}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

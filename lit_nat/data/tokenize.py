@@ -65,6 +65,7 @@ from lit_nat.data.tokenize_plan import (
     shard_complete,
     write_shard,
 )
+from lit_nat.data.tokenize_verify import verify_split
 from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_text
 
@@ -177,7 +178,6 @@ def tokenize_folder(
     summary["written"] = len(pending)
     summary["complete"] = all(shard_complete(root, plan, i) for i in range(plan.num_shards))
     if summary["complete"] and num_tasks == 1:
-        from lit_nat.data.tokenize_verify import verify_split
 
         report = summary["report"] = verify_split(root, split, finalize=True)
         if not report["ok"]:

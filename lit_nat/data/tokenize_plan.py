@@ -29,6 +29,7 @@ from lit_nat.data.meta import (
 )
 from lit_nat.data.shards import shard_name, tar_bytes
 from lit_nat.io import atomic_write_bytes, atomic_write_text
+from lit_nat.tokenizers import TOKENIZERS, load_tokenizer
 
 PLAN_FORMAT = "lit_nat.tokenize/1"
 PATCH = 16  # the VQGAN's downsampling factor: resolutions must be multiples of it
@@ -228,7 +229,6 @@ def tokenizer_kwargs(name: str, checkpoint: str | None = None, args: list[str] |
                      resolution: int | None = None) -> dict[str, Any]:  # fmt: skip
     """The keyword arguments of tokenizer ``name`` from ``KEY=VALUE`` arguments (values parsed as YAML), ``checkpoint=``
     if given, and ``image_size=resolution`` when the tokenizer takes an ``image_size`` and none was given."""
-    from lit_nat.tokenizers import TOKENIZERS
 
     kwargs: dict[str, Any] = {}
     for arg in args or []:
@@ -248,7 +248,6 @@ def tokenizer_kwargs(name: str, checkpoint: str | None = None, args: list[str] |
 
 def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | None = None, resolution=None):
     """``load_tokenizer(name, **tokenizer_kwargs(...))``."""
-    from lit_nat.tokenizers import load_tokenizer
 
     return load_tokenizer(name, **tokenizer_kwargs(name, checkpoint, args, resolution))
 

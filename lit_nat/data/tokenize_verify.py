@@ -43,6 +43,7 @@ from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokeni
 from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_json, atomic_write_text
 from lit_nat.progress import progress
+from lit_nat.tokenizers import tokenizer_from_config
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
 
@@ -271,7 +272,6 @@ def verify_split(
         report["captions"] = caption_summary(captions)
     if decode and first:
         if tokenizer is None:
-            from lit_nat.tokenizers import tokenizer_from_config
 
             try:
                 tokenizer = tokenizer_from_config(plan.tokenizer)

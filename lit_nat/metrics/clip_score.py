@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
+from lit_nat.conditioning.text import save_random_clip
 from lit_nat.errors import UsageError
 
 
@@ -73,7 +74,6 @@ def save_random_clip_model(path: str | Path, width: int = 32, image_size: int = 
     character-level tokenizer of :func:`lit_nat.conditioning.save_random_clip` and a tiny vision tower."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from lit_nat.conditioning import save_random_clip
 
     path = Path(path)
     save_random_clip(path, hidden=width, layers=1, heads=2, max_length=32, seed=seed)

@@ -1,6 +1,6 @@
 """A small CNN classifier of 8x8 digits whose penultimate layer gives the features of the demo's "digits-FID".
 
-Trained in a few seconds on CPU during the digits data preparation (:func:`lit_nat.data.digits.prepare_digits`) on
+Trained in a few seconds on CPU during the digits data preparation (:func:`lit_nat.demos.digits.prepare_digits`) on
 the *train* split, and saved beside the shards (``digits_classifier.pt``). Its 64-d features and 10 logits play the
 roles of Inception's pool features and logits, so digits-FID and digits-IS follow the FID/IS recipes exactly; the
 numbers are **not comparable with ImageNet FID/IS** (other network, other data, 10 classes: digits-IS <= 10).

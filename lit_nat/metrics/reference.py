@@ -23,9 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_nat.data.dataset import TokenShardDataset
+from lit_nat.data.imagefolder import center_crop_arr
+from lit_nat.data.shards import read_metadata
 from lit_nat.io import atomic_write
+from lit_nat.metrics.extractors import build_extractor, full_precision
 from lit_nat.metrics.fid import FeatureStatistics
 from lit_nat.progress import progress
+from lit_nat.tokenizers import tokenizer_from_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -129,7 +134,6 @@ def compute_reference_stats(
         total: the number of images, for the progress bar's ETA.
         show_progress: show a progress bar (images done, ETA).
     """
-    from lit_nat.metrics.extractors import full_precision
 
     stats = FeatureStatistics(extractor.num_features, sync_on_compute=sync).to(device)
     bar = progress(total, "reference statistics", unit="img", enabled=show_progress)
@@ -152,8 +156,6 @@ def shard_images(
 ) -> Iterator[torch.Tensor]:
     """The images of a token-shard split, decoded with ``tokenizer``; rank ``rank`` of ``world_size`` reads its part
     (every sample exactly once over all ranks: the evaluation plan of :mod:`lit_nat.data.split`)."""
-    from lit_nat.data.dataset import TokenShardDataset
-    from lit_nat.data.shards import read_metadata
 
     meta = read_metadata(root)
     if split not in meta.splits:
@@ -186,7 +188,6 @@ def folder_images(
     """
     from PIL import Image
 
-    from lit_nat.data.imagefolder import center_crop_arr
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -233,8 +234,6 @@ def write_reference_stats(
         resolution: with image_folder, centre-crop every image to this side first (the ADM crop of tokenisation;
             e.g. 256 for COCO's FID-30K protocol on val2014).
     """
-    from lit_nat.metrics.extractors import build_extractor
-    from lit_nat.tokenizers import tokenizer_from_config
 
     path = Path(out)
     if path.exists() and not overwrite:
@@ -246,8 +245,6 @@ def write_reference_stats(
     options = {"protocol": protocol} if protocol else {}
     net = build_extractor(extractor, weights_path, **options).to(device)
     if data_root is not None:
-        from lit_nat.data.shards import read_metadata
-
         meta = read_metadata(data_root)
         tokenizer = tokenizer_from_config(meta.tokenizer)
         images, source = shard_images(data_root, split, tokenizer, batch_size, device=device), f"{data_root}/{split}"

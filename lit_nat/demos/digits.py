@@ -1,4 +1,4 @@
-"""The digits demo data: scikit-learn's 1,797 real 8x8 grey digits, tokenised losslessly, as train/val shards.
+"""The digits demo: scikit-learn's 1,797 real 8x8 grey digits, tokenised losslessly, as train/val shards.
 
 The images ship inside scikit-learn (no download). Their 17 grey levels 0..16 become ids 0..16 of
 ``PixelTokenizer(levels=17, image_size=8)``, one token per pixel, so decoding the shards gives the images back exactly.
@@ -15,13 +15,20 @@ several phrasings of its label (:func:`digit_captions`: ``a handwritten digit se
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lit_nat.data.datamodule import Preparation
+from lit_nat.data.dataset import TokenShardDataset
 from lit_nat.data.shards import META_FILE, DatasetMeta, ShardWriter, read_metadata, write_metadata
+from lit_nat.metrics.digits import classifier_accuracy, save_digits_classifier, train_digits_classifier
+from lit_nat.metrics.extractors import build_extractor
+from lit_nat.metrics.fid import ReferenceFID
+from lit_nat.metrics.reference import compute_reference_stats, save_reference_stats
 from lit_nat.tokenizers import PixelTokenizer
 
 NUM_CLASSES = 10
@@ -161,11 +168,6 @@ def write_digits_evaluation(
         Facts for the record: validation accuracy and the digits-FID of the real val images against the train
         statistics (the value a perfect generator would reach with that many samples).
     """
-    from lit_nat.metrics.digits import classifier_accuracy, save_digits_classifier, train_digits_classifier
-    from lit_nat.metrics.extractors import build_extractor
-    from lit_nat.metrics.fid import ReferenceFID
-    from lit_nat.metrics.reference import compute_reference_stats, save_reference_stats
-
     root = Path(root)
     train_images, train_labels = splits["train"]
     model = train_digits_classifier(train_images, train_labels, seed=seed)
@@ -198,8 +200,6 @@ def digits_evaluation_missing(root: str | os.PathLike) -> bool:
 
 def complete_digits(root: str | os.PathLike) -> dict[str, float]:
     """Write the digits-FID files into a root prepared without them, from its own shards (ids decode exactly)."""
-    from lit_nat.data.dataset import TokenShardDataset
-
     root = Path(root)
     meta = read_metadata(root)
     tokenizer = PixelTokenizer(levels=17, image_size=8)
@@ -212,3 +212,8 @@ def complete_digits(root: str | os.PathLike) -> dict[str, float]:
         batch = next(iter(dataset))
         splits[split] = (tokenizer.decode(batch["ids"]), batch["label"])
     return write_digits_evaluation(root, splits, seed=int(meta.extra.get("seed", 0)))
+
+
+#: ``--data.prepare digits`` / ``digits_text`` (see :data:`lit_nat.data.datamodule.PREPARATIONS`)
+DIGITS = Preparation(prepare_digits, digits_evaluation_missing, complete_digits)
+DIGITS_TEXT = Preparation(functools.partial(prepare_digits, captions=True), digits_evaluation_missing, complete_digits)
