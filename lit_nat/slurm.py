@@ -1,4 +1,5 @@
-"""SLURM from Python: this job's id, requeueing it, and asking the scheduler about other jobs (``squeue``/``sacct``).
+"""SLURM from Python: this job's id, requeueing it, asking the scheduler about other jobs (``squeue``/``sacct``), and
+the shipped sbatch scripts (package data under ``lit_nat/sbatch/``: ``fit``, ``tokenize``, ``autonat_candidate``).
 
 Every call goes through a command prefix that tests replace with fake tools; nothing here needs SLURM to import.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
 
 #: job states after which a job never runs again (sacct's names; ``CANCELLED by 123`` is reduced to its first word)
 FINAL_STATES = frozenset({
@@ -19,6 +22,17 @@ LIVE_STATES = frozenset({
     "CONFIGURING", "COMPLETING", "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
     "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED",
 })  # fmt: skip
+
+
+def sbatch_script(name: str) -> Path:
+    """The path of a shipped sbatch script (``fit.sbatch``, ``tokenize.sbatch``, ``autonat_candidate.sbatch``), also in
+    an installed (non-editable) package: ``sbatch $(python -c "from lit_nat.slurm import sbatch_script as s;
+    print(s('fit.sbatch'))") ...``."""
+    path = Path(str(resources.files("lit_nat") / "sbatch" / name))
+    if not path.is_file():
+        shipped = sorted(p.name for p in path.parent.glob("*.sbatch"))
+        raise FileNotFoundError(f"no sbatch script {name!r} in {path.parent}; shipped: {shipped}")
+    return path
 
 
 def current_job_id() -> str | None:

@@ -130,12 +130,16 @@ def decode_text_states(data: bytes) -> dict[str, np.ndarray]:
         return {k: arrays[k] for k in ("tokens", "mask", "pooled")}
 
 
+def shard_tar(stream: Any) -> wds.TarWriter:
+    """The one tar encoding of every shard (:class:`ShardWriter`'s and ``tokenize``'s): members exactly as
+    :func:`make_sample` encoded them, mtime fixed so the same samples always give the same bytes."""
+    return wds.TarWriter(stream, encoder=False, mtime=0)  # an int mtime: a float adds a 1 KiB PAX header per member
+
+
 def tar_bytes(samples: Iterable[dict[str, Any]]) -> bytes:
-    """A whole shard in memory: the samples (from :func:`make_sample`) as a tar with fixed mtime, so the same
-    samples always give the same bytes."""
+    """A whole shard in memory (``tokenize`` hashes it into its record before publishing it)."""
     buf = io.BytesIO()
-    # an integer mtime: a float one makes tarfile add a PAX header (1 KiB) to every member
-    tar = wds.TarWriter(buf, encoder=False, mtime=0)
+    tar = shard_tar(buf)
     for sample in samples:
         tar.write(sample)
     tar.close()  # closes the tar stream, not the BytesIO
@@ -293,8 +297,7 @@ class ShardWriter:
         self._fields = fields
         if self._tar is None:
             self._file = AtomicFile(self._path(len(self._shards)))
-            # mtime fixed: the same samples give byte-identical shards
-            self._tar = wds.TarWriter(self._file.file, encoder=False, mtime=0)  # int: no PAX header per member
+            self._tar = shard_tar(self._file.file)
         self._tar.write(sample)
         self._count += 1
         self._index += 1

@@ -89,13 +89,6 @@ def split_evenly(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def shard_order(num_shards: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
-    """The epoch's shard order: a permutation seeded by ``(seed, epoch)``, identical on every rank."""
-    if not shuffle:
-        return list(range(num_shards))
-    return np.random.default_rng([seed, epoch]).permutation(num_shards).tolist()
-
-
 def _ranges(shard_sizes: Sequence[int], order: Sequence[int], lo: int, hi: int) -> tuple[ReadRange, ...]:
     """Positions ``[lo, hi)`` of the sample space made by concatenating the shards in ``order``, as shard ranges."""
     out, offset = [], 0

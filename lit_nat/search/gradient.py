@@ -121,11 +121,6 @@ class StrategySearch:
     def __post_init__(self) -> None:
         self.xi = self.space.project(self.xi)
 
-    @classmethod
-    def from_schedule(cls, schedule: GenerationSchedule, momentum: float = 0.5, **space_args: Any) -> StrategySearch:
-        space = SearchSpace(schedule.steps, **space_args)
-        return cls(space, space.to_vector(schedule), momentum)
-
     @property
     def schedule(self) -> GenerationSchedule:
         return self.space.to_schedule(self.xi, name=f"searched update {self.updates}")

@@ -10,7 +10,7 @@ Local children get the driver's SIGTERM/SIGINT forwarded (a fit then saves its c
 with :class:`~lit_nat.errors.Stopped` once the child has exited; rerunning the command resumes.
 
 Why not submitit: it pickles a Python callable into its own job folder and script, while a candidate here is a plain
-``lit_nat fit`` command line run by an editable sbatch script (``scripts/slurm/autonat_candidate.sbatch``) that
+``lit_nat fit`` command line run by an editable sbatch script (``lit_nat/sbatch/autonat_candidate.sbatch``) that
 users tune for their cluster; the job-state checks it would bring are the ``squeue``/``sacct`` calls of
 :mod:`lit_nat.slurm`.
 """
@@ -39,8 +39,7 @@ REPORT_FILE = "eval_report.json"
 DONE_FILE = "DONE"  # written by the launcher (local) or the sbatch script (slurm) once the fit exited with status 0
 FAILED_FILE = "FAILED"  # written by the sbatch script when the fit failed (its content: the exit status)
 SUBMITTED_FILE = "SUBMITTED"  # the SLURM job id of the candidate's latest submission (JSON)
-ROOT = Path(__file__).resolve().parents[2]
-SBATCH_SCRIPT = ROOT / "scripts" / "slurm" / "autonat_candidate.sbatch"
+SBATCH_SCRIPT = slurm.sbatch_script("autonat_candidate.sbatch")
 
 
 @dataclass
