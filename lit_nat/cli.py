@@ -31,6 +31,7 @@ from lit_nat.checkpointing import read_checkpoint
 from lit_nat.data import TokenShardDataModule
 from lit_nat.errors import CheckpointError, LitNatError, UsageError
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
+from lit_nat.loading import module_from_hparams
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
 from lit_nat.trainer import NATTrainer
@@ -238,7 +239,6 @@ def run_from_checkpoint(argv: list[str]) -> Any:
     """``python -m lit_nat sample|edit --ckpt_path K ...`` without ``--config``: the model is rebuilt from the
     checkpoint's hyper-parameters; ``--trainer.*`` options (accelerator, devices, precision) still apply (no logger
     by default: nothing is trained)."""
-    from lit_nat.module import module_from_hparams
 
     command = argv[0]
     parser = LightningArgumentParser(prog=f"python -m lit_nat {command}",
@@ -315,6 +315,9 @@ def main(args: ArgsType = None) -> None:
         trainer_class=NATTrainer,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a requeued SLURM job logs into the same run directory
+        # the recipe (AdamW, warm-up, decay) is the module's (--model.lr, --model.weight_decay, ...): no --optimizer or
+        # --lr_scheduler that would silently replace it
+        auto_configure_optimizers=False,
         args=argv if args is not None else None,
     )
 

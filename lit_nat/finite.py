@@ -82,3 +82,18 @@ class NonFiniteGuard:
         self.consecutive = int(state.get("consecutive", 0))
         self.total = int(state.get("total", 0))
         self.first_bad_step = state.get("first_bad_step")
+
+
+def gradient_norm_and_finite(parameters: Iterable[torch.nn.Parameter], loss_finite: torch.Tensor | None,
+                             trainer: Any) -> tuple[torch.Tensor, bool]:  # fmt: skip
+    """The step's gradient norm and whether the step is finite on *every* rank (losses and gradients): the one host
+    read of an optimiser step. The norm is fused and non-finite iff some gradient is (or the norm overflows)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
+    finite = torch.isfinite(grad_norm)
+    if loss_finite is not None:
+        finite = finite & loss_finite.to(finite.device)
+    bad = (~finite).float()
+    if trainer.world_size > 1:  # every rank must take the same decision
+        bad = trainer.strategy.reduce(bad, reduce_op="sum")
+    return grad_norm, not bool(bad > 0)

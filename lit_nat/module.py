@@ -8,7 +8,6 @@ weights, used for validation and sampling) and the current generation schedule.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,11 +15,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_nat.checkpointing import read_checkpoint
 from lit_nat.conditioning import Condition, Conditioner, batch_size, select, text_space
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
-from lit_nat.errors import CheckpointError
-from lit_nat.finite import NonFiniteGuard
+from lit_nat.finite import NonFiniteGuard, gradient_norm_and_finite
 from lit_nat.models import build_backbone
 from lit_nat.objective import (
     apply_mask,
@@ -238,17 +235,10 @@ class NATModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The non-finite guard: after backward (and DDP's all-reduce), before the weights change."""
-        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)  # fused; non-finite iff some gradient is (or overflows)
-        self.log("train/grad_norm", grad_norm)
-        finite = torch.isfinite(grad_norm)
-        if self._loss_finite is not None:
-            finite = finite & self._loss_finite.to(finite.device)
+        grad_norm, finite = gradient_norm_and_finite(self.backbone.parameters(), self._loss_finite, self.trainer)
         self._loss_finite = None
-        bad = (~finite).float()
-        if self.trainer.world_size > 1:  # every rank must take the same decision
-            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        skip = self.nonfinite_guard.update(not bool(bad > 0), self.global_step)  # the one host read of the step
+        self.log("train/grad_norm", grad_norm)
+        skip = self.nonfinite_guard.update(finite, self.global_step)
         if skip:
             for p in self.backbone.parameters():
                 p.grad = None  # the optimiser then leaves every parameter and its moments as they are
@@ -425,32 +415,3 @@ class NATModule(L.LightningModule):
                 "does the data's grid match the model's grid_size?"
             )
 
-
-def module_from_hparams(hparams: Any, source: str) -> NATModule:
-    """A NATModule with fresh weights built from a checkpoint's ``hyper_parameters`` (the token space, tokenizer and
-    text encoder included), so a checkpoint alone describes its model; ``source`` names the file in errors."""
-    if not isinstance(hparams, dict):
-        raise CheckpointError(f"{source}: not a lit_nat checkpoint (no hyper_parameters)")
-    known = inspect.signature(NATModule).parameters  # (LightningCLI adds private keys such as _instantiator)
-    try:
-        return NATModule(**{k: v for k, v in hparams.items() if k in known})
-    except TypeError as err:
-        raise CheckpointError(f"{source}: does not fit lit_nat's NATModule ({str(err).splitlines()[0]})") from None
-
-
-def load_model(ckpt_path: str, map_location: str | torch.device = "cpu") -> NATModule:
-    """Load a lit_nat checkpoint for sampling: eval mode, with ``backbone`` holding the EMA weights.
-
-    A missing, damaged or foreign file, or one with non-finite weights, is a :class:`CheckpointError` naming it.
-    """
-    checkpoint = read_checkpoint(ckpt_path, map_location=map_location, require_finite=True)
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(f"{ckpt_path}: not a lit_nat checkpoint (no state_dict)")
-    model = module_from_hparams(checkpoint.get("hyper_parameters"), str(ckpt_path))
-    try:
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError) as err:
-        raise CheckpointError(f"{ckpt_path}: does not fit lit_nat's NATModule ({str(err).splitlines()[0]})") from None
-    model.backbone.load_state_dict(model.ema_backbone.state_dict())
-    return model.to(map_location).eval()

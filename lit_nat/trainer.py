@@ -14,7 +14,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock
 from lit_nat.checkpointing import DurableCheckpointIO
 from lit_nat.edit_command import run_edit
-from lit_nat.module import load_model
+from lit_nat.loading import load_model
 from lit_nat.sample import run_sample
 from lit_nat.search.session import SearchSettings
 from lit_nat.search.standalone import run_search
