@@ -12,7 +12,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,12 @@ from lit_nat.data.shards import (
 from lit_nat.errors import DataError
 
 
+def iter_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard's tar stream, as webdataset sample dicts (the one tar reader of shards: training,
+    evaluation and ``tokenize-verify`` all read through it); ``name`` appears in webdataset's errors."""
+    return group_by_keys(tar_file_expander([{"url": name, "stream": stream}]))
+
+
 def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[str, Any]]:
     """Samples ``[start, stop)`` of one tar, as webdataset sample dicts (``__key__``, ``tokens.npy``, ``cls``, ...).
 
@@ -40,7 +46,7 @@ def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[
     index = -1
     try:
         with open(path, "rb") as stream:
-            for index, sample in enumerate(group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))):
+            for index, sample in enumerate(iter_samples(stream, path)):
                 if index >= start:
                     yield sample
                 if index + 1 >= stop:

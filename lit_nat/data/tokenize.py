@@ -125,21 +125,7 @@ def tokenize_folder(
         cache_text: also store the text encoder's states of every caption (``text.npz``; 118 KB per caption for
             CLIP-L), so training does not run the encoder.
     """
-    if not split or any(c in split for c in "-./\\"):
-        raise TokenizeError(f"split name must be non-empty without '-', '.', '/' or '\\', got {split!r}")
-    if resolution < PATCH or resolution % PATCH:
-        raise TokenizeError(f"--resolution must be a positive multiple of {PATCH} (e.g. 256 or 512), got {resolution}")
-    if tuple(tokenizer.image_size) != (resolution, resolution):
-        raise TokenizeError(
-            f"the tokenizer encodes {tuple(tokenizer.image_size)} images but --resolution is {resolution}; "
-            f"they must agree (load the tokenizer for {resolution} px)"
-        )
-    if tokenizer.channels != 3:
-        raise TokenizeError(f"the tokenizer takes {tokenizer.channels}-channel images; image folders give RGB")
-    if not 0 <= task_index < num_tasks:
-        raise TokenizeError(f"need 0 <= task_index < num_tasks, got task {task_index} of {num_tasks}")
-    if images_per_shard < 1 or batch_size < 1 or num_workers < 0:
-        raise TokenizeError("images_per_shard and batch_size must be >= 1 and num_workers >= 0")
+    check_arguments(split, resolution, tokenizer, task_index, num_tasks, images_per_shard, batch_size, num_workers)
     try:
         listing, unlisted = list_source(images, classes, captions)
     except ValueError as err:
@@ -177,8 +163,32 @@ def tokenize_folder(
         _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag, encoder)
     summary["written"] = len(pending)
     summary["complete"] = all(shard_complete(root, plan, i) for i in range(plan.num_shards))
-    if summary["complete"] and num_tasks == 1:
+    return finish_split(root, split, summary, tag, num_tasks)
 
+
+def check_arguments(split: str, resolution: int, tokenizer: Any, task_index: int, num_tasks: int,
+                    images_per_shard: int, batch_size: int, num_workers: int) -> None:  # fmt: skip
+    """Refuse, before any work, arguments that cannot make a valid split (one line naming the value)."""
+    if not split or any(c in split for c in "-./\\"):
+        raise TokenizeError(f"split name must be non-empty without '-', '.', '/' or '\\', got {split!r}")
+    if resolution < PATCH or resolution % PATCH:
+        raise TokenizeError(f"--resolution must be a positive multiple of {PATCH} (e.g. 256 or 512), got {resolution}")
+    if tuple(tokenizer.image_size) != (resolution, resolution):
+        raise TokenizeError(
+            f"the tokenizer encodes {tuple(tokenizer.image_size)} images but --resolution is {resolution}; "
+            f"they must agree (load the tokenizer for {resolution} px)"
+        )
+    if tokenizer.channels != 3:
+        raise TokenizeError(f"the tokenizer takes {tokenizer.channels}-channel images; image folders give RGB")
+    if not 0 <= task_index < num_tasks:
+        raise TokenizeError(f"need 0 <= task_index < num_tasks, got task {task_index} of {num_tasks}")
+    if images_per_shard < 1 or batch_size < 1 or num_workers < 0:
+        raise TokenizeError("images_per_shard and batch_size must be >= 1 and num_workers >= 0")
+
+
+def finish_split(root: Path, split: str, summary: dict[str, Any], tag: str, num_tasks: int) -> dict[str, Any]:
+    """A single task that completed the split verifies it and adds it to ``meta.json``; an array task says how."""
+    if summary["complete"] and num_tasks == 1:
         report = summary["report"] = verify_split(root, split, finalize=True)
         if not report["ok"]:
             raise TokenizeError(f"the shards failed verification: {report['problems'][:3]} (see {report['path']})")

@@ -18,13 +18,13 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from lit_nat.data.imagefolder import FLIP_SUFFIX
 from lit_nat.data.meta import (
@@ -38,6 +38,7 @@ from lit_nat.data.meta import (
     read_metadata,
     write_metadata,
 )
+from lit_nat.data.samples import iter_samples
 from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
 from lit_nat.flags import add_bool_flag
@@ -54,10 +55,6 @@ def report_path(root: str | os.PathLike, split: str) -> Path:
 
 def skipped_path(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / f"tokenize_{split}_skipped.txt"
-
-
-def _read_shard(data: bytes, name: str) -> list[dict[str, Any]]:
-    return list(group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}])))
 
 
 def check_shard(
@@ -82,7 +79,7 @@ def check_shard(
     if len(data) != record["bytes"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
         problems.append(f"{name}: {len(data)} bytes whose sha256 differs from its record (truncated or modified)")
     try:
-        samples = _read_shard(data, str(tar))
+        samples = list(iter_samples(io.BytesIO(data), str(tar)))
     except Exception as err:  # noqa: BLE001 - a broken tar is a finding, not a crash
         return [*problems, f"{name}: unreadable ({type(err).__name__}: {err})"], record, []
     expected = (record["num_images"] - len(record["skipped"])) * plan.samples_per_image()
@@ -93,39 +90,47 @@ def check_shard(
             f"{name}: {len(samples)} samples; record {record['num_samples']}, plan {expected} "
             f"({record['num_images']} images - {len(record['skipped'])} skipped, x{plan.samples_per_image()})"
         )
-    num_tokens, keys, all_ids, all_labels = plan.grid_size[0] * plan.grid_size[1], set(), [], []
+    keys, all_ids, all_labels = set(), [], []
     for j, sample in enumerate(samples):
-        key = sample["__key__"]
         try:
-            if set(sample) - {"__key__", "__url__"} != set(plan.sample_fields):
-                raise ValueError(f"members {sorted(sample)}, expected {list(plan.sample_fields)}")
-            if CAPTIONS_FIELD in sample:
-                texts = json.loads(sample[CAPTIONS_FIELD].decode("utf-8"))
-                if not isinstance(texts, list) or not texts:
-                    raise ValueError("captions.json is not a non-empty list")
-                if captions is not None:
-                    captions.append(texts)
-            ids, label = decode_tokens(sample[TOKENS_FIELD]), int(sample[LABEL_FIELD])
-            if ids.shape != (num_tokens,) or int(ids.max()) >= plan.codebook_size:
-                raise ValueError(f"ids of shape {ids.shape}, max {ids.max()} (expected {num_tokens} in [0, K))")
-            if not 0 <= label < len(plan.classes):
-                raise ValueError(f"label {label} outside [0, {len(plan.classes)})")
-            if key in keys:
-                raise ValueError("key appears twice")
-            if plan.flip and (j % 2 == 1) != key.endswith(FLIP_SUFFIX):
-                raise ValueError("originals and flips do not alternate")
-            if plan.flip and j % 2 == 1 and key != samples[j - 1]["__key__"] + FLIP_SUFFIX:
-                raise ValueError(f"is not the flip of the sample before it ({samples[j - 1]['__key__']})")
+            ids, label, texts = check_sample(plan, samples, j, keys)
         except ValueError as err:
-            problems.append(f"{name}: sample {j} ({key}): {err}")
+            problems.append(f"{name}: sample {j} ({sample['__key__']}): {err}")
             break
-        keys.add(key)
+        if texts is not None and captions is not None:
+            captions.append(texts)
+        keys.add(sample["__key__"])
         all_ids.append(ids)
         all_labels.append(label)
     if all_ids:
         counts += np.bincount(np.concatenate(all_ids), minlength=plan.codebook_size)
         labels += np.bincount(np.asarray(all_labels), minlength=labels.size)
     return problems, record, samples
+
+
+def check_sample(plan: TokenizePlan, samples: list[dict[str, Any]], j: int, keys: set[str]) -> tuple:
+    """Sample ``j`` of a shard against the plan: members, captions, ids, label, a new key, flips in place. Returns
+    ``(ids, label, captions or None)``; a ``ValueError`` says what is wrong."""
+    sample, num_tokens = samples[j], plan.grid_size[0] * plan.grid_size[1]
+    key, texts = sample["__key__"], None
+    if set(sample) - {"__key__", "__url__"} != set(plan.sample_fields):
+        raise ValueError(f"members {sorted(sample)}, expected {list(plan.sample_fields)}")
+    if CAPTIONS_FIELD in sample:
+        texts = json.loads(sample[CAPTIONS_FIELD].decode("utf-8"))
+        if not isinstance(texts, list) or not texts:
+            raise ValueError("captions.json is not a non-empty list")
+    ids, label = decode_tokens(sample[TOKENS_FIELD]), int(sample[LABEL_FIELD])
+    if ids.shape != (num_tokens,) or int(ids.max()) >= plan.codebook_size:
+        raise ValueError(f"ids of shape {ids.shape}, max {ids.max()} (expected {num_tokens} in [0, K))")
+    if not 0 <= label < len(plan.classes):
+        raise ValueError(f"label {label} outside [0, {len(plan.classes)})")
+    if key in keys:
+        raise ValueError("key appears twice")
+    if plan.flip and (j % 2 == 1) != key.endswith(FLIP_SUFFIX):
+        raise ValueError("originals and flips do not alternate")
+    if plan.flip and j % 2 == 1 and key != samples[j - 1]["__key__"] + FLIP_SUFFIX:
+        raise ValueError(f"is not the flip of the sample before it ({samples[j - 1]['__key__']})")
+    return ids, label, texts
 
 
 def token_summary(counts: np.ndarray, top: int = 10) -> dict[str, Any]:
@@ -258,35 +263,43 @@ def verify_split(
         "expected_samples": (plan.num_images - len(skipped)) * plan.samples_per_image(),
         "flip": plan.flip,
         "tokens": token_summary(counts),
-        "labels": {
-            "classes": len(plan.classes),
-            "classes_present": int((labels > 0).sum()),
-            "min_per_class": int(labels.min()),
-            "max_per_class": int(labels.max()),
-            "empty_classes": [plan.classes[c] for c in np.flatnonzero(labels == 0)[:20]],
-        },
+        "labels": label_summary(labels, plan.classes),
         "finalized": False,
         "path": str(report_path(root, split)),
     }
     if plan.captioned:
         report["captions"] = caption_summary(captions)
     if decode and first:
-        if tokenizer is None:
-
-            try:
-                tokenizer = tokenizer_from_config(plan.tokenizer)
-            except Exception as err:  # noqa: BLE001 - e.g. weights not at the recorded path on this machine
-                raise TokenizeError(
-                    f"--decode: cannot rebuild the plan's tokenizer {plan.tokenizer} ({type(err).__name__}: {err}); "
-                    f"pass --tokenizer, --checkpoint and --tokenizer_arg"
-                ) from err
         out_dir = root / f"tokenize_{split}_decoded"
+        tokenizer = tokenizer or plan_tokenizer(plan)
         report["decoded"] = [str(out_dir / n) for n in decode_samples(first, plan, out_dir, tokenizer, device)]
     if finalize and not problems:
         publish_split(root, plan, shards, len(skipped))
         report["finalized"] = True
     atomic_write_json(report_path(root, split), report)
     return report
+
+
+def label_summary(labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Samples per class: how many classes occur, the fewest and most samples, the first empty classes."""
+    return {
+        "classes": len(classes),
+        "classes_present": int((labels > 0).sum()),
+        "min_per_class": int(labels.min()),
+        "max_per_class": int(labels.max()),
+        "empty_classes": [classes[c] for c in np.flatnonzero(labels == 0)[:20]],
+    }
+
+
+def plan_tokenizer(plan: Any) -> Any:
+    """The tokenizer the plan records, rebuilt (for ``--decode``); a one-line error if this machine cannot."""
+    try:
+        return tokenizer_from_config(plan.tokenizer)
+    except Exception as err:  # noqa: BLE001 - e.g. weights not at the recorded path on this machine
+        raise TokenizeError(
+            f"--decode: cannot rebuild the plan's tokenizer {plan.tokenizer} ({type(err).__name__}: {err}); "
+            f"pass --tokenizer, --checkpoint and --tokenizer_arg"
+        ) from err
 
 
 def verify_parser() -> argparse.ArgumentParser:
