@@ -10,10 +10,14 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
 from lit_nat.callbacks.visuals import label_rows, reveal_strip, schedule_figure, schedule_scalars
+from lit_nat.io import atomic_write
+
+#: folder under the run directory for the pictures of loggers that cannot show images (all but TensorBoard)
+PICTURES_DIR = "pictures"
 
 
 class SampleGrid(L.Callback):
@@ -24,7 +28,10 @@ class SampleGrid(L.Callback):
     After each validation it also logs, with the schedule in use at that moment (a schedule search may change it):
     ``samples/reveal`` (one row per sample: the canvas before step 1 and after each step, masked tokens painted
     ``mask_color``), the figure ``schedule/curves`` (r(t), tau1(t), tau2(t), s(t)), the scalars
-    ``schedule/<field>/step_<t>`` (t = 1..T) and the schedule as YAML text (``schedule/yaml``).
+    ``schedule/<field>/step_<t>`` (t = 1..T) and the schedule as YAML text (``schedule/yaml``). With loggers that
+    cannot show images (CSV, MLflow, W&B, ...) the same pictures are written as PNG files under
+    ``<log_dir>/pictures/`` (said once in the log) and the schedule scalars go through ``log_metrics``; without any
+    logger nothing is logged.
 
     Args:
         samples_per_class: images per class (grid columns).
@@ -64,6 +71,7 @@ class SampleGrid(L.Callback):
         self.mask_color = tuple(float(c) for c in mask_color)
         self.schedule_curves = schedule_curves
         self.prompts = list(prompts) if prompts else None
+        self._told = False  # the one line saying where pictures go when no logger shows images
 
     def grid(self, pl_module: L.LightningModule) -> torch.Tensor:
         """The image grid (C, H', W') in [0, 1]: a row per class, or per prompt (labelled) for a text model."""
@@ -104,14 +112,18 @@ class SampleGrid(L.Callback):
             return False
         return True
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.loggers:
             return
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
+        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tensorboard is None:  # CSV, MLflow, W&B, ...: pictures as files beside the run, scalars through the logger
+            folder = Path(trainer.log_dir or trainer.default_root_dir) / PICTURES_DIR  # every rank: a collective
+            if trainer.is_global_zero:
+                self._write_pictures(trainer, pl_module, folder)
             return
-        writer, step = loggers[0].experiment, trainer.global_step
+        if not trainer.is_global_zero:
+            return
+        writer, step = tensorboard.experiment, trainer.global_step
         if self.schedule_curves:  # needs no decoding
             schedule = pl_module.schedule
             for tag, value in schedule_scalars(schedule).items():
@@ -124,14 +136,39 @@ class SampleGrid(L.Callback):
         if self.reveal_samples:
             writer.add_image("samples/reveal", self.reveal(pl_module), global_step=step)
 
+    def _write_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
+        """For loggers that cannot show images: ``<log_dir>/pictures/{schedule,grid,reveal}_step<N>.png`` (said once)
+        and the schedule's scalars through every logger's ``log_metrics``."""
+        step = trainer.global_step
+        if not self._told:
+            names = ", ".join(type(lg).__name__ for lg in trainer.loggers)
+            rank_zero_info(f"SampleGrid: {names} cannot show images; the pictures are written to {folder}")
+            self._told = True
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.schedule_curves:
+            schedule = pl_module.schedule
+            for logger in trainer.loggers:
+                logger.log_metrics(schedule_scalars(schedule), step=step)
+            figure = schedule_figure(schedule, pl_module.num_tokens)
+            atomic_write(folder / f"schedule_step{step}.png", lambda f: figure.savefig(f, format="png"))
+        if not self._usable(pl_module):
+            return
+        write_png(self.grid(pl_module), folder / f"grid_step{step}.png")
+        if self.reveal_samples:
+            write_png(self.reveal(pl_module), folder / f"reveal_step{step}.png")
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: log_dir is a collective
         if not trainer.is_global_zero or not self._usable(pl_module):
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / self.filename
-        save_image(self.grid(pl_module), path)
+        path = write_png(self.grid(pl_module), out_dir / self.filename)
         print(f"SampleGrid: wrote {path}")
+
+
+def write_png(image: torch.Tensor, path: Path) -> Path:
+    """An image (C, H, W) in [0, 1] as a PNG, written atomically."""
+    return atomic_write(path, lambda f: save_image(image, f, format="png"))
 
 
 def _as_markdown_code(data: dict) -> str:

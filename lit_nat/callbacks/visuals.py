@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from lit_nat.schedule import FIELDS, GenerationSchedule
@@ -95,13 +96,9 @@ def schedule_figure(schedule: GenerationSchedule, num_tokens: int | None = None)
 
     With ``num_tokens``, the mask-ratio panel also shows the fraction actually left masked (the count rule's integers).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # headless: never needs a display
-    import matplotlib.pyplot as plt
-
     steps = list(range(1, schedule.steps + 1))
-    fig, axes = plt.subplots(1, 4, figsize=(13, 2.8), constrained_layout=True)
+    fig = Figure(figsize=(13, 2.8), layout="constrained")  # no pyplot: no display, no global figure list to leak
+    axes = fig.subplots(1, 4)
     for ax, key in zip(axes, FIELDS):
         ax.plot(steps, getattr(schedule, key), marker="o", label="schedule")
         if key == "mask_ratio" and num_tokens:
