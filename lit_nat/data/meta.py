@@ -127,78 +127,85 @@ class DatasetMeta:
     @classmethod
     def from_dict(cls, data: Any, source: str = "meta.json") -> DatasetMeta:
         """Validate and build; every error names ``source``, the key, what was expected and what was found."""
-
-        def fail(key: str, expected: str, got: Any = None, missing: bool = False) -> MetadataError:
-            found = "it is missing" if missing else f"got {got!r}"
-            return MetadataError(f"{source}: key {key!r} must be {expected}; {found}")
-
-        def get(mapping: dict, key: str, path: str, expected: str) -> Any:
-            if key not in mapping:
-                raise fail(path, expected, missing=True)
-            return mapping[key]
-
-        def pos_int(value: Any, path: str, minimum: int = 1) -> int:
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise fail(path, f"an integer >= {minimum}", value)
-            return value
-
+        check = _Checker(source)
         if not isinstance(data, dict):
             raise MetadataError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        fmt = get(data, "format", "format", f"the string {FORMAT!r}")
+        fmt = check.get(data, "format", "format", f"the string {FORMAT!r}")
         if fmt != FORMAT:
-            raise fail("format", f"{FORMAT!r} (this version of lit_nat reads no other)", fmt)
-        codebook = pos_int(get(data, "codebook_size", "codebook_size", "an integer >= 1"), "codebook_size")
-        grid = get(data, "grid_size", "grid_size", "a list [h, w] of 2 positive integers")
-        if (
-            not isinstance(grid, list)
-            or len(grid) != 2
-            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)
-        ):
-            raise fail("grid_size", "a list [h, w] of 2 positive integers", grid)
-        num_classes = pos_int(get(data, "num_classes", "num_classes", "an integer >= 1"), "num_classes")
-        tokenizer = get(data, "tokenizer", "tokenizer", "a tokenizer config object with a 'name'")
+            raise check.fail("format", f"{FORMAT!r} (this version of lit_nat reads no other)", fmt)
+        codebook = check.count(check.get(data, "codebook_size", "codebook_size", "an integer >= 1"), "codebook_size")
+        grid = check.get(data, "grid_size", "grid_size", "a list [h, w] of 2 positive integers")
+        if not isinstance(grid, list) or len(grid) != 2 or not all(_is_int(g) and g >= 1 for g in grid):
+            raise check.fail("grid_size", "a list [h, w] of 2 positive integers", grid)
+        num_classes = check.count(check.get(data, "num_classes", "num_classes", "an integer >= 1"), "num_classes")
+        tokenizer = check.get(data, "tokenizer", "tokenizer", "a tokenizer config object with a 'name'")
         if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("name"), str):
-            raise fail("tokenizer", "a tokenizer config object with a string 'name'", tokenizer)
+            raise check.fail("tokenizer", "a tokenizer config object with a string 'name'", tokenizer)
         fields = data.get("fields", [TOKENS_FIELD, LABEL_FIELD])
         if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields) or TOKENS_FIELD not in fields:
-            raise fail("fields", f"a list of member names including {TOKENS_FIELD!r}", fields)
+            raise check.fail("fields", f"a list of member names including {TOKENS_FIELD!r}", fields)
         extra = data.get("extra", {})
         if not isinstance(extra, dict):
-            raise fail("extra", "an object", extra)
+            raise check.fail("extra", "an object", extra)
         text_encoder = data.get("text_encoder")
         named = isinstance(text_encoder, dict) and isinstance(text_encoder.get("name"), str)
         if text_encoder is not None and not named:
-            raise fail("text_encoder", "null or a text encoder config object with a string 'name'", text_encoder)
-        raw_splits = get(data, "splits", "splits", "an object {split name: {num_samples, shards}}")
+            raise check.fail("text_encoder", "null or a text encoder config object with a string 'name'", text_encoder)
+        raw_splits = check.get(data, "splits", "splits", "an object {split name: {num_samples, shards}}")
         if not isinstance(raw_splits, dict):
-            raise fail("splits", "an object {split name: {num_samples, shards}}", raw_splits)
-        splits = {}
-        for name, raw in raw_splits.items():
-            where = f"splits.{name}"
-            if not isinstance(raw, dict):
-                raise fail(where, "an object {num_samples, shards}", raw)
-            raw_shards = get(raw, "shards", f"{where}.shards", "a list of {name, num_samples} objects")
-            if not isinstance(raw_shards, list):
-                raise fail(f"{where}.shards", "a list of {name, num_samples} objects", raw_shards)
-            shards = []
-            for i, s in enumerate(raw_shards):
-                at = f"{where}.shards[{i}]"
-                if not isinstance(s, dict):
-                    raise fail(at, "an object {name, num_samples}", s)
-                shard_name = get(s, "name", f"{at}.name", "a file name in the data root")
-                if not isinstance(shard_name, str) or not shard_name or "/" in shard_name or "\\" in shard_name:
-                    raise fail(f"{at}.name", "a plain file name in the data root (no directories)", shard_name)
-                count = pos_int(get(s, "num_samples", f"{at}.num_samples", "an integer >= 0"), f"{at}.num_samples", 0)
-                shards.append(ShardInfo(shard_name, count))
-            info = SplitInfo(tuple(shards))
-            total = pos_int(
-                get(raw, "num_samples", f"{where}.num_samples", "an integer >= 0"), f"{where}.num_samples", 0
-            )
-            if total != info.num_samples:
-                raise fail(f"{where}.num_samples", f"the sum of its shards' counts ({info.num_samples})", total)
-            splits[name] = info
+            raise check.fail("splits", "an object {split name: {num_samples, shards}}", raw_splits)
+        splits = {name: check.split(raw, f"splits.{name}") for name, raw in raw_splits.items()}
         return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra, text_encoder)
 
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Checker:
+    """The checks of :meth:`DatasetMeta.from_dict`, each error naming the file, the key path, what was expected and
+    what was found."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, expected: str, got: Any = None, missing: bool = False) -> MetadataError:
+        found = "it is missing" if missing else f"got {got!r}"
+        return MetadataError(f"{self.source}: key {key!r} must be {expected}; {found}")
+
+    def get(self, mapping: dict, key: str, path: str, expected: str) -> Any:
+        if key not in mapping:
+            raise self.fail(path, expected, missing=True)
+        return mapping[key]
+
+    def count(self, value: Any, path: str, minimum: int = 1) -> int:
+        if not _is_int(value) or value < minimum:
+            raise self.fail(path, f"an integer >= {minimum}", value)
+        return value
+
+    def split(self, raw: Any, where: str) -> SplitInfo:
+        """One entry of ``splits``: its shards (plain file names, counts) and a total equal to their sum."""
+        if not isinstance(raw, dict):
+            raise self.fail(where, "an object {num_samples, shards}", raw)
+        raw_shards = self.get(raw, "shards", f"{where}.shards", "a list of {name, num_samples} objects")
+        if not isinstance(raw_shards, list):
+            raise self.fail(f"{where}.shards", "a list of {name, num_samples} objects", raw_shards)
+        shards = []
+        for i, shard in enumerate(raw_shards):
+            at = f"{where}.shards[{i}]"
+            if not isinstance(shard, dict):
+                raise self.fail(at, "an object {name, num_samples}", shard)
+            name = self.get(shard, "name", f"{at}.name", "a file name in the data root")
+            if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+                raise self.fail(f"{at}.name", "a plain file name in the data root (no directories)", name)
+            count = self.get(shard, "num_samples", f"{at}.num_samples", "an integer >= 0")
+            shards.append(ShardInfo(name, self.count(count, f"{at}.num_samples", 0)))
+        info = SplitInfo(tuple(shards))
+        total = self.count(self.get(raw, "num_samples", f"{where}.num_samples", "an integer >= 0"),
+                           f"{where}.num_samples", 0)  # fmt: skip
+        if total != info.num_samples:
+            raise self.fail(f"{where}.num_samples", f"the sum of its shards' counts ({info.num_samples})", total)
+        return info
 
 def how_to_prepare(root: str | os.PathLike) -> str:
     """The hint for a data root without ``meta.json``: the digits preparation for a digits root, else ``tokenize``."""
