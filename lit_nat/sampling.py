@@ -80,22 +80,11 @@ def generate(
     the loop is exactly the plain one. A backbone that needs equal counts per row (ENAT) gets them from the caller
     (:meth:`lit_nat.module.NATModule.generate` groups rows by ``U``).
     """
-    batch = conditions.batch_size(condition)
     device = generator.device
-    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
-    unknown = [num_tokens]
-    if keep_mask is None:
-        table = [schedule.masked_counts(num_tokens)]  # one count vector for every row
-    else:
-        if init_ids is None or tuple(keep_mask.shape) != (batch, num_tokens) or init_ids.shape != keep_mask.shape:
-            raise ValueError(f"init_ids and keep_mask must both be ({batch}, {num_tokens})")
-        keep_mask = keep_mask.to(device).bool()
-        ids = torch.where(keep_mask, init_ids.to(device).long(), ids)
-        unknown = (~keep_mask).sum(dim=1).tolist()  # the one host read: counts for every step follow from it
-        table = [schedule.counts_for(u) for u in unknown]
+    ids, table, start = initial_canvas(conditions.batch_size(condition), num_tokens, mask_id, schedule, device,
+                                       init_ids, keep_mask)  # fmt: skip
     uniform = all(row == table[0] for row in table)
     per_row = None if uniform else torch.tensor(table, device=device).T  # (T, B)
-    start = unknown[0]  # masked before the first step (every row alike when uniform)
     guided = any(scale != 0.0 for scale in schedule.guidance)
     if isinstance(null_condition, int):
         null_condition = torch.full_like(condition, null_condition)
@@ -112,12 +101,7 @@ def generate(
         cond, uncond = logits.chunk(2) if guided else (logits, None)
         log_probs = guided_log_probs(cond, uncond, schedule.guidance[t])  # (B, N, K)
 
-        # Parallel decoding: a categorical draw at temperature tau1 via Gumbel-max.
-        noisy = log_probs / schedule.sample_temperature[t] + gumbel_noise(log_probs.shape, generator, device)
-        sampled = noisy.argmax(dim=-1)  # (B, N)
-        score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
-        sampled = torch.where(is_masked, sampled, ids)
-        score = torch.where(is_masked, score, torch.full_like(score, float("inf")))
+        sampled, score = draw_tokens(log_probs, ids, is_masked, schedule.sample_temperature[t], generator)
 
         if max(row[t] for row in table) == 0:
             ids = sampled
@@ -129,6 +113,34 @@ def generate(
         if return_history:
             history.append(ids.clone())
     return GenerationResult(ids=ids, history=history if return_history else None)
+
+
+def initial_canvas(batch: int, num_tokens: int, mask_id: int, schedule: GenerationSchedule, device: torch.device,
+                   init_ids: torch.Tensor | None, keep_mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, list[list[int]], int]:  # fmt: skip
+    """The canvas before step 1 ``(B, N)`` (all [MASK], or the kept tokens of a partial canvas), the masked counts per
+    row and step (one row when every row has the same unknown count), and the masked count before step 1."""
+    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    if keep_mask is None:
+        return ids, [schedule.masked_counts(num_tokens)], num_tokens  # one count vector for every row
+    if init_ids is None or tuple(keep_mask.shape) != (batch, num_tokens) or init_ids.shape != keep_mask.shape:
+        raise ValueError(f"init_ids and keep_mask must both be ({batch}, {num_tokens})")
+    keep_mask = keep_mask.to(device).bool()
+    ids = torch.where(keep_mask, init_ids.to(device).long(), ids)
+    unknown = (~keep_mask).sum(dim=1).tolist()  # the one host read: counts for every step follow from it
+    return ids, [schedule.counts_for(u) for u in unknown], unknown[0]
+
+
+def draw_tokens(log_probs: torch.Tensor, ids: torch.Tensor, is_masked: torch.Tensor, temperature: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Parallel decoding: a categorical draw at ``temperature`` (tau1) at every position via Gumbel-max, and each
+    draw's temperature-free log-probability as its confidence; visible positions keep their token with confidence
+    +inf (never re-masked). Returns ``(sampled (B, N), confidence (B, N))``."""
+    noisy = log_probs / temperature + gumbel_noise(log_probs.shape, generator, generator.device)
+    sampled = noisy.argmax(dim=-1)  # (B, N)
+    score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
+    sampled = torch.where(is_masked, sampled, ids)
+    return sampled, torch.where(is_masked, score, torch.full_like(score, float("inf")))
 
 
 def remask_lowest(ids: torch.Tensor, confidence: torch.Tensor, k: int | torch.Tensor, mask_id: int) -> torch.Tensor:
