@@ -128,17 +128,8 @@ def import_checkpoint(
     official = read_checkpoint(src)
 
     model_args = read_model_section(config)
-    arch = model_args.get("arch", "autonat-s")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"{config}: unknown model.arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
     overrides = dict(model_args.get("arch_overrides") or {})
-    infer = CONVERTERS[format].infer_dims
-    if "decoder_layers" in inspect.signature(infer).parameters:
-        # the encoder/decoder split is not visible in the weights: it comes from the config (registry default 2)
-        split = overrides.get("decoder_layers", ARCHITECTURES[arch].defaults.get("decoder_layers", 2))
-        dims = infer(official, decoder_layers=split)
-    else:
-        dims = infer(official)
+    dims = official_dims(format, official, model_args.get("arch", "autonat-s"), overrides, config)
     token_space = {
         "codebook_size": dims.pop("codebook_size"),
         "grid_size": dims.pop("grid_size"),
@@ -165,6 +156,18 @@ def import_checkpoint(
     save_checkpoint_file(checkpoint, dst)  # atomic: never a half-written checkpoint under the final name
     print(f"import-checkpoint: {src} -> {dst}\n{report.summary()}")
     return dst
+
+
+def official_dims(format: str, official: dict, arch: str, overrides: dict, config: Path) -> dict[str, Any]:
+    """Widths, depths and token space read from the official weights (the encoder/decoder split of ENAT is not
+    visible in them: it comes from the config's ``decoder_layers``, registry default 2)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{config}: unknown model.arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    infer = CONVERTERS[format].infer_dims
+    if "decoder_layers" in inspect.signature(infer).parameters:
+        split = overrides.get("decoder_layers", ARCHITECTURES[arch].defaults.get("decoder_layers", 2))
+        return infer(official, decoder_layers=split)
+    return infer(official)
 
 
 def tokenizer_record(name: str, checkpoint: str | None, args: list[str] | None, space: dict[str, Any]) -> dict:
