@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lit_nat.callbacks.visuals import paint_masked
 from lit_nat.errors import UsageError
+from lit_nat.visuals import paint_masked
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 

@@ -37,12 +37,12 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from lit_nat.callbacks.reliability import raise_if_stopped
-from lit_nat.callbacks.visuals import label_rows
 from lit_nat.checkpointing import weights_digest
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json
 from lit_nat.schedule import GenerationSchedule
+from lit_nat.visuals import label_rows
 
 NPZ_FILE, GRID_FILE, INFO_FILE, PARTS_DIR, IMAGES_DIR = "samples.npz", "grid.png", "samples.json", "parts", "images"
 PLAN_FILE = "plan.json"

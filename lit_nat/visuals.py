@@ -1,6 +1,8 @@
-"""Pictures of generation for TensorBoard: tokens being revealed step by step, and the schedule's curves.
+"""Pictures of generation: tokens being revealed step by step, masked regions painted, labelled grid rows, and the
+schedule's curves.
 
-Pure functions of a module (or a schedule); :class:`~lit_nat.callbacks.sample_grid.SampleGrid` logs them.
+Pure functions of a module (or a schedule, or images): :class:`~lit_nat.callbacks.sample_grid.SampleGrid` logs them,
+``sample`` labels its grid with them and ``edit`` paints its masks with them.
 """
 
 from __future__ import annotations
