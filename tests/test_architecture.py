@@ -1,0 +1,63 @@
+"""The package's layers, as the README's "Architecture" section draws them: every import in ``lit_nat/`` (also inside
+functions) points to the same layer or one below, so there are no import cycles between packages, hidden or not."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lit_nat"
+
+#: lowest first; a unit is a top-level module or sub-package of lit_nat (the README lists the same order)
+LAYERS = [
+    {"errors", "io", "flags", "progress", "finite", "slurm"},  # foundations
+    {"schedule", "objective", "ema", "visuals"},  # the algorithm's pure parts
+    {"conditioning", "checkpointing", "tokenizers", "amused"},  # conditions, checkpoint files, tokenizers
+    {"sampling", "models", "editing"},  # the decoding loop, the backbones, edit inputs
+    {"data"},
+    {"metrics"},
+    {"module", "loading"},
+    {"callbacks"},
+    {"search"},
+    {"demos", "importer", "flops"},
+    {"sample", "edit_command", "trainer", "cli", "__main__", "__init__"},  # commands
+]
+LAYER = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+
+
+def unit_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0]
+
+
+def imported_units(path: Path) -> set[tuple[str, int]]:
+    """``(unit, line)`` of every ``lit_nat`` import in a file, module level or not."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "lit_nat":
+                found |= {(alias.name, node.lineno) for alias in node.names}
+            elif node.module.startswith("lit_nat."):
+                found.add((node.module.split(".")[1], node.lineno))
+        elif isinstance(node, ast.Import):
+            found |= {(a.name.split(".")[1], node.lineno) for a in node.names if a.name.startswith("lit_nat.")}
+    return found
+
+
+FILES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(p) for p in FILES} | {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert units - {"sbatch"} <= set(LAYER), f"units without a layer: {sorted(units - set(LAYER) - {'sbatch'})}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_the_layers(path):
+    unit = unit_of(path)
+    upward = [f"line {line}: {unit} (layer {LAYER[unit]}) imports {other} (layer {LAYER.get(other)})"
+              for other, line in sorted(imported_units(path))
+              if other != unit and other in LAYER and LAYER[other] > LAYER[unit]]  # fmt: skip
+    assert not upward, f"{path.relative_to(PACKAGE.parent)}: " + "; ".join(upward)
