@@ -207,9 +207,9 @@ def top_level_help() -> str:
         "usage: python -m lit_nat <command> [options]   (python -m lit_nat <command> --help: its options)\n\n"
         "Train, sample, edit and tune masked-token image generators (AutoNAT, ENAT, aMUSEd) with Lightning.\n\n"
         f"commands:\n{rows}\n\noptions:\n  -h, --help{' ' * (width - 10)}this list\n"
-        f"  --version{' ' * (width - 9)}lit_nat's version\n\n"
-        "Booleans take a value (--overwrite true). A user's mistake prints one line; LIT_NAT_DEBUG=1 shows the "
-        "traceback."
+        f"  --version{' ' * (width - 9)}lit_nat's version\n"
+        f"  --debug{' ' * (width - 7)}before the command: show the traceback of an error (or LIT_NAT_DEBUG=1)\n\n"
+        "Booleans take a value (--overwrite true). A user's mistake prints one line."
     )
 
 
@@ -290,6 +290,9 @@ def main(args: ArgsType = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(top_level_help())
         return
+    if argv[0] == "--debug":  # (entry() handles it for the console; here for main([...]) calls)
+        os.environ["LIT_NAT_DEBUG"] = "1"
+        return main(argv[1:])
     if argv[0] == "--version":
         print(version())
         return
@@ -322,15 +325,26 @@ def main(args: ArgsType = None) -> None:
     )
 
 
+#: built-in errors that lit_nat raises for a user's value or path (and that libraries raise for a bad file): printed
+#: as one line by :func:`entry`, like :class:`~lit_nat.errors.LitNatError`
+USER_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                     PermissionError)  # fmt: skip
+
+
 def entry() -> None:
     """The console entry (``python -m lit_nat``, ``lit-nat``): :func:`main` with a user's errors as one line.
 
-    A :class:`~lit_nat.errors.LitNatError` prints ``lit_nat: error: <message>`` (no traceback; ``LIT_NAT_DEBUG=1``
-    shows it) and exits with its code; a fit or command stopped by SIGTERM exits with 143 after saving what it had,
-    Ctrl-C with 130.
+    A :class:`~lit_nat.errors.LitNatError` prints ``lit_nat: error: <message>`` and exits with its code; a bad value
+    or path met as a built-in error (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ...) prints
+    ``lit_nat: error: <type>: <message>`` and exits with 2; neither shows a traceback unless ``--debug`` (first
+    argument) or ``LIT_NAT_DEBUG=1`` asks for it. A fit or command stopped by SIGTERM exits with 143 after saving
+    what it had, Ctrl-C with 130.
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    if sys.argv[1:2] == ["--debug"]:
+        del sys.argv[1]
+        os.environ["LIT_NAT_DEBUG"] = "1"  # also for the processes a DDP launcher starts
     debug = os.environ.get("LIT_NAT_DEBUG", "") not in ("", "0")
     try:
         main()
@@ -342,6 +356,13 @@ def entry() -> None:
             traceback.print_exc()
         print(f"lit_nat: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except USER_INPUT_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        hint = "" if debug else " (--debug for the traceback)"
+        print(f"lit_nat: error: {type(err).__name__}: {first_line}{hint}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("lit_nat: interrupted; what was finished is saved, rerun to resume", file=sys.stderr)
         sys.exit(130)
