@@ -274,53 +274,55 @@ def check_parts_plan(path: Path, plan: dict[str, Any]) -> None:
         )
 
 
-def run_sample(
-    trainer: L.Trainer,
-    model: L.LightningModule,
-    ckpt_path: str | None,
-    num_samples: int,
-    batch_size: int,
-    labels: list[int] | None,
-    schedule: str | None,
-    seed: int,
-    out: str,
-    save_png: bool,
-    grid_samples: int,
-    overwrite: bool,
-    prompts: list[str] | None,
-    prompts_file: str | None,
-) -> Path:
+@dataclass(frozen=True)
+class SampleRequest:
+    """What a ``sample`` run is asked for (the options of :meth:`NATTrainer.sample
+    <lit_nat.trainer.NATTrainer.sample>`, which documents each)."""
+
+    num_samples: int = 50_000
+    batch_size: int = 100
+    labels: list[int] | None = None
+    schedule: str | None = None
+    seed: int = 0
+    out: str = "samples"
+    save_png: bool = False
+    grid_samples: int = 100
+    overwrite: bool = False
+    prompts: list[str] | None = None
+    prompts_file: str | None = None
+
+
+def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | None, request: SampleRequest) -> Path:
     """The body of :meth:`NATTrainer.sample <lit_nat.trainer.NATTrainer.sample>` (see its documentation)."""
-    files = SampleFiles.at(out)
-    if files.npz.exists() and not overwrite:
+    files, labels = SampleFiles.at(request.out), request.labels
+    if files.npz.exists() and not request.overwrite:
         raise FileExistsError(f"{files.npz} exists; pass --overwrite true or another --out")
-    parsed = GenerationSchedule.preset(schedule) if schedule else None  # bad files fail before any work
+    parsed = GenerationSchedule.preset(request.schedule) if request.schedule else None  # bad files fail before work
     num_classes = int(model.hparams.num_classes)
     if labels is not None:
         bad = [v for v in labels if not 0 <= int(v) <= num_classes]
         if bad or not labels:
-            raise ValueError(
-                f"labels must be non-empty and in [0, {num_classes}] ({num_classes} = null), got {bad}"
-            )
-    prompts = read_prompts(prompts, prompts_file, model, labels)
+            raise ValueError(f"labels must be non-empty and in [0, {num_classes}] ({num_classes} = null), got {bad}")
+    prompts = read_prompts(request.prompts, request.prompts_file, model, labels)
     if ckpt_path is None:
         rank_zero_warn("sample: no --ckpt_path; sampling from the model's initial (untrained) weights")
-    settings = {"num_samples": num_samples, "batch_size": batch_size, "seed": seed,
+    settings = {"num_samples": request.num_samples, "batch_size": request.batch_size, "seed": request.seed,
                 "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
     if prompts is not None:
         settings = {**settings, "labels": None, "prompts": prompts}
-    info = {"checkpoint": ckpt_path, **settings, "schedule_source": schedule or "checkpoint"}
+    info = {"checkpoint": ckpt_path, **settings, "schedule_source": request.schedule or "checkpoint"}
     # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
     lock = DirectoryLock(files.folder, "lit_nat sample").acquire() if trainer.is_global_zero else None
     try:
-        if overwrite and trainer.is_global_zero:  # (before predict starts, so before any rank writes a part)
+        if request.overwrite and trainer.is_global_zero:  # (before predict starts, so before any rank writes a part)
             shutil.rmtree(files.parts, ignore_errors=True)
-        done = set() if overwrite else done_batches(files)
+        done = set() if request.overwrite else done_batches(files)
         if done:
             rank_zero_info(f"sample: resuming: {len(done)} batches already in {files.parts}")
-        loader = generation_loader(num_samples, batch_size, seed, num_classes=num_classes, labels=labels,
-                                   skip=done, prompts=prompts)  # fmt: skip
-        writer = SampleWriter(files, num_samples, batch_size, settings, parsed, save_png, grid_samples, info)
+        loader = generation_loader(request.num_samples, request.batch_size, request.seed, num_classes=num_classes,
+                                   labels=labels, skip=done, prompts=prompts)  # fmt: skip
+        writer = SampleWriter(files, request.num_samples, request.batch_size, settings, parsed, request.save_png,
+                              request.grid_samples, info)  # fmt: skip
         trainer.callbacks.append(writer)
         try:
             trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)

@@ -15,7 +15,7 @@ from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock
 from lit_nat.checkpointing import DurableCheckpointIO
 from lit_nat.edit_command import run_edit
 from lit_nat.loading import load_model
-from lit_nat.sample import run_sample
+from lit_nat.sample import SampleRequest, run_sample
 from lit_nat.search.session import SearchSettings
 from lit_nat.search.standalone import run_search
 
@@ -80,8 +80,10 @@ class NATTrainer(L.Trainer):
             prompts: for a text-conditioned model, the prompts, cycled (sample i gets prompts[i mod P]).
             prompts_file: a UTF-8 file with one prompt per line (blank lines skipped), instead of --prompts.
         """
-        return run_sample(self, model, ckpt_path, num_samples, batch_size, labels, schedule, seed, out, save_png,
-                          grid_samples, overwrite, prompts, prompts_file)  # fmt: skip
+        request = SampleRequest(num_samples=num_samples, batch_size=batch_size, labels=labels, schedule=schedule,
+                                seed=seed, out=out, save_png=save_png, grid_samples=grid_samples, overwrite=overwrite,
+                                prompts=prompts, prompts_file=prompts_file)  # fmt: skip
+        return run_sample(self, model, ckpt_path, request)
 
     def edit(
         self,
