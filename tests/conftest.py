@@ -1,4 +1,16 @@
-"""Shared fixtures: tiny token shards in any token space, written with the project's one ShardWriter."""
+"""Shared fixtures and hooks: tiny token shards in any token space, written with the project's one ShardWriter.
+
+Shared helpers live in ``tests/helpers/`` (no test file imports another): tiny model configurations and builders in
+``tiny.py``, official-layout reference implementations in ``official.py``, fixture data in ``data.py`` and
+``schedules.py``, assertions, probes and test tokenizers beside them.
+
+Markers (declared in pyproject.toml):
+
+* ``slow``: runs a real CLI job or subprocess for more than a few seconds. The default test command
+  (``bash scripts/test.sh``, and CI) still runs these tests; the marker is for a fast local loop,
+  ``pytest -m "not slow"``.
+* ``gpu``: needs a CUDA device; skipped here when ``torch.cuda.is_available()`` is False.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +22,12 @@ import torch
 import yaml
 
 from lit_nat.data.shards import ShardWriter
+from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH
 
-# backbones small enough that any config runs a few CPU steps in about a second
-TINY_ARCH = "{width: 32, num_layers: 3, num_heads: 2}"
-TINY_ENAT = "{width: 32, encoder_layers: 1, decoder_layers: 1, num_heads: 2}"
 REPO = Path(__file__).resolve().parents[1]
 #: the shipped configs that train (every one is fitted a few steps by tests/test_cli.py); configs/amused_cc3m.yaml
 #: trains nothing (a search/validate config for an imported aMUSEd) and runs in tests/test_amused.py
 FIT_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.stem != "amused_cc3m")
-
-
-def tiny_overrides(arch: str) -> str:
-    """arch_overrides (YAML) that shrink a registry backbone of either family."""
-    return TINY_ENAT if arch.startswith("enat") else TINY_ARCH
 
 
 def write_random_shards(
@@ -74,7 +79,7 @@ def fit_tiny_checkpoint(tmp_path: Path, root: Path, steps: int, callbacks: list 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "trainer": trainer,
-        "model": {"arch": "autonat-tiny", "arch_overrides": {"width": 32, "num_layers": 1, "num_heads": 2},
+        "model": {"arch": "autonat-tiny", "arch_overrides": UVIT_ONE_BLOCK_ARCH,
                   "schedule_params": {"steps": steps}},
         "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
     }))  # fmt: skip
@@ -83,14 +88,12 @@ def fit_tiny_checkpoint(tmp_path: Path, root: Path, steps: int, callbacks: list 
     return config, ckpt
 
 
-def tiny_trainer(tmp_path: Path, **kwargs):
-    """A quiet one-CPU Trainer for tests (no logger, checkpoints, progress bar or sanity check); kwargs override."""
-    import lightning as L
-
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1,
-                    num_sanity_val_steps=0)  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` without a CUDA device."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu and not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(autouse=True)

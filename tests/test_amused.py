@@ -20,7 +20,7 @@ from lit_nat.checkpointing import read_diffusers_weights  # noqa: E402
 from lit_nat.cli import main  # noqa: E402
 from lit_nat.errors import CheckpointError, UsageError  # noqa: E402
 from lit_nat.importer import amused_module  # noqa: E402
-from lit_nat.module import load_model  # noqa: E402
+from lit_nat.loading import load_model  # noqa: E402
 from lit_nat.sampling import guided_log_probs  # noqa: E402
 from lit_nat.schedule import GenerationSchedule  # noqa: E402
 from lit_nat.tokenizers import AmusedVQTokenizer  # noqa: E402
@@ -213,6 +213,7 @@ def test_prompts_for_a_class_model_and_labels_for_amused_are_errors(model):
 
 
 # ------------------------------------------------------------------------------------------------------ the search
+@pytest.mark.slow
 def test_the_shipped_cc3m_config_searches_amused_deterministically_and_moves_the_schedule(folder, tmp_path):
     """configs/amused_cc3m.yaml at tiny size on CPU: CC3M-style val shards tokenised with ``--amused``, FID (a random
     digits classifier in place of Inception) with the CLIP score beside it, one search update from aMUSEd's own
@@ -221,7 +222,7 @@ def test_the_shipped_cc3m_config_searches_amused_deterministically_and_moves_the
     from lit_nat.metrics.clip_score import save_random_clip_model
     from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
     from tests.conftest import REPO
-    from tests.test_text_data import make_img2dataset
+    from tests.helpers.data import make_img2dataset
 
     ckpt = tmp_path / "amused.ckpt"
     main(["import-checkpoint", "--format", "amused", "--src", str(folder), "--dst", str(ckpt)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ from lit_nat.conditioning import save_random_clip
 from lit_nat.demos.digits import prepare_digits
 from lit_nat.errors import UsageError
 from lit_nat.module import NATModule
-from tests.conftest import FIT_CONFIGS, tiny_overrides, write_random_shards
-from tests.test_models import H, random_official_state_dict, reference_forward, tiny_inputs
+from tests.conftest import FIT_CONFIGS, write_random_shards
+from tests.helpers.official import random_official_autonat_state_dict, reference_autonat, tiny_autonat_inputs
+from tests.helpers.tiny import H, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,7 @@ def data_for(config: Path, tmp_path: Path) -> Path:
                                sizes={"train": 32, "val": 8}, text_encoder=text)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", FIT_CONFIGS, ids=[c.stem for c in FIT_CONFIGS])
 def test_every_config_fits_a_few_steps_on_cpu(config, tmp_path):
     root = data_for(config, tmp_path)
@@ -100,7 +104,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
 def official_setup(tmp_path):
     """A random state_dict in the official AutoNAT layout (16 codes, 4x4 grid, 10 classes, width 32, 5 layers, 4
     heads) saved like nnet_ema.pth, shards in the same token space, and a config naming both."""
-    official = random_official_state_dict(seed=5)
+    official = random_official_autonat_state_dict(seed=5)
     src = tmp_path / "nnet_ema.pth"
     torch.save(official, src)
     root = write_random_shards(tmp_path / "shards", codebook_size=16, grid=4, num_classes=10)
@@ -127,11 +131,11 @@ def test_import_checkpoint_reproduces_the_official_forward(official_setup, tmp_p
     dst = tmp_path / "model.ckpt"
     main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
     model = load_model(str(dst))
-    ids, labels = tiny_inputs()
+    ids, labels = tiny_autonat_inputs()
     with torch.no_grad():
         ours, state = model.backbone(ids, labels)
     assert state is None
-    torch.testing.assert_close(ours, reference_forward(official, ids, labels, num_heads=H), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, reference_autonat(official, ids, labels, num_heads=H), atol=1e-5, rtol=1e-5)
     assert model.hparams.tokenizer["name"] == "pixel"  # taken from the data's meta.json
     # an existing checkpoint is never overwritten silently
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -240,6 +244,30 @@ def test_every_command_has_help_and_refuses_an_unknown_option(command, capsys):
     assert exit_info.value.code == 2 and "error:" in error and ("no_such_option" in error or "required" in error)
 
 
+def test_fit_offers_no_optimizer_that_would_replace_the_recipe(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "--optimizer" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={REPO / 'configs/demo_digits.yaml'}", "--optimizer=Adam"])
+    assert exit_info.value.code == 2 and "--optimizer" in capsys.readouterr().err
+
+
+def test_a_built_in_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    """A user's path met as FileNotFoundError: one line naming it, exit 2; ``--debug`` first shows the traceback."""
+    command = [sys.executable, "-m", "lit_nat", "import-checkpoint", "--format=autonat", f"--src={tmp_path / 'no.pth'}",
+               "--config=configs/demo_digits.yaml", f"--dst={tmp_path / 'x.ckpt'}"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"lit_nat: error: FileNotFoundError: official checkpoint {tmp_path / 'no.pth'} does not exist "
+        f"(--debug for the traceback)"
+    )
+    debug = subprocess.run([*command[:3], "--debug", *command[3:]], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and not (tmp_path / "x.ckpt").exists()
+
+
 def test_official_weights_and_a_vqgan_file_sample_with_the_checkpoint_alone(tmp_path):
     """import-checkpoint records the tokenizer, so sample needs no config and no data root; --out x.npz is a file."""
     import numpy as np
@@ -247,7 +275,7 @@ def test_official_weights_and_a_vqgan_file_sample_with_the_checkpoint_alone(tmp_
     from lit_nat.tokenizers.vqgan import save_random_checkpoint
 
     src = tmp_path / "nnet_ema.pth"
-    torch.save(random_official_state_dict(seed=5), src)  # 16 codes, 4x4 grid, 10 classes
+    torch.save(random_official_autonat_state_dict(seed=5), src)  # 16 codes, 4x4 grid, 10 classes
     config = tmp_path / "arch.yaml"
     config.write_text(yaml.safe_dump({"model": {"arch": "autonat-s", "arch_overrides": {"num_heads": H},
                                                 "schedule_params": {"steps": 4}}}))  # fmt: skip

@@ -24,13 +24,10 @@ from lit_nat.module import NATModule
 from lit_nat.sampling import generate, guided_log_probs, gumbel_noise, make_generator
 from lit_nat.schedule import GenerationSchedule
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
+from tests.helpers.tiny import ENAT_ARCH, ENAT_OPTIONS, UVIT_ARCH
 
 K, GRID, N = 12, 4, 16
-ARCHS = {
-    "uvit": ("autonat-tiny", {"width": 32, "num_layers": 3, "num_heads": 2}, {}),
-    "enat": ("enat-tiny", {"width": 32, "encoder_layers": 1, "decoder_layers": 1, "num_heads": 2},
-             {"mask_ratio_per_sample": False, "min_visible_tokens": 1}),
-}  # fmt: skip
+ARCHS = {"uvit": ("autonat-tiny", UVIT_ARCH, {}), "enat": ("enat-tiny", ENAT_ARCH, ENAT_OPTIONS)}
 
 
 def model_for(name: str) -> NATModule:

@@ -21,204 +21,19 @@ from lit_nat.models import (
 from lit_nat.models.convert import CONVERTERS, compare_with_target
 from lit_nat.sampling import generate, make_generator
 from lit_nat.schedule import GenerationSchedule
-from tests.test_models import official_head_shapes
+from tests.helpers.official import official_enat_shapes, random_official_enat_state_dict, reference_enat
+from tests.helpers.tiny import ENAT_BACKBONE, ENC, C, D, H, K, N
 
-# Tiny dims: 2 encoder + 2 decoder blocks, so the split and the shared decoder context both matter.
-K, N, C, D, H, ENC, DEC = 16, 16, 10, 32, 4, 2, 2
-TINY = dict(codebook_size=K, grid_size=4, num_classes=C, width=D, encoder_layers=ENC, decoder_layers=DEC, num_heads=H)
 ENAT_L_TOTAL = 574_298_113  # official ENAT-L at 256 px, dead prev_embedder included (reference note 3.9)
 
 
 def tiny_enat(**overrides) -> ENAT:
-    return ENAT(**{**TINY, **overrides})
+    return ENAT(**{**ENAT_BACKBONE, **overrides})
 
 
 def dead_prev_embedder(width: int, mlp_ratio: int = 4) -> int:
     """Parameters of the official, never-called prev_embedder Mlp (D -> 4D -> D)."""
     return 2 * width * mlp_ratio * width + mlp_ratio * width + width
-
-
-# ------------------------------------------------------------------------------------------------ official layout
-def official_enat_shapes(
-    codebook_size: int, num_tokens: int, num_classes: int, width: int, num_blocks: int, mlp_ratio: int = 4
-) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of the official ENAT (DiT) state_dict (reference note, section 3.9)."""
-    d, hidden = width, mlp_ratio * width
-    shapes: dict[str, tuple[int, ...]] = {
-        "x_embedder.word_embeddings.weight": (codebook_size + 1, d),
-        "x_embedder.position_embeddings.weight": (num_tokens, d),
-        "x_embedder.LayerNorm.weight": (d,),
-        "x_embedder.LayerNorm.bias": (d,),
-        "y_embedder.embedding_table.weight": (num_classes + 1, d),
-    }
-    for prefix in ("prev_embedder", "prev_proj.mlp"):
-        shapes.update(
-            {
-                f"{prefix}.fc1.weight": (hidden, d),
-                f"{prefix}.fc1.bias": (hidden,),
-                f"{prefix}.fc2.weight": (d, hidden),
-                f"{prefix}.fc2.bias": (d,),
-            }
-        )
-    shapes["prev_proj.norm.weight"] = (d,)
-    shapes["prev_proj.norm.bias"] = (d,)
-    for i in range(num_blocks):
-        p = f"blocks.{i}"
-        for name, rows in (("attn.q", d), ("attn.kv.A", 2 * d), ("attn.kv.B", 2 * d), ("attn.proj", d)):
-            shapes[f"{p}.{name}.weight"] = (rows, d)
-            shapes[f"{p}.{name}.bias"] = (rows,)
-        shapes.update(
-            {
-                f"{p}.mlp.fc1.weight": (hidden, d),
-                f"{p}.mlp.fc1.bias": (hidden,),
-                f"{p}.mlp.fc2.weight": (d, hidden),
-                f"{p}.mlp.fc2.bias": (d,),
-                f"{p}.adaLN_modulation.1.weight": (8 * d, d),
-                f"{p}.adaLN_modulation.1.bias": (8 * d,),
-            }
-        )
-    shapes.update(official_head_shapes(d, codebook_size))
-    return shapes
-
-
-def random_official_state_dict(seed: int = 0, small_stream: bool = False) -> dict[str, torch.Tensor]:
-    """Random tensors in the official layout with every part active.
-
-    The official init zeroes the adaLN Linear (all gates 0: every block is the identity) and starts affine norms at
-    the identity, which would hide most mistakes; here gates, shifts and scales are O(0.5), norms are perturbed, and
-    the word table is large enough that the logits (features @ table) vary by O(1). ``small_stream=True`` keeps the
-    residual stream at std ~0.005 (small embedding LN, small residual-writing projections), so its variance is
-    comparable to the LayerNorm eps and a wrong eps anywhere moves the logits far beyond the tolerance.
-    """
-    g = torch.Generator().manual_seed(seed)
-    small = 0.005 if small_stream else 1.0
-    sd = {}
-    for key, shape in official_enat_shapes(K, N, C, D, ENC + DEC).items():
-        x = torch.randn(shape, generator=g)
-        if "embedding" in key:  # word, position and label tables
-            x = 0.5 * x
-        elif ("LayerNorm" in key or "norm" in key or ".ln." in key) and key.endswith("weight"):
-            x = 1 + 0.2 * x
-        elif key.endswith("bias"):
-            x = 0.1 * x
-        elif "adaLN_modulation" in key:
-            x = 0.5 * x / math.sqrt(shape[-1])
-        elif key == "mlm_layer.fc.weight":
-            x = 2.0 * x / math.sqrt(shape[-1])  # head pre-activations of order 2: exact vs tanh GELU differ
-        else:
-            x = x / math.sqrt(shape[-1])
-        if key.startswith("x_embedder.LayerNorm") or key.endswith(("attn.proj.weight", "fc2.weight")):
-            x = small * x  # the embedding and every residual branch write small values
-        sd[key] = x
-    return sd
-
-
-def reference_enat(
-    sd: dict[str, torch.Tensor],
-    ids: torch.Tensor,
-    labels: torch.Tensor,
-    num_heads: int,
-    encoder_layers: int,
-    prev: dict[str, torch.Tensor] | None = None,
-    wrong: str | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Independent ENAT forward (eval mode) over the official state_dict, written from the reference note 3.3-3.6.
-
-    Boolean-mask gathers and explicit softmax attention, as in the official code. ``prev`` is the dict returned by
-    the previous call (``masking``, ``feat``). ``wrong`` injects one deliberate mistake, for negative controls.
-    """
-    word = sd["x_embedder.word_embeddings.weight"]
-    mask_id, d = word.shape[0] - 1, word.shape[1]
-    num_blocks = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-
-    def ln(x, eps, p=None):
-        if x.numel() == 0:  # an empty token block (nothing visible / nothing masked)
-            return x
-        y = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
-        return y * sd[f"{p}.weight"] + sd[f"{p}.bias"] if p else y
-
-    def lin(x, p):
-        return x @ sd[f"{p}.weight"].T + sd[f"{p}.bias"]
-
-    def gelu_tanh(x):
-        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-
-    def gelu_exact(x):
-        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
-
-    block_gelu = gelu_exact if wrong == "exact_gelu" else gelu_tanh
-    eps = {"block": 1e-6, "context": 1e-6, "prev": 1e-6, "final": 1e-5}
-    if wrong in ("block_eps", "context_eps", "prev_eps"):
-        eps[wrong[:-4]] = 1e-5
-    elif wrong == "final_eps":
-        eps["final"] = 1e-6
-
-    def attend(q, k, v):
-        b, nq, nk, dh = q.shape[0], q.shape[1], k.shape[1], d // num_heads
-        q = q.view(b, nq, num_heads, dh).transpose(1, 2)
-        k = k.view(b, nk, num_heads, dh).transpose(1, 2)
-        v = v.view(b, nk, num_heads, dh).transpose(1, 2)
-        a = torch.softmax(q @ k.transpose(-2, -1) * dh**-0.5, dim=-1)
-        return (a @ v).transpose(1, 2).reshape(b, nq, d)
-
-    c = sd["y_embedder.embedding_table.weight"][labels.reshape(-1)]  # (B, D)
-
-    def block(i, x, ctx):
-        p = f"blocks.{i}"
-        chunks = [t[:, None] for t in lin(F.silu(c), f"{p}.adaLN_modulation.1").chunk(8, dim=-1)]
-        sh, sc, sh_, sc_, g_msa, sh_mlp, sc_mlp, g_mlp = chunks
-        if wrong == "chunk_order":
-            sh, sh_ = sh_, sh
-        a, bb = ("kv.B", "kv.A") if wrong == "swap_kv" else ("kv.A", "kv.B")
-        h = ln(x, eps["block"]) * (1 + sc) + sh
-        kv = lin(h, f"{p}.attn.{bb}")
-        if ctx is not None and ctx.shape[1] > 0:
-            kv = torch.cat([lin(ln(ctx, eps["context"]) * (1 + sc_) + sh_, f"{p}.attn.{a}"), kv], dim=1)
-        k, v = kv[..., :d], kv[..., d:]
-        x = x + g_msa * lin(attend(lin(h, f"{p}.attn.q"), k, v), f"{p}.attn.proj")
-        hid = block_gelu(lin(ln(x, eps["block"]) * (1 + sc_mlp) + sh_mlp, f"{p}.mlp.fc1"))
-        return x + g_mlp * lin(hid, f"{p}.mlp.fc2")
-
-    b, n = ids.shape
-    x = word[ids] + sd["x_embedder.position_embeddings.weight"][:n]
-    x = ln(x, 1e-6, "x_embedder.LayerNorm")
-    masking = ids == mask_id
-    counts = masking.sum(1)
-    assert bool((counts == counts[0]).all())
-    visible = ~masking
-
-    if prev is None:
-        enc = x[visible].view(b, -1, d)
-        if enc.shape[1] > 0:
-            for i in range(encoder_layers):
-                enc = block(i, enc, None)
-    else:
-        assert bool((masking <= prev["masking"]).all())  # masked now => masked before
-        prev_visible = ~prev["masking"]
-        p = prev["feat"][prev_visible].view(b, -1, d)
-        if wrong != "no_prev_proj":
-            hid = gelu_tanh(lin(ln(p, eps["prev"], "prev_proj.norm"), "prev_proj.mlp.fc1"))
-            p = p + lin(hid, "prev_proj.mlp.fc2")
-        new_mask = visible & prev["masking"]
-        new = x[new_mask].view(b, -1, d)
-        if new.shape[1] > 0:
-            for i in range(encoder_layers):
-                new = block(i, new, p)
-        full = torch.zeros(b, n, d)
-        full[prev_visible] = p.reshape(-1, d)
-        full[new_mask] = new.reshape(-1, d)
-        enc = full[visible].view(b, -1, d)
-
-    dec = x[masking].view(b, -1, d)
-    for i in range(encoder_layers, num_blocks):
-        dec = block(i, dec, enc)
-    feat = torch.zeros(b, n, d)
-    feat[visible] = enc.reshape(-1, d)
-    feat[masking] = dec.reshape(-1, d)
-
-    h = ln(gelu_exact(lin(ln(feat, eps["final"], "norm"), "mlm_layer.fc")), 1e-5, "mlm_layer.ln")
-    logits = h @ word.T + sd["mlm_layer.bias"]  # (B, N, K + 1)
-    return logits[..., :-1], {"masking": masking, "feat": feat}
 
 
 def random_mask(batch: int, num_masked: int, g: torch.Generator, within: torch.Tensor | None = None) -> torch.Tensor:
@@ -240,7 +55,7 @@ def tiny_inputs(batch: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tens
 
 
 def loaded_tiny(seed: int = 0, small_stream: bool = False) -> tuple[ENAT, dict[str, torch.Tensor]]:
-    official = random_official_state_dict(seed, small_stream)
+    official = random_official_enat_state_dict(seed, small_stream)
     model = tiny_enat().eval()
     report = load_official_enat(model, official)
     assert report.ok, report.summary()
@@ -293,7 +108,7 @@ def test_official_l_layout_converts_on_meta(grid, total):
 
 
 def test_infer_dims_split_and_errors():
-    official = random_official_state_dict()
+    official = random_official_enat_state_dict()
     dims = infer_enat_dims({"nnet": official}, decoder_layers=1)
     assert (dims["encoder_layers"], dims["decoder_layers"], dims["width"]) == (3, 1, D)
     assert load_official_enat(ENAT(**dims, num_heads=H), official).ok  # the split is not visible in the weights
@@ -474,7 +289,7 @@ def test_generation_is_deterministic_under_a_seed():
 
 # ------------------------------------------------------------------------------------------------------ 5. import
 def test_import_from_file_with_module_prefix(tmp_path):
-    official = random_official_state_dict(seed=11)
+    official = random_official_enat_state_dict(seed=11)
     path = tmp_path / "nnet_ema.pth"
     torch.save({"module." + k: v for k, v in official.items()}, path)
 
@@ -490,7 +305,7 @@ def test_import_from_file_with_module_prefix(tmp_path):
 
 
 def test_import_errors_name_keys_and_shapes():
-    official = random_official_state_dict()
+    official = random_official_enat_state_dict()
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.q\.weight.*expected shape \(48, 48\), got \(32, 32\)"):
         load_official_enat(tiny_enat(width=48), official)
     with pytest.raises(ValueError, match=r"x_embedder\.position_embeddings\.weight.*\(64, 32\), got \(16, 32\)"):

@@ -12,23 +12,13 @@ from lit_nat.cli import main
 from lit_nat.data import TokenShardDataModule
 from lit_nat.module import NATModule
 from tests.conftest import write_random_shards
-from tests.test_enat import DEC, ENC, C, H, K, N, random_official_state_dict, reference_enat
-
-ENAT_TINY = dict(
-    arch="enat-tiny",
-    arch_overrides={"width": 32, "encoder_layers": 2, "decoder_layers": 1, "num_heads": 2},
-    codebook_size=12,
-    grid_size=4,
-    num_classes=3,
-    tokenizer={"name": "pixel", "levels": 12, "image_size": 4, "channels": 1},
-    mask_ratio_per_sample=False,
-    min_visible_tokens=1,
-)
+from tests.helpers.official import random_official_enat_state_dict, reference_enat
+from tests.helpers.tiny import DEC, ENAT_MODULE, ENC, C, H, K, N
 
 
 def test_reuse_training_trains_prev_proj_from_ema_features(tiny_shards, tmp_path):
     torch.manual_seed(0)
-    model = NATModule(**ENAT_TINY, reuse_prob=1.0, warmup_steps=0, lr=1e-2)
+    model = NATModule(**ENAT_MODULE, reuse_prob=1.0, warmup_steps=0, lr=1e-2)
     prev_proj = {k: v.clone() for k, v in model.backbone.prev_proj.state_dict().items()}
     seen = []
     original = model.previous_step_state
@@ -61,22 +51,22 @@ def test_reuse_training_trains_prev_proj_from_ema_features(tiny_shards, tmp_path
 
 def test_enat_configuration_errors():
     with pytest.raises(ValueError, match="mask_ratio_per_sample: false"):
-        NATModule(**{**ENAT_TINY, "mask_ratio_per_sample": True})
+        NATModule(**{**ENAT_MODULE, "mask_ratio_per_sample": True})
     with pytest.raises(ValueError, match="has no feature reuse"):
         NATModule(arch="autonat-tiny", codebook_size=12, grid_size=4, num_classes=3, reuse_prob=0.5)
     with pytest.raises(ValueError, match=r"reuse_prob must be in \[0, 1\]"):
-        NATModule(**ENAT_TINY, reuse_prob=2.0)
+        NATModule(**ENAT_MODULE, reuse_prob=2.0)
 
 
 def test_generation_with_enat_module():
-    model = NATModule(**ENAT_TINY, schedule="enat", schedule_params={"steps": 4})
+    model = NATModule(**ENAT_MODULE, schedule="enat", schedule_params={"steps": 4})
     first = model.generate(torch.tensor([0, 1, 2]), seed=1).ids
     assert first.shape == (3, 16) and torch.all(first < 12)
     assert torch.equal(first, model.generate(torch.tensor([0, 1, 2]), seed=1).ids)
 
 
 def test_import_official_enat_checkpoint_through_the_cli(tmp_path):
-    official = random_official_state_dict(seed=2)
+    official = random_official_enat_state_dict(seed=2)
     assert any(key.startswith("prev_embedder.") for key in official)  # the dead module is in official files
     src = tmp_path / "nnet_ema.pth"
     torch.save({f"module.{k}": v for k, v in official.items()}, src)

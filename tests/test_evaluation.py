@@ -5,39 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_nat.callbacks import GenerativeEvaluation, SampleGrid
-from lit_nat.callbacks.visuals import reveal_strip, schedule_scalars
-from lit_nat.data import TokenShardDataModule
 from lit_nat.data.labels import GenerationBatches, plan_generation
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
-from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
-from tests.conftest import tiny_trainer
-
-TINY = dict(
-    arch="autonat-tiny",
-    arch_overrides={"width": 32, "num_layers": 1, "num_heads": 2},
-    codebook_size=12,
-    grid_size=4,
-    num_classes=3,
-    tokenizer={"name": "pixel", "levels": 12, "image_size": 4, "channels": 1},
-    schedule_params={"steps": 4},
-)
-
-
-def tiny_module(seed: int = 0) -> NATModule:
-    torch.manual_seed(seed)
-    return NATModule(**TINY)
-
-
-def trainer(tmp_path: Path, callbacks: list, **kwargs) -> L.Trainer:
-    return tiny_trainer(tmp_path, callbacks=callbacks, **kwargs)
+from lit_nat.visuals import reveal_strip, schedule_scalars
+from tests.helpers.tiny import eval_module, eval_trainer, shards_datamodule
 
 
 @pytest.fixture
@@ -58,10 +36,6 @@ def evaluation(classifier: Path, tmp_path: Path, **kwargs) -> GenerativeEvaluati
         seed=3,
     )
     return GenerativeEvaluation(**{**defaults, **kwargs})
-
-
-def datamodule(root: Path) -> TokenShardDataModule:
-    return TokenShardDataModule(root, batch_size=4, num_workers=0)
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -90,7 +64,7 @@ def test_every_label_exactly_once_over_simulated_ranks(num_samples, batch_size):
 
 
 def test_images_do_not_depend_on_the_number_of_ranks():
-    model = tiny_module().eval()
+    model = eval_module().eval()
 
     def images_by_index(world_size: int) -> dict[int, torch.Tensor]:
         out = {}
@@ -109,11 +83,11 @@ def test_images_do_not_depend_on_the_number_of_ranks():
 def test_validation_fid_is_deterministic_uses_the_current_schedule_and_writes_a_report(
     tiny_shards, classifier, tmp_path
 ):
-    model = tiny_module()
+    model = eval_module()
     callback = evaluation(classifier, tmp_path)
     seen: list[torch.Tensor] = []
-    fit = trainer(tmp_path, [callback])
-    dm = datamodule(tiny_shards)
+    fit = eval_trainer(tmp_path, [callback])
+    dm = shards_datamodule(tiny_shards)
 
     first = fit.validate(model, datamodule=dm, verbose=False)[0]
     original_forward = callback.extractor.forward
@@ -144,10 +118,10 @@ def test_validation_fid_is_deterministic_uses_the_current_schedule_and_writes_a_
 
 
 def test_evaluate_works_outside_validation_and_inference_mode(tiny_shards, classifier, tmp_path):
-    model = tiny_module()
+    model = eval_module()
     callback = evaluation(classifier, tmp_path)
-    fit = trainer(tmp_path, [callback])
-    logged = fit.validate(model, datamodule=datamodule(tiny_shards), verbose=False)[0]["val/digits_fid"]
+    fit = eval_trainer(tmp_path, [callback])
+    logged = fit.validate(model, datamodule=shards_datamodule(tiny_shards), verbose=False)[0]["val/digits_fid"]
     assert not torch.is_inference_mode_enabled()
     again = callback.evaluate(fit, model)  # e.g. a schedule search from a training hook
     assert again["fid"] == pytest.approx(logged)
@@ -155,25 +129,25 @@ def test_evaluate_works_outside_validation_and_inference_mode(tiny_shards, class
 
 def test_every_n_validations_and_checkpointed_counter(tiny_shards, classifier, tmp_path):
     callback = evaluation(classifier, tmp_path, every_n_validations=2)
-    fit = trainer(tmp_path, [callback], max_steps=6, val_check_interval=2, check_val_every_n_epoch=None,
-                  limit_train_batches=6)  # fmt: skip
-    fit.fit(tiny_module(), datamodule=datamodule(tiny_shards))
+    fit = eval_trainer(tmp_path, [callback], max_steps=6, val_check_interval=2, check_val_every_n_epoch=None,
+                       limit_train_batches=6)  # fmt: skip
+    fit.fit(eval_module(), datamodule=shards_datamodule(tiny_shards))
     assert callback.validations == 3 and [h["global_step"] for h in callback.history] == [4]
     assert callback.state_dict() == {"validations": 3, "history": callback.history}
 
 
 def test_missing_files_are_clear_errors_at_start(tiny_shards, classifier, tmp_path):
-    model, dm = tiny_module(), datamodule(tiny_shards)
+    model, dm = eval_module(), shards_datamodule(tiny_shards)
     bad_weights = evaluation(classifier, tmp_path, weights_path=str(tmp_path / "missing.pt"))
     with pytest.raises(FileNotFoundError, match="missing.pt do not exist"):
-        trainer(tmp_path, [bad_weights]).validate(model, datamodule=dm, verbose=False)
+        eval_trainer(tmp_path, [bad_weights]).validate(model, datamodule=dm, verbose=False)
     no_stats = evaluation(classifier, tmp_path, reference_stats=str(tmp_path / "none.npz"), reference_split=None)
     with pytest.raises(FileNotFoundError, match="none.npz does not exist"):
-        trainer(tmp_path, [no_stats]).validate(model, datamodule=dm, verbose=False)
+        eval_trainer(tmp_path, [no_stats]).validate(model, datamodule=dm, verbose=False)
     np.savez(tmp_path / "d8.npz", mu=np.zeros(8), sigma=np.eye(8))
     wrong_size = evaluation(classifier, tmp_path, reference_stats=str(tmp_path / "d8.npz"), reference_split=None)
     with pytest.raises(ValueError, match="d8.npz: statistics have D = 8 features.*gives 64"):
-        trainer(tmp_path, [wrong_size]).validate(model, datamodule=dm, verbose=False)
+        eval_trainer(tmp_path, [wrong_size]).validate(model, datamodule=dm, verbose=False)
     with pytest.raises(ValueError, match="give reference_stats"):
         GenerativeEvaluation(extractor="digits", weights_path=str(classifier))
 
@@ -184,9 +158,9 @@ def test_tensorboard_gets_samples_reveal_strip_schedule_and_fid(tiny_shards, cla
 
     logger = TensorBoardLogger(tmp_path, name="tb")
     callbacks = [SampleGrid(samples_per_class=2, max_classes=3, reveal_samples=2), evaluation(classifier, tmp_path)]
-    fit = trainer(tmp_path, callbacks, logger=logger, max_steps=2, val_check_interval=2,
-                  check_val_every_n_epoch=None)  # fmt: skip
-    fit.fit(tiny_module(), datamodule=datamodule(tiny_shards))
+    fit = eval_trainer(tmp_path, callbacks, logger=logger, max_steps=2, val_check_interval=2,
+                       check_val_every_n_epoch=None)  # fmt: skip
+    fit.fit(eval_module(), datamodule=shards_datamodule(tiny_shards))
     events = EventAccumulator(logger.log_dir).Reload()
     images = set(events.Tags()["images"])
     assert {"samples/grid", "samples/reveal", "schedule/curves"} <= images
@@ -198,8 +172,23 @@ def test_tensorboard_gets_samples_reveal_strip_schedule_and_fid(tiny_shards, cla
     assert json.loads((Path(logger.log_dir) / "eval_report.json").read_text())["global_step"] == 2
 
 
+def test_a_logger_without_images_gets_the_pictures_as_files(tiny_shards, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from PIL import Image
+
+    logger = CSVLogger(tmp_path, name="csv")
+    fit = eval_trainer(tmp_path, [SampleGrid(samples_per_class=2, max_classes=3, reveal_samples=2)], logger=logger,
+                       max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)  # fmt: skip
+    fit.fit(eval_module(), datamodule=shards_datamodule(tiny_shards))
+    pictures = Path(logger.log_dir) / "pictures"
+    assert sorted(p.name for p in pictures.iterdir()) == ["grid_step2.png", "reveal_step2.png", "schedule_step2.png"]
+    assert Image.open(pictures / "grid_step2.png").size[0] > 2 * 4  # two 4x4 samples per row, padded
+    metrics = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert set(schedule_scalars(GenerationSchedule.heuristic(4))) <= set(metrics)  # through log_metrics
+
+
 def test_reveal_strip_paints_masked_tokens():
-    model = tiny_module().eval()
+    model = eval_module().eval()
     color = (0.3, 0.45, 0.85)
     strip = reveal_strip(model, torch.tensor([0, 1]), seed=0, mask_color=color)
     steps = model.schedule.steps

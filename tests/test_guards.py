@@ -27,10 +27,12 @@ from lit_nat.data.shards import tar_bytes
 from lit_nat.errors import CheckpointError, DataError, LockedError, NonFiniteError
 from lit_nat.finite import NonFiniteGuard
 from lit_nat.io import DirectoryLock
-from lit_nat.module import NATModule, load_model
+from lit_nat.loading import load_model
+from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.trainer import NATTrainer
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
+from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = {"name": "pixel", "levels": 12, "image_size": 4, "channels": 1}
@@ -133,7 +135,7 @@ def test_a_diverging_run_stops_with_the_steps_named_and_its_checkpoints_stay_fin
     args = ["fit", "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_steps=200",
             "--trainer.limit_val_batches=0", "--model.arch=autonat-tiny",
-            "--model.arch_overrides={width: 32, num_layers: 3, num_heads: 2}",
+            f"--model.arch_overrides={tiny_overrides('autonat-tiny')}",
             "--model.lr=1e6", "--model.warmup_steps=1", "--model.max_nonfinite_steps=3", f"--data.root={root}",
             "--data.batch_size=16", "--data.num_workers=0", "--trainer.callbacks+=ModelCheckpoint",
             "--trainer.callbacks.every_n_train_steps=1", "--trainer.callbacks.save_last=true"]  # fmt: skip
@@ -148,9 +150,8 @@ def test_a_diverging_run_stops_with_the_steps_named_and_its_checkpoints_stay_fin
 def test_a_non_finite_step_is_skipped_weights_moments_and_ema_untouched(tmp_path):
     from lightning.pytorch import Callback
 
-    model = NATModule(arch="autonat-tiny", arch_overrides={"width": 32, "num_layers": 1, "num_heads": 2},
-                      codebook_size=12, grid_size=4, num_classes=3, tokenizer=TOKENIZER, warmup_steps=1,
-                      max_nonfinite_steps=2)  # fmt: skip
+    model = NATModule(arch="autonat-tiny", arch_overrides=UVIT_ONE_BLOCK_ARCH, codebook_size=12, grid_size=4,
+                      num_classes=3, tokenizer=TOKENIZER, warmup_steps=1, max_nonfinite_steps=2)  # fmt: skip
     batches = [{"ids": torch.randint(0, 12, (8, 16)), "label": torch.randint(0, 3, (8,))} for _ in range(4)]
     seen = {}
 

@@ -11,20 +11,11 @@ from lit_nat.data import TokenShardDataModule
 from lit_nat.ema import ema_decay_at
 from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
-from tests.conftest import tiny_trainer
-
-TINY = dict(
-    arch="autonat-tiny",
-    arch_overrides={"width": 32, "num_layers": 3, "num_heads": 2},
-    codebook_size=12,
-    grid_size=4,
-    num_classes=3,
-    tokenizer={"name": "pixel", "levels": 12, "image_size": 4, "channels": 1},
-)
+from tests.helpers.tiny import UVIT_MODULE, tiny_trainer
 
 
 def tiny_module(**kwargs) -> NATModule:
-    return NATModule(**{**TINY, **kwargs})
+    return NATModule(**{**UVIT_MODULE, **kwargs})
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:

@@ -20,8 +20,9 @@ import yaml
 
 from lit_nat.data import ShardLoader, TokenShardDataset, read_metadata
 from lit_nat.data.split import TrainPosition, resume_point, worker_skip
-from tests.conftest import TINY_ARCH, write_random_shards
+from tests.conftest import write_random_shards
 from tests.helpers.checks import assert_same_training_state
+from tests.helpers.tiny import UVIT_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -40,7 +41,7 @@ def fit_config(root: Path, shards: Path, name: str, kills: list[tuple[int, str]]
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 1,
                     "enable_progress_bar": False, "enable_model_summary": False, "logger": False,
                     "default_root_dir": str(root / name), "callbacks": callbacks},
-        "model": {"arch": "autonat-tiny", "arch_overrides": yaml.safe_load(TINY_ARCH), "warmup_steps": 5,
+        "model": {"arch": "autonat-tiny", "arch_overrides": UVIT_ARCH, "warmup_steps": 5,
                   "ema_decay": 0.9},
         "data": {"root": str(shards), "batch_size": 64, "num_workers": 2, "shuffle_buffer": 100},
     }  # fmt: skip

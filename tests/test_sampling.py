@@ -6,7 +6,7 @@ from torch import nn
 
 from lit_nat.sampling import generate, make_generator
 from lit_nat.schedule import GenerationSchedule
-from tests.test_schedule import OFFICIAL_T8
+from tests.helpers.schedules import OFFICIAL_T8
 
 K, N, CLASSES = 12, 64, 5
 
@@ -128,7 +128,7 @@ def test_remask_picks_least_confident_without_noise():
     assert torch.equal((out.history[0][0] == K).nonzero().squeeze(1), expected_masked[0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # skipped without a CUDA device (tests/conftest.py)
 def test_loop_has_no_host_sync_on_gpu():
     backbone = ToyBackbone().cuda()
     labels = torch.arange(4, device="cuda")

@@ -12,8 +12,8 @@ from lit_nat.callbacks import GenerativeEvaluation
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
-from lit_nat.search import ScheduleSearch, SearchSpace, StrategySearch, estimate_gradient
-from tests.test_evaluation import TINY, datamodule, tiny_module, trainer
+from lit_nat.search import ScheduleSearch, SearchSettings, SearchSpace, estimate_gradient
+from tests.helpers.tiny import EVAL_MODULE, eval_module, eval_trainer, shards_datamodule
 
 
 # ---------------------------------------------------------------------------------------------------- layout
@@ -40,8 +40,8 @@ def test_wrong_length_for_t_is_a_clear_error():
         space.to_vector(GenerationSchedule.heuristic(6))
     with pytest.raises(ValueError, match=r"T = 8 needs 30 = 4T - 2 values"):
         space.to_schedule(np.ones(29))
-    search = StrategySearch.from_schedule(GenerationSchedule.heuristic(4))
-    state = StrategySearch.from_schedule(GenerationSchedule.heuristic(8)).state_dict()
+    search = SearchSettings().start(GenerationSchedule.heuristic(4))
+    state = SearchSettings().start(GenerationSchedule.heuristic(8)).state_dict()
     with pytest.raises(ValueError, match="state is for T = 8 steps but this search has T = 4"):
         search.load_state_dict(state)
     with pytest.raises(ValueError, match="T >= 2"):
@@ -136,7 +136,7 @@ def test_forward_difference_matches_the_analytic_gradient():
 def test_sgd_momentum_matches_torch_and_descends():
     space = SearchSpace(4)
     f = Quadratic(space, seed=1)
-    search = StrategySearch.from_schedule(GenerationSchedule.heuristic(4), momentum=0.5)
+    search = SearchSettings(momentum=0.5).start(GenerationSchedule.heuristic(4))
     xi0 = search.xi.copy()
     param = torch.nn.Parameter(torch.tensor(xi0))
     ratios = space.slices["ratio"].stop  # two groups, as the official code: ratios lr 1e-3, the rest lr 0.1
@@ -159,7 +159,7 @@ def test_sgd_momentum_matches_torch_and_descends():
 def test_nan_objective_skips_the_update_without_corrupting_xi():
     space = SearchSpace(4)
     f = Quadratic(space)
-    search = StrategySearch.from_schedule(GenerationSchedule.heuristic(4))
+    search = SearchSettings().start(GenerationSchedule.heuristic(4))
     search.step(f)  # one applied update: a momentum buffer exists
     xi, buffer = search.xi.copy(), search.buffer.copy()
 
@@ -187,9 +187,9 @@ def evaluator(tmp_path: Path) -> GenerativeEvaluation:
 
 
 def test_common_random_numbers_same_schedule_same_fid(tiny_shards, evaluator, tmp_path):
-    model, search = tiny_module(), ScheduleSearch(num_samples=6, evaluation=evaluator)
-    fit = trainer(tmp_path, [evaluator, search])
-    fit.validate(model, datamodule=datamodule(tiny_shards), verbose=False)  # builds extractor and reference
+    model, search = eval_module(), ScheduleSearch(num_samples=6, evaluation=evaluator)
+    fit = eval_trainer(tmp_path, [evaluator, search])
+    fit.validate(model, datamodule=shards_datamodule(tiny_shards), verbose=False)  # builds extractor and reference
     fid = search.prepare(fit, model).objective(fit, model)
     schedule = GenerationSchedule.heuristic(4)
     first, second = fid(schedule), fid(GenerationSchedule.heuristic(4))
@@ -200,7 +200,7 @@ def test_common_random_numbers_same_schedule_same_fid(tiny_shards, evaluator, tm
 
 def two_step_module(seed: int = 0) -> NATModule:
     torch.manual_seed(seed)
-    return NATModule(**{**TINY, "schedule_params": {"steps": 2}})  # xi has 6 values: 7 evaluations per update
+    return NATModule(**{**EVAL_MODULE, "schedule_params": {"steps": 2}})  # xi has 6 values: 7 evaluations per update
 
 
 def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards, evaluator, tmp_path):
@@ -209,8 +209,8 @@ def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards
     options = dict(num_samples=6, ratio_step=0.2, other_step=1.0)
     search = ScheduleSearch(**options)
     model = two_step_module()
-    first = trainer(tmp_path / "a", [evaluator, search], max_epochs=1, **fit_args)
-    first.fit(model, datamodule=datamodule(str(tiny_shards)))
+    first = eval_trainer(tmp_path / "a", [evaluator, search], max_epochs=1, **fit_args)
+    first.fit(model, datamodule=shards_datamodule(str(tiny_shards)))
     record = search.last
     assert search.search.updates == 1 and not record.skipped and record.evaluations == 1 + 6
     print(f"one update (T=2, 7 evaluations x 6 images): {record.seconds:.2f} s")
@@ -229,15 +229,15 @@ def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards
 
     # a fit resumed to the same epoch restores the state as it was
     again = ScheduleSearch(**options)
-    resumed = trainer(tmp_path / "b", [evaluator, again], max_epochs=1, **fit_args)
-    resumed.fit(two_step_module(seed=5), datamodule=datamodule(str(tiny_shards)), ckpt_path=ckpt)
+    resumed = eval_trainer(tmp_path / "b", [evaluator, again], max_epochs=1, **fit_args)
+    resumed.fit(two_step_module(seed=5), datamodule=shards_datamodule(str(tiny_shards)), ckpt_path=ckpt)
     assert again.state_dict() == saved
 
     # ... and one resumed further continues: the second update uses the restored momentum buffer
     further = ScheduleSearch(**options)
-    resumed = trainer(tmp_path / "c", [evaluator, further], max_epochs=2, **fit_args)
+    resumed = eval_trainer(tmp_path / "c", [evaluator, further], max_epochs=2, **fit_args)
     model = two_step_module(seed=5)
-    resumed.fit(model, datamodule=datamodule(str(tiny_shards)), ckpt_path=ckpt)
+    resumed.fit(model, datamodule=shards_datamodule(str(tiny_shards)), ckpt_path=ckpt)
     state = further.state_dict()
     assert state["updates"] == 2 and state["history"][0] == saved["history"][0]
     grad = np.array(state["momentum_buffer"]) - 0.5 * np.array(saved["momentum_buffer"])

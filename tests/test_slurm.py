@@ -1,4 +1,4 @@
-"""scripts/slurm/fit.sbatch: its overrides parse for every shipped config, and a preempted job that SLURM requeues
+"""lit_nat/sbatch/fit.sbatch: its overrides parse for every shipped config, and a preempted job that SLURM requeues
 resumes from the hpc checkpoint of its step, logs into the same TensorBoard run, and ends bit-identical to a job that
 was never preempted.
 
@@ -20,11 +20,12 @@ import torch
 import yaml
 
 from lit_nat.cli import main
-from tests.conftest import FIT_CONFIGS, TINY_ARCH, write_random_shards
+from tests.conftest import FIT_CONFIGS, write_random_shards
 from tests.helpers.checks import assert_same_training_state
+from tests.helpers.tiny import UVIT_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
-FIT_SBATCH = REPO / "scripts" / "slurm" / "fit.sbatch"
+FIT_SBATCH = REPO / "lit_nat" / "sbatch" / "fit.sbatch"
 JOB_ID = "4242"
 
 
@@ -60,6 +61,7 @@ def fake_tools(bin_dir: Path, record: Path) -> None:
         (bin_dir / tool).chmod(0o755)
 
 
+@pytest.mark.slow
 def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
     shards = write_random_shards(tmp_path / "shards", codebook_size=12, grid=4, num_classes=3, sizes={"train": 64})
     config = tmp_path / "tiny.yaml"
@@ -72,7 +74,7 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
                     "callbacks": [{"class_path": "tests.helpers.probes.KillAtStep",
                                    "init_args": {"step": 3, "signal_name": "SIGUSR1",
                                                  "marker": str(tmp_path / "preempted")}}]},
-        "model": {"arch": "autonat-tiny", "arch_overrides": yaml.safe_load(TINY_ARCH)},
+        "model": {"arch": "autonat-tiny", "arch_overrides": UVIT_ARCH},
         "data": {"root": str(shards), "batch_size": 16, "num_workers": 0},
     }))  # fmt: skip
     bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.log"
@@ -112,3 +114,18 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
     assert third.returncode == 0 and "Restored all states" not in third.stdout + third.stderr
     (fresh,) = (tmp_path / "runs" / "4243" / "tensorboard" / "version_4243" / "checkpoints").glob("*.ckpt")
     assert_same_training_state(last, torch.load(fresh, weights_only=False))
+
+
+def test_the_sbatch_scripts_ship_as_package_data():
+    """autonat's SLURM launcher submits a script found through the package, not through the repository layout."""
+    import tomllib
+
+    from lit_nat.search.launchers import SBATCH_SCRIPT
+    from lit_nat.slurm import sbatch_script
+
+    names = {"fit.sbatch", "tokenize.sbatch", "autonat_candidate.sbatch"}
+    assert {sbatch_script(name).name for name in names} == names and SBATCH_SCRIPT.is_file()
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert all(sbatch_script(name).match(f"lit_nat/{pattern}") for name in names for pattern in package_data["lit_nat"])
+    with pytest.raises(FileNotFoundError, match="no sbatch script 'nope.sbatch'.*shipped: \\['autonat_candidate"):
+        sbatch_script("nope.sbatch")

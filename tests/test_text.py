@@ -15,13 +15,10 @@ from lit_nat.data.meta import MetadataError
 from lit_nat.data.samples import pick_caption
 from lit_nat.errors import UsageError
 from lit_nat.module import NATModule
+from tests.helpers.tiny import ENAT_ARCH, ENAT_OPTIONS, UVIT_ARCH
 
 WORDS = {"name": "words", "vocab": ["a", "red", "bus", "cat", "digit", "seven"], "dim": 16, "max_length": 6}
-ARCHS = {
-    "autonat-tiny": ({"width": 32, "num_layers": 3, "num_heads": 2}, {}),
-    "enat-tiny": ({"width": 32, "encoder_layers": 1, "decoder_layers": 1, "num_heads": 2},
-                  {"mask_ratio_per_sample": False, "min_visible_tokens": 1}),
-}  # fmt: skip
+ARCHS = {"autonat-tiny": (UVIT_ARCH, {}), "enat-tiny": (ENAT_ARCH, ENAT_OPTIONS)}
 
 
 def text_model(arch: str, encoder=WORDS) -> NATModule:

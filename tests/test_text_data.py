@@ -3,14 +3,11 @@ verified, trained on and sampled from with prompts."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from lit_nat.cli import main
 from lit_nat.data import TokenShardDataModule, read_metadata
@@ -19,58 +16,16 @@ from lit_nat.data.tokenize import main as tokenize
 from lit_nat.data.tokenize_verify import verify_split
 from lit_nat.tokenizers import TOKENIZERS
 from tests.conftest import fit_tiny_checkpoint
+from tests.helpers.data import CAPTIONS, make_coco, make_img2dataset
 from tests.helpers.tokenizers import PatchMeanTokenizer
 
 WORDS = {"name": "words", "vocab": ["a", "red", "bus", "cat", "on", "the", "table", "dog"], "dim": 16,
          "max_length": 8}  # fmt: skip
-CAPTIONS = ["a red bus", "a cat on the table", "a dog", "the red table", "a bus on the table", "a red cat"]
 
 
 @pytest.fixture(autouse=True)
 def _registered_test_tokenizer(monkeypatch):
     monkeypatch.setitem(TOKENIZERS, "patchmean", PatchMeanTokenizer)
-
-
-def image(seed: int, size=(48, 40)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def make_coco(root: Path) -> tuple[Path, Path]:
-    """6 images with 2-3 captions each, one more listed in the json but missing, one without any caption."""
-    folder = root / "train2014"
-    folder.mkdir(parents=True)
-    images, annotations = [], []
-    for i in range(8):
-        name = f"COCO_train2014_{i:012d}.jpg"
-        images.append({"id": 100 - i, "file_name": name})  # ids in reverse: the listing follows ids, not names
-        if i != 6:  # image 6 is listed but not in the folder
-            image(i).save(folder / name)
-        if i != 7:  # image 7 has no caption
-            for j in range(2 + i % 2):
-                annotations.append({"image_id": 100 - i, "id": 10 * i + j, "caption": f" {CAPTIONS[(i + j) % 6]} "})
-    captions = root / "captions_train2014.json"
-    captions.write_text(json.dumps({"images": images, "annotations": annotations}))
-    return folder, captions
-
-
-def make_img2dataset(root: Path) -> Path:
-    """Two shards of img2dataset output: 000000.jpg + .txt + .json; one image without a caption."""
-    root.mkdir(parents=True)
-    for shard in range(2):
-        with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
-            for k in range(4):
-                key = f"{shard:05d}{k:04d}"
-                buf = io.BytesIO()
-                image(10 * shard + k).save(buf, format="JPEG")
-                members = {f"{key}.jpg": buf.getvalue(), f"{key}.json": json.dumps({"key": key}).encode()}
-                if (shard, k) != (1, 2):
-                    members[f"{key}.txt"] = CAPTIONS[(shard + k) % 6].encode()
-                for name, data in members.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return root
 
 
 def args(images: Path, out: Path, *extra: str) -> list[str]:
