@@ -13,6 +13,7 @@ from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.module import NATModule
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.search import ScheduleSearch, SearchSettings, SearchSpace, estimate_gradient
+from lit_nat.search.report import search_curve
 from tests.helpers.tiny import EVAL_MODULE, eval_module, eval_trainer, shards_datamodule
 
 
@@ -222,6 +223,7 @@ def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards
     assert GenerationSchedule.load(out / "stp_1.yaml").to_official() == model.schedule.to_official()
     assert GenerationSchedule.load(out / "search_1.yaml").to_official() == model.schedule.to_official()
     assert (out / "best.yaml").exists() and (out / "state.json").exists()
+    assert search_curve(out) == [(0, pytest.approx(record.fid))]  # the same state file as the search command's
     saved = search.state_dict()
     assert saved["momentum_buffer"] is not None and len(saved["xi"]) == 6 and record.grad_norm > 0
     ckpt = tmp_path / "a" / "epoch1.ckpt"

@@ -27,7 +27,8 @@ _NO_DATE = {".svg": {"Date": None}, ".png": {"Software": None}, ".pdf": {"Creati
 def search_curve(search_dir: str | Path, offset: int = 0) -> Curve:
     """``[(update, FID)]`` of a search: the FID at the starting point (update 0) and after each applied update.
 
-    Read from ``search_dir/state.json`` (written by ``python -m lit_nat search`` and the ``autonat`` driver's rounds).
+    Read from ``search_dir/state.json`` (written by ``python -m lit_nat search``, the ``autonat`` driver's rounds and
+    the ``ScheduleSearch`` callback's ``searched_strategies/``).
     A skipped update (non-finite evaluation) leaves the point unchanged and adds no new value. ``offset`` shifts the
     update numbers, to draw consecutive searches (the rounds of Algorithm 1) on one axis.
     """
@@ -38,13 +39,16 @@ def search_curve(search_dir: str | Path, offset: int = 0) -> Curve:
         raise ValueError(f"{path}: not a search state file ({err})") from err
     curve: Curve = []
     applied = 0
+    evaluates_new_points = any("fid_after" in record for record in history)
     for record in history:
-        if not curve and record.get("fid") is not None:
-            curve.append((offset, float(record["fid"])))  # the starting point
+        if record.get("fid") is not None and (not curve or not evaluates_new_points):
+            # the starting point; inside fit (no new-point evaluations) each update's base FID, measured on the
+            # model of that epoch, is the point at the number of updates applied before it
+            curve.append((offset + applied, float(record["fid"])))
         if record.get("skipped"):
             continue
         applied += 1
-        if record.get("fid_after") is not None:  # each applied update evaluates its new point
+        if record.get("fid_after") is not None:  # the search command evaluates each new point
             curve.append((offset + applied, float(record["fid_after"])))
     return curve
 
