@@ -186,7 +186,8 @@ class SearchSession:
             search.schedule.save(folder / f"stp_{search.updates}.yaml", official=True)
         best_xi, best_fid = search.best_xi, search.best_fid
         if best_xi is None:  # only the starting point is known
-            best_xi, best_fid = search.xi, self.cached(search.xi) or math.nan
+            known = self.cached(search.xi)
+            best_xi, best_fid = search.xi, math.nan if known is None else known
         if math.isfinite(best_fid):
             search.space.to_schedule(best_xi, name=f"best (FID {best_fid:.4f})").save(folder / "best.yaml")
         self.write_state(trainer)
