@@ -168,9 +168,9 @@ class SearchSession:
             self._bar = None
         record.seconds = time.perf_counter() - start
         search.history[-1]["seconds"] = record.seconds
-        if not math.isnan(after):
-            search.history[-1]["fid_after"] = after
-            if after < search.best_fid:
+        if evaluate_new_point and not record.skipped:
+            search.history[-1]["fid_after"] = after  # non-finite: null in state.json
+            if math.isfinite(after) and after < search.best_fid:
                 search.best_fid, search.best_xi = after, search.xi.copy()
         return record, after
 
