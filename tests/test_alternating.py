@@ -312,3 +312,16 @@ def test_a_stopped_driver_forwards_the_signal_to_its_child_and_stops(tmp_path):
     finally:
         timer.cancel()
     assert marker.exists() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None)
+
+
+def test_autonat_refuses_a_missing_config_or_checkpoint_before_launching_anything(tmp_path):
+    from lit_nat.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"--config {tmp_path / 'nope.yaml'}: no such file"):
+        main(["autonat", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run")])
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {}\n")
+    with pytest.raises(UsageError, match="--ckpt_path .*missing.ckpt: no such file"):
+        main(["autonat", "--config", str(config), "--ckpt_path", str(tmp_path / "missing.ckpt"),
+              "--out", str(tmp_path / "run")])  # fmt: skip
+    assert not (tmp_path / "run").exists()

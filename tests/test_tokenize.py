@@ -366,3 +366,12 @@ def test_slurm_tokenize_script_passes_options_the_commands_accept(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["tokenize", "--help"])
     assert exit_info.value.code == 0
+
+
+def test_command_line_mistakes_are_one_line_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match=f"--images {tmp_path / 'nope'}: no such folder"):
+        tokenize(["--images", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="tokenizer 'vqgan' .*missing 1 required positional argument: 'checkpoint'"):
+        tokenize(["--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out")])  # no --checkpoint
+    assert not (tmp_path / "out").exists()

@@ -373,6 +373,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             spec = read_amused_folder(args.amused)
             args.tokenizer, args.checkpoint, text_encoder = "amused_vq", spec["tokenizer"]["checkpoint"], spec[
                 "text_encoder"]  # fmt: skip
+        if not Path(args.images).exists():  # before the (possibly slow) tokenizer load
+            raise TokenizeError(f"--images {args.images}: no such folder")
         tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg, args.resolution)
         summary = tokenize_folder(
             args.images,

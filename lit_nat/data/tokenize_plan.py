@@ -247,9 +247,14 @@ def tokenizer_kwargs(name: str, checkpoint: str | None = None, args: list[str] |
 
 
 def build_tokenizer(name: str, checkpoint: str | None = None, args: list[str] | None = None, resolution=None):
-    """``load_tokenizer(name, **tokenizer_kwargs(...))``."""
-
-    return load_tokenizer(name, **tokenizer_kwargs(name, checkpoint, args, resolution))
+    """``load_tokenizer(name, **tokenizer_kwargs(...))``; arguments the tokenizer does not take (or misses) are a
+    one-line :class:`TokenizeError` naming them."""
+    kwargs = tokenizer_kwargs(name, checkpoint, args, resolution)
+    try:
+        return load_tokenizer(name, **kwargs)
+    except TypeError as err:  # a missing or unknown keyword: the user's --checkpoint / --tokenizer_arg
+        raise TokenizeError(f"tokenizer {name!r} with {sorted(kwargs)}: {err} (give --checkpoint PATH and "
+                            f"--tokenizer_arg KEY=VALUE as it needs)") from None  # fmt: skip
 
 
 def make_plan(

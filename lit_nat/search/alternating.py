@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, atomic_write_json, json_safe
 from lit_nat.search.launchers import (
     SBATCH_SCRIPT,
@@ -252,6 +253,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, unknown = parser().parse_known_args(None if argv is None else list(argv))
     fit_args = [*unknown, *shlex.split(args.fit_args)]
+    for flag, path in (("--config", args.config), ("--ckpt_path", args.ckpt_path)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"autonat: {flag} {path}: no such file")  # before any candidate is launched
     if args.launcher == "local":
         train: Train = LocalLauncher(args.config, fit_args)
     else:
