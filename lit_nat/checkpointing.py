@@ -107,20 +107,20 @@ class DurableCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or _is_remote(path):
+        if storage_options is not None or is_remote(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         save_checkpoint_file(checkpoint, path)
 
     def load_checkpoint(
         self, path: Any, map_location: Callable | Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        if _is_remote(path):
+        if is_remote(path):
             return super().load_checkpoint(path, map_location, weights_only)
         # None: Lightning's default; our checkpoints hold only tensors and plain data, so weights_only=True reads them
         return read_checkpoint(path, map_location, True if weights_only is None else weights_only, require_finite=True)
 
 
-def _is_remote(path: Any) -> bool:
+def is_remote(path: Any) -> bool:
     return "://" in str(path)
 
 

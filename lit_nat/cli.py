@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_nat.checkpointing import read_checkpoint
+from lit_nat.checkpointing import is_remote, read_checkpoint
 from lit_nat.data import TokenShardDataModule
 from lit_nat.errors import CheckpointError, LitNatError, UsageError
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
@@ -78,6 +78,8 @@ class NATLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or (str(ckpt_path) in SPECIAL_CKPT_PATHS and not Path(ckpt_path).is_file()):
+            return
+        if is_remote(ckpt_path) or str(ckpt_path).startswith("registry"):  # Lightning resolves these itself
             return
         # mmap: only the small hyper_parameters entry is read, not the weights; a damaged file is named here
         saved = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters")

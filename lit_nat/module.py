@@ -337,6 +337,8 @@ class NATModule(L.LightningModule):
         generated in groups of equal unknown count, each with the generator seeded ``seed + first row index``.
         """
         condition = self.conditioner.of(labels, prompts, self.device)
+        if keep_mask is not None and init_ids is not None:  # on the model's device before rows are grouped below
+            init_ids, keep_mask = init_ids.to(self.device), keep_mask.to(self.device)
         run = functools.partial(self._decode_loop, schedule=schedule or self.schedule, use_ema=use_ema,
                                 return_history=return_history)  # fmt: skip
         groups = rows_by_unknown_count(keep_mask) if keep_mask is not None and self.supports_reuse else []

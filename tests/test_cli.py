@@ -296,3 +296,14 @@ def test_official_weights_and_a_vqgan_file_sample_with_the_checkpoint_alone(tmp_
     with pytest.raises(UsageError, match="gives 1024 codes on a \\(16, 16\\) grid, the weights expect 16 codes"):
         main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst",
               str(tmp_path / "x.ckpt"), "--tokenizer", "vqgan", "--tokenizer_arg=image_size=256"])  # fmt: skip
+
+
+def test_a_remote_ckpt_path_is_left_to_lightning():
+    """``--ckpt_path s3://...`` or ``registry:...`` is not read as a local file while parsing: Lightning fetches it."""
+    from types import SimpleNamespace
+
+    from lit_nat.cli import NATLightningCLI
+
+    for path in ("s3://bucket/run/last.ckpt", "registry:org/model:latest"):
+        cli = SimpleNamespace(config={"subcommand": "validate", "validate": {"ckpt_path": path, "model": {}}})
+        assert NATLightningCLI._parse_ckpt_path(cli) is None  # a local read would raise "no such checkpoint file"

@@ -142,6 +142,10 @@ def test_resume_point_rules():
     assert resume_point(TrainPosition(3, 25, **layout), TrainPosition(0, 0, **layout)) == (4, 0, None)
     epoch, skip, note = resume_point(saved, TrainPosition(0, 0, 12, 4, 2, 64))
     assert (epoch, skip) == (3, 6) and "another data layout" in note and "not the batches" in note
+    # limit_train_batches cuts the trainer's epoch (10 of a 25-batch plan): the same layout, an exact resume
+    limited = TrainPosition(3, 4, 10, 2, 2, 64, plan_batches=25)
+    assert resume_point(limited, TrainPosition(0, 0, 25, 2, 2, 64, plan_batches=25)) == (3, 4, None)
+    assert resume_point(TrainPosition(3, 10, 10, 2, 2, 64, 25), TrainPosition(0, 0, 25, 2, 2, 64, 25)) == (4, 0, None)
     # batch i comes from worker i mod W: of the first 13 batches, workers 0/1/2 gave 5/4/4
     assert [worker_skip(13, 3, w) for w in range(3)] == [5, 4, 4] and worker_skip(0, 3, 0) == 0
     assert sum(worker_skip(17, 4, w) for w in range(4)) == 17

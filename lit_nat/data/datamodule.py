@@ -240,6 +240,7 @@ class TokenShardDataModule(L.LightningDataModule):
         self.text_encoder_config: dict[str, Any] | None = text_encoder
         self.rank, self.world_size = 0, 1
         self._resume_position: TrainPosition | None = None
+        self._plan_batches: int | None = None  # batches of this rank's training plan (set by train_dataloader)
 
     def setup(self, stage: str | None = None) -> None:
         """Take rank and world size from the Trainer (after DDP is up), never from the environment."""
@@ -288,9 +289,9 @@ class TokenShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ShardLoader:
         mode = "resampled" if self.resampled else "train"
         dataset = self._dataset(self.train_split, mode, self.batch_size, "train_split")
-        resume = None
+        resume, self._plan_batches = None, len(dataset)
         if self._resume_position is not None:
-            now = TrainPosition(0, 0, len(dataset), self.world_size, self.num_workers, self.batch_size)
+            now = TrainPosition(0, 0, len(dataset), self.world_size, self.num_workers, self.batch_size, len(dataset))
             epoch, skip, note = resume_point(self._resume_position, now)
             resume, self._resume_position = (epoch, skip), None
             if note:
@@ -304,7 +305,7 @@ class TokenShardDataModule(L.LightningDataModule):
         info = self.meta.split(split)
         limits = SampleLimits(self.num_tokens, self.codebook_size, self.num_classes)
         dataset = TokenShardDataset(self.root, [s.name for s in info.shards], info.shard_sizes, batch_size=256,
-                                    mode="eval", limits=limits, bad_data=self.bad_data)  # fmt: skip
+                                    mode="eval", seed=self.seed, limits=limits, bad_data=self.bad_data)  # fmt: skip
         captions = [text for batch in dataset for text in batch.get("text", [])]
         if not captions:
             raise MetadataError(f"{self.root / META_FILE}: split {split!r} has no captions")
@@ -318,7 +319,7 @@ class TokenShardDataModule(L.LightningDataModule):
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         position = TrainPosition(trainer.current_epoch, int(done), int(trainer.num_training_batches),
-                                 self.world_size, self.num_workers, self.batch_size)  # fmt: skip
+                                 self.world_size, self.num_workers, self.batch_size, self._plan_batches)  # fmt: skip
         return {"train_position": asdict(position)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -221,10 +221,14 @@ class TrainPosition:
     world_size: int
     num_workers: int
     batch_size: int
+    #: batches of the rank's epoch *plan* (``batches_per_epoch`` is the trainer's count, which ``limit_train_batches``
+    #: may cut); None in checkpoints written before it was recorded
+    plan_batches: int | None = None
 
     @property
     def layout(self) -> tuple[int, int, int, int]:
-        return (self.batches_per_epoch, self.world_size, self.num_workers, self.batch_size)
+        plan = self.batches_per_epoch if self.plan_batches is None else self.plan_batches
+        return (plan, self.world_size, self.num_workers, self.batch_size)
 
 
 def resume_point(saved: TrainPosition, now: TrainPosition) -> tuple[int, int, str | None]:
