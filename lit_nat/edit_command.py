@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from lit_nat.editing import (
     check_edit_inputs,
@@ -25,9 +24,10 @@ from lit_nat.editing import (
     token_keep_mask,
 )
 from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json
+from lit_nat.io import DirectoryLock, atomic_write_json
 from lit_nat.sampling import make_generator
 from lit_nat.schedule import GenerationSchedule
+from lit_nat.visuals import upscale_nearest, write_image_png, write_png
 
 
 def run_edit(
@@ -85,18 +85,14 @@ def write_edits(out_dir, names, pixels, keep, grid, results, seeds, condition, m
         files = []
         for seed, images in zip(seeds, results):
             path = out_dir / "edited" / f"{Path(name).stem}_seed{seed}.png"
-            array = (images[i].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).squeeze(-1).numpy()
-            atomic_write(path, lambda f, a=array: Image.fromarray(a).save(f, format="PNG"))
+            write_image_png(images[i], path)
             files.append(str(path.relative_to(out_dir)))
         records.append({"image": name, "kept_tokens": int(keep[i].sum()), "regenerated_tokens": int((~keep[i]).sum()),
                         "condition": None if condition is None else condition[i], "seeds": seeds,
                         "files": files})  # fmt: skip
     columns = [pixels.float(), overlay(pixels.float(), keep, grid), *results]
     tiles = torch.stack([c.expand(-1, 3, -1, -1) if c.shape[1] == 1 else c for c in columns], dim=1).flatten(0, 1)
-    scale = max(1, 64 // tiles.shape[-1])
-    tiles = torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest") if scale > 1 else tiles
-    atomic_write(out_dir / "grid.png", lambda f: save_image(make_grid(tiles, nrow=len(columns), padding=2,
-                                                                      pad_value=1.0), f, format="PNG"))  # fmt: skip
+    write_png(make_grid(upscale_nearest(tiles), nrow=len(columns), padding=2, pad_value=1.0), out_dir / "grid.png")
     path = atomic_write_json(out_dir / "edits.json", {"mask": mask, "dilate": dilate, "columns": ["input", "mask"] + [
         f"seed {s}" for s in seeds], "edits": records})  # fmt: skip
     rank_zero_info(f"edit: wrote {len(names) * len(seeds)} edited images, {out_dir / 'grid.png'} and {path}")

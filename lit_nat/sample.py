@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.checkpointing import weights_digest
@@ -42,7 +42,7 @@ from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json
 from lit_nat.schedule import GenerationSchedule
-from lit_nat.visuals import label_rows
+from lit_nat.visuals import label_rows, upscale_nearest, write_png
 
 NPZ_FILE, GRID_FILE, INFO_FILE, PARTS_DIR, IMAGES_DIR = "samples.npz", "grid.png", "samples.json", "parts", "images"
 PLAN_FILE = "plan.json"
@@ -131,10 +131,7 @@ def save_grid(images: np.ndarray, path: Path, min_cell: int = 64, prompts: list[
 
     With ``prompts`` (sample i made from prompt i mod P), one row per prompt, labelled with it: row p shows the
     samples p, p + P, p + 2P, ... of the first ``n``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    scale = max(1, min_cell // x.shape[-1])
-    if scale > 1:
-        x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    x = upscale_nearest(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255, min_cell)
     if not prompts:
         grid = make_grid(x, nrow=math.ceil(math.sqrt(len(x))), padding=2, pad_value=1.0)
     else:
@@ -142,7 +139,7 @@ def save_grid(images: np.ndarray, path: Path, min_cell: int = 64, prompts: list[
         cols = max(1, len(x) // rows)
         order = [p + k * len(prompts) for p in range(rows) for k in range(cols) if p + k * len(prompts) < len(x)]
         grid = label_rows(make_grid(x[order], nrow=cols, padding=2, pad_value=1.0), prompts, rows)
-    save_image(grid, path)
+    write_png(grid, path)
 
 
 class SampleWriter(BasePredictionWriter):

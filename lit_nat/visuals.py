@@ -7,14 +7,17 @@ Pure functions of a module (or a schedule, or images): :class:`~lit_nat.callback
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
+from PIL import Image
+from torchvision.utils import make_grid, save_image
 
+from lit_nat.io import atomic_write
 from lit_nat.schedule import FIELDS, GenerationSchedule
 
 #: how each schedule field is labelled in figures (the AutoNAT paper's symbols)
@@ -113,3 +116,24 @@ def schedule_figure(schedule: GenerationSchedule, num_tokens: int | None = None)
         ax.grid(alpha=0.3)
     fig.suptitle(f"generation schedule '{schedule.name}' (T = {schedule.steps})", fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing pictures (atomically, as every file lit_nat writes)
+def write_png(image: torch.Tensor, path: str | Path) -> Path:
+    """A picture (C, H, W) in [0, 1] (a grid, a strip) as an RGB PNG, with torchvision's ``save_image`` rounding."""
+    return atomic_write(path, lambda f: save_image(image, f, format="png"))
+
+
+def write_image_png(image: torch.Tensor, path: str | Path) -> Path:
+    """One image (C, H, W) in [0, 1] as a PNG of its own pixels: rounded to 8 bits, grey stays one channel."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"))
+
+
+def upscale_nearest(images: torch.Tensor, min_size: int = 64) -> torch.Tensor:
+    """Images (B, C, H, W) upscaled by an integer factor (nearest) to at least ``min_size`` px: tiny images (8x8
+    digits) become readable in grids."""
+    scale = max(1, min_size // images.shape[-1])
+    return F.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images

@@ -11,10 +11,10 @@ import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from lit_nat.io import atomic_write
-from lit_nat.visuals import label_rows, reveal_strip, schedule_figure, schedule_scalars
+from lit_nat.visuals import label_rows, reveal_strip, schedule_figure, schedule_scalars, write_png
 
 #: folder under the run directory for the pictures of loggers that cannot show images (all but TensorBoard)
 PICTURES_DIR = "pictures"
@@ -164,11 +164,6 @@ class SampleGrid(L.Callback):
         out_dir.mkdir(parents=True, exist_ok=True)
         path = write_png(self.grid(pl_module), out_dir / self.filename)
         print(f"SampleGrid: wrote {path}")
-
-
-def write_png(image: torch.Tensor, path: Path) -> Path:
-    """An image (C, H, W) in [0, 1] as a PNG, written atomically."""
-    return atomic_write(path, lambda f: save_image(image, f, format="png"))
 
 
 def _as_markdown_code(data: dict) -> str:

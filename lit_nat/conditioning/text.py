@@ -30,6 +30,7 @@ from torch import nn
 
 from lit_nat.conditioning.condition import TextCondition, masked_mean
 from lit_nat.errors import UsageError
+from lit_nat.io import atomic_write_json, atomic_write_text
 
 
 class TextEncoder(nn.Module, ABC):
@@ -246,9 +247,9 @@ def save_random_clip(path: str | Path, hidden: int = 768, layers: int = 12, head
     path.mkdir(parents=True, exist_ok=True)
     chars = string.ascii_lowercase + string.digits + ".,'!?-"
     tokens = ["<|startoftext|>", "<|endoftext|>"] + list(chars) + [c + "</w>" for c in chars]
-    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_length}))
+    atomic_write_json(path / "vocab.json", {t: i for i, t in enumerate(tokens)}, indent=None)
+    atomic_write_text(path / "merges.txt", "#version: 0.2\n")
+    atomic_write_json(path / "tokenizer_config.json", {"model_max_length": max_length}, indent=None)
     config = CLIPTextConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=4 * hidden,
                             num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_length,
                             bos_token_id=0, eos_token_id=1, pad_token_id=1,

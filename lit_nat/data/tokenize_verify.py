@@ -45,6 +45,7 @@ from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_json, atomic_write_text
 from lit_nat.progress import progress
 from lit_nat.tokenizers import tokenizer_from_config
+from lit_nat.visuals import write_image_png
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
 
@@ -200,7 +201,6 @@ def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipp
 
 def decode_samples(samples: list[dict], plan: TokenizePlan, out_dir: Path, tokenizer: Any, device: str) -> list[str]:
     """Decode samples with the tokenizer and write them as ``<out_dir>/<key>.png``; returns the file names."""
-    from PIL import Image
 
     ids = torch.from_numpy(np.stack([decode_tokens(s[TOKENS_FIELD]) for s in samples]).astype(np.int64))
     with torch.inference_mode():
@@ -208,9 +208,8 @@ def decode_samples(samples: list[dict], plan: TokenizePlan, out_dir: Path, token
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for sample, image in zip(samples, images):
-        array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         name = f"{sample['__key__']}.png"
-        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out_dir / name)
+        write_image_png(image, out_dir / name)
         names.append(name)
     return names
 
