@@ -85,6 +85,7 @@ def generate(
                                        init_ids, keep_mask)  # fmt: skip
     uniform = all(row == table[0] for row in table)
     per_row = None if uniform else torch.tensor(table, device=device).T  # (T, B)
+    remasks = [max(row[t] for row in table) > 0 for t in range(schedule.steps)]  # a step that re-masks any token
     guided = any(scale != 0.0 for scale in schedule.guidance)
     if isinstance(null_condition, int):
         null_condition = torch.full_like(condition, null_condition)
@@ -103,7 +104,7 @@ def generate(
 
         sampled, score = draw_tokens(log_probs, ids, is_masked, schedule.sample_temperature[t], generator)
 
-        if max(row[t] for row in table) == 0:
+        if not remasks[t]:
             ids = sampled
         else:
             # Gumbel-top-k: the k lowest perturbed confidences are a sample without replacement from
@@ -140,7 +141,7 @@ def draw_tokens(log_probs: torch.Tensor, ids: torch.Tensor, is_masked: torch.Ten
     sampled = noisy.argmax(dim=-1)  # (B, N)
     score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
     sampled = torch.where(is_masked, sampled, ids)
-    return sampled, torch.where(is_masked, score, torch.full_like(score, float("inf")))
+    return sampled, score.masked_fill(~is_masked, float("inf"))
 
 
 def remask_lowest(ids: torch.Tensor, confidence: torch.Tensor, k: int | torch.Tensor, mask_id: int) -> torch.Tensor:

@@ -7,7 +7,6 @@ from lit_nat.conditioning.condition import (
     concat,
     masked_mean,
     select,
-    to_device,
 )
 from lit_nat.conditioning.conditioner import Conditioner
 from lit_nat.conditioning.text import (
@@ -22,7 +21,7 @@ from lit_nat.conditioning.text import (
 )
 
 __all__ = [
-    "Condition", "Conditioner", "TextCondition", "batch_size", "concat", "masked_mean", "select", "to_device",
+    "Condition", "Conditioner", "TextCondition", "batch_size", "concat", "masked_mean", "select",
     "TEXT_ENCODERS", "CLIPTextEncoder", "TextEncoder", "WordsEncoder", "encoder_identity", "save_random_clip",
     "text_encoder_from_config", "text_space",
 ]  # fmt: skip

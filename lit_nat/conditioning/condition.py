@@ -90,9 +90,6 @@ def select(condition: Condition, rows: torch.Tensor) -> Condition:
     return condition[rows]
 
 
-def to_device(condition: Condition, device: torch.device | str) -> Condition:
-    return condition.to(device) if isinstance(condition, TextCondition) else condition.to(device).long()
-
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(B, L, E)`` states averaged over the real tokens of each row -> ``(B, E)``."""

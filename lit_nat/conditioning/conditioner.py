@@ -31,6 +31,7 @@ class Conditioner:
         self.config = dict(text_encoder) if text_encoder else None
         self.null_class = int(null_class)
         self._encoder: TextEncoder | None = None
+        self._encoder_device: torch.device | None = None
         self._null_text: TextCondition | None = None
 
     @property
@@ -42,7 +43,9 @@ class Conditioner:
             raise UsageError("this model is class-conditional (it has no text encoder): give labels, not prompts")
         if self._encoder is None:
             self._encoder = text_encoder_from_config(self.config)
-        return self._encoder.to(device)
+        if self._encoder_device != torch.device(device):  # moved once, not at every training step
+            self._encoder, self._encoder_device = self._encoder.to(device), torch.device(device)
+        return self._encoder
 
     def encode(self, prompts: Sequence[str], device: torch.device) -> TextCondition:
         return self.encoder(device).encode(list(prompts)).to(device)

@@ -56,10 +56,6 @@ class TextEncoder(nn.Module, ABC):
             raise UsageError("no prompts to encode")
         return self.encode_batch(prompts)
 
-    def null(self) -> TextCondition:
-        """The empty prompt's encoding: the unconditional condition of guidance (one row)."""
-        return self.encode([""])
-
     def train(self, mode: bool = True) -> TextEncoder:
         return super().train(False)  # frozen: always in eval mode
 
@@ -179,9 +175,12 @@ class CLIPTextEncoder(TextEncoder):
         self.dim = int(self.model.config.hidden_size)
 
     def encode_batch(self, prompts: list[str]) -> TextCondition:
-        warn_truncated(prompts, [len(ids) for ids in self.tokenizer(prompts)["input_ids"]], self.max_length)
         batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                               return_tensors="pt").to(self.model.device)  # fmt: skip
+                               return_tensors="pt")  # fmt: skip
+        full = [p for p, last in zip(prompts, batch["attention_mask"][:, -1].tolist()) if last]
+        if full:  # only a row that fills every position may have been cut: measure those untruncated, for the warning
+            warn_truncated(full, [len(ids) for ids in self.tokenizer(full)["input_ids"]], self.max_length)
+        batch = batch.to(self.model.device)
         out = self.model(input_ids=batch["input_ids"], output_hidden_states=self.layer == "penultimate")
         states = out.last_hidden_state if self.layer == "last" else out.hidden_states[-2]
         mask = batch["attention_mask"].bool()
