@@ -242,7 +242,8 @@ class TokenShardDataset(IterableDataset):
             count += 1
             if index >= skip:  # skipped batches (already consumed before a resume) are not even decoded
                 yield self._decode_batch(group, recent, [self.seed, epoch, self.rank, logical, index, 2], reported)
-            recent.extend(item for item in group if not isinstance(item, Unreadable))
+            if self.bad_data == "skip":  # (only a skipping pass ever draws stand-ins from them)
+                recent.extend(item for item in group if not isinstance(item, Unreadable))
         if count != plan.num_batches:
             raise RuntimeError(f"rank {self.rank} plan {logical} yielded {count} of {plan.num_batches} planned batches")
 

@@ -187,8 +187,17 @@ def center_crop_arr(pil_image: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size].copy()  # owned and writable (PIL arrays are read-only)
 
 
-#: the tars of webdataset folders (img2dataset) this process has open, by path: ``<tar>::<member>`` image sources
-_OPEN_TARS: dict[str, tarfile.TarFile] = {}
+#: member name -> (data offset, size) of each webdataset tar (img2dataset) this process has read from: one header
+#: walk per tar, then every image is one seek and read (tarfile's own lookup by name scans all members each time, and
+#: a hash-shuffled order would otherwise keep every tar of a folder open in every worker)
+_TAR_INDEX: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _tar_index(tar_path: str) -> dict[str, tuple[int, int]]:
+    if tar_path not in _TAR_INDEX:
+        with tarfile.open(tar_path, "r:") as tar:
+            _TAR_INDEX[tar_path] = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+    return _TAR_INDEX[tar_path]
 
 
 def open_image(path: str) -> Any:
@@ -196,12 +205,13 @@ def open_image(path: str) -> Any:
     if "::" not in path:
         return path
     tar_path, member = path.split("::", 1)
-    if tar_path not in _OPEN_TARS:
-        _OPEN_TARS[tar_path] = tarfile.open(tar_path, "r:")  # random access by member (indexed on first use)
-    data = _OPEN_TARS[tar_path].extractfile(member)
-    if data is None:
+    entry = _tar_index(tar_path).get(member)
+    if entry is None:
         raise FileNotFoundError(f"{member} is not a file in {tar_path}")
-    return io.BytesIO(data.read())
+    offset, size = entry
+    with open(tar_path, "rb") as stream:
+        stream.seek(offset)
+        return io.BytesIO(stream.read(size))
 
 
 def load_crop(path: str | os.PathLike, size: int) -> tuple[np.ndarray | None, str | None]:

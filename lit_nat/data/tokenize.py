@@ -159,7 +159,7 @@ def tokenize_folder(
         f"{len(mine) - len(pending)} already complete, {len(pending)} to write"
     )
     if pending:
-        encoder = text_encoder_from_config(text_encoder) if cache_text else None
+        encoder = text_encoder_from_config(text_encoder).to(device) if cache_text else None
         _run(root, plan, listing, tokenizer, pending, device, batch_size, num_workers, tag, encoder)
     summary["written"] = len(pending)
     summary["complete"] = all(shard_complete(root, plan, i) for i in range(plan.num_shards))
@@ -243,7 +243,7 @@ def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_worker
         if batch["images"] is not None:
             ids, flipped = _encode(tokenizer, batch["images"], dev, plan.flip, token_space["num_tokens"])
         good = [i for i, ok in zip(batch["index"], batch["ok"]) if ok]
-        text = _text_states(encoder, [listing.captions[i] for i in good], dev) if encoder is not None else None
+        text = _text_states(encoder, [listing.captions[i] for i in good]) if encoder is not None else None
         j = 0
         for i, ok in zip(batch["index"], batch["ok"]):
             if not ok:
@@ -271,13 +271,13 @@ def _run(root, plan, listing, tokenizer, pending, device, batch_size, num_worker
             samples, skipped = [], []
 
 
-def _text_states(encoder: Any, captions: list[tuple[str, ...]], device: torch.device) -> list[dict[str, Any]]:
+def _text_states(encoder: Any, captions: list[tuple[str, ...]]) -> list[dict[str, Any]]:
     """The text encoder's states of every caption of each image, one ``{tokens, mask, pooled}`` per image."""
     flat = [c for image in captions for c in image]
     if not flat:
         return []
     with torch.inference_mode():
-        states = encoder.to(device).encode(flat)
+        states = encoder.encode(flat)
     out, start = [], 0
     for image in captions:
         rows = slice(start, start + len(image))
