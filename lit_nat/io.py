@@ -18,6 +18,7 @@ Standard library only: every other module may depend on this one.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import math
 import os
@@ -48,15 +49,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Remove temporary files of ``path`` left by writers on this host that no longer run; returns them."""
+def remove_stale_temps(path: str | os.PathLike, pattern: str | None = None) -> list[Path]:
+    """Remove temporary files of ``path`` left by writers on this host that no longer run; returns them.
+
+    With ``pattern`` (e.g. ``"*.png"``), ``path`` is a folder and the temporary files of every destination in it whose
+    name matches are swept in one listing (the name must match exactly, so another host's temporary files are never
+    mistaken for ours).
+    """
     path = Path(path)
+    folder, name = (path, pattern) if pattern is not None else (path.parent, path.name)
     host = socket.gethostname()
     removed = []
-    for temp in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
-        owner = temp.name[len(path.name) + 2 : -len(TEMP_SUFFIX)]  # "<host>.<pid>"
-        owner_host, _, pid = owner.rpartition(".")
-        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+    for temp in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+        rest, _, pid = temp.name[1 : -len(TEMP_SUFFIX)].rpartition(".")  # "<name>.<host>", "<pid>"
+        destination, dot, owner_host = rest.rpartition(f".{host}")
+        if dot and not owner_host and fnmatch.fnmatchcase(destination, name) and pid.isdigit() \
+                and not _pid_alive(int(pid)):  # fmt: skip
             temp.unlink(missing_ok=True)
             removed.append(temp)
     return removed
@@ -81,10 +89,11 @@ class AtomicFile:
     rename, directory fsync); :meth:`discard` (or a crash) leaves the destination as it was. For writers that stream
     over many calls (a shard being filled); everything else uses :func:`atomic_write`."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, sweep: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.path)
+        if sweep:  # (a writer of many files into one folder sweeps it once instead: each sweep lists the folder)
+            remove_stale_temps(self.path)
         self.temp = _temp_name(self.path)
         self.file: IO[bytes] = open(self.temp, "wb")
 
@@ -101,12 +110,14 @@ class AtomicFile:
         self.temp.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], sweep: bool = True) -> Path:
     """Write ``path`` whole or not at all: ``write(f)`` fills a binary temp file beside it, fsynced, then renamed.
 
     If ``write`` raises (or the process dies), the destination keeps its previous content. Returns the path.
+    ``sweep=False`` skips removing dead writers' temporary files of ``path`` (for a caller that swept the folder once
+    with ``remove_stale_temps(folder, "*")`` before writing thousands of files into it).
     """
-    target = AtomicFile(path)
+    target = AtomicFile(path, sweep)
     try:
         write(target.file)
     except BaseException:

@@ -40,7 +40,7 @@ from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.checkpointing import weights_digest
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json
+from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json, remove_stale_temps
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.visuals import label_rows, upscale_nearest, write_png
 
@@ -189,6 +189,7 @@ class SampleWriter(BasePredictionWriter):
             atomic_write_json(path, plan)
         if self.save_png:
             self.files.images.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.files.images, "*.png")  # one listing here, not one per image written
 
     def write_on_batch_end(
         self,
@@ -208,7 +209,7 @@ class SampleWriter(BasePredictionWriter):
         if self.save_png:
             for i, image in zip(index, images):
                 atomic_write(self.files.images / f"{i:06d}.png", lambda f, im=image: Image.fromarray(im).save(
-                    f, format="PNG"))  # fmt: skip
+                    f, format="PNG"), sweep=False)  # fmt: skip
         write_part(self.files, int(index[0]) // self.batch_size, images, labels, index)
         # SIGTERM: stop after this batch, whose part is on disk (per rank: ranks may hold one batch more than others)
         raise_if_stopped(trainer, synced=False)

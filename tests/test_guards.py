@@ -311,3 +311,20 @@ def test_a_directory_in_use_by_a_live_process_is_refused_and_freed_when_it_dies(
     with DirectoryLock(run_dir, "again"):  # the kernel released it with the dead holder
         with pytest.raises(LockedError, match="already in use by this process"):
             DirectoryLock(run_dir, "twice").acquire()
+
+
+def test_a_folder_sweep_removes_only_dead_writers_temps_of_matching_files_of_this_host(tmp_path):
+    """``remove_stale_temps(folder, "*.png")`` (one listing before writing many images) spares live writers, other
+    hosts (also one whose name ends with ours) and other files."""
+    import socket
+
+    from lit_nat.io import remove_stale_temps
+
+    host, dead = socket.gethostname(), "999999999"
+    names = {"dead": f".a.png.{host}.{dead}.tmp", "live": f".b.png.{host}.{os.getpid()}.tmp",
+             "other host": f".a.png.x.{host}.{dead}.tmp", "similar host": f".a.png.{host}x.{dead}.tmp",
+             "other file": f".c.ckpt.{host}.{dead}.tmp"}  # fmt: skip
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    assert [p.name for p in remove_stale_temps(tmp_path, "*.png")] == [names["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")
