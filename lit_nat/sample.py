@@ -96,34 +96,44 @@ def done_batches(out: str | Path | SampleFiles) -> set[int]:
     return {int(p.stem.split("_")[1]) for p in SampleFiles.at(out).parts.glob("batch_*.npz")}
 
 
-def merge_parts(out: str | Path | SampleFiles, num_samples: int) -> Path:
-    """Merge every ``parts/batch_*.npz`` into ``samples.npz`` in sample order, each index exactly once."""
+@dataclass(frozen=True)
+class MergedSamples:
+    """What :func:`merge_parts` wrote: the ``.npz``, the shape of ``arr_0`` and its first images (for the grid)."""
+
+    path: Path
+    shape: tuple[int, ...]
+    first: np.ndarray
+
+
+def merge_parts(out: str | Path | SampleFiles, num_samples: int, keep_first: int = 0) -> MergedSamples:
+    """Merge every ``parts/batch_*.npz`` into ``samples.npz`` in sample order, each index exactly once; each part is
+    read once, into a memory map, so never more than one batch is in memory (plus the ``keep_first`` images)."""
     files = SampleFiles.at(out)
     parts = sorted(files.parts.glob("batch_*.npz"))
     seen = np.zeros(num_samples, dtype=np.int64)
-    shape = None
+    tmp, images, labels = files.parts / "arr_0.npy", None, np.zeros(num_samples, dtype=np.int64)
     for part in parts:
         with np.load(part) as data:
             index = data["index"]
             if index.size and (index.min() < 0 or index.max() >= num_samples):
                 raise ValueError(f"{part}: sample indices outside [0, {num_samples})")
             np.add.at(seen, index, 1)
-            shape = data["images"].shape[1:] if index.size else shape
-    if shape is None or not (seen == 1).all():
+            if not index.size:
+                continue
+            batch = data["images"]
+            if images is None:
+                shape = (num_samples, *batch.shape[1:])
+                images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            images[index], labels[index] = batch, data["labels"]
+    if images is None or not (seen == 1).all():
         bad = np.flatnonzero(seen != 1)[:10].tolist()
         raise RuntimeError(f"parts in {files.parts} do not cover each sample exactly once (e.g. {bad})")
-    tmp = files.parts / "arr_0.npy"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(num_samples, *shape))
-    labels = np.zeros(num_samples, dtype=np.int64)
-    for part in parts:
-        with np.load(part) as data:
-            images[data["index"]] = data["images"]
-            labels[data["index"]] = data["labels"]
     images.flush()
     # numpy streams the memory map into the zip in chunks
     path = atomic_write(files.npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+    merged = MergedSamples(path, tuple(images.shape), np.array(images[:keep_first]))
     shutil.rmtree(files.parts)  # (the memory map's file may vanish while mapped: POSIX keeps it until unmapped)
-    return path
+    return merged
 
 
 def save_grid(images: np.ndarray, path: Path, min_cell: int = 64, prompts: list[str] | None = None) -> None:
@@ -218,11 +228,9 @@ class SampleWriter(BasePredictionWriter):
         trainer.strategy.barrier("lit_nat-sample-parts")  # every part is on disk before rank 0 merges
         if not trainer.is_global_zero:
             return
-        path = merge_parts(self.files, self.num_samples)
-        prompts = self.settings.get("prompts")
-        with np.load(path) as data:
-            save_grid(data["arr_0"][: self.grid_samples], self.files.grid, prompts=prompts)
-            shape = list(data["arr_0"].shape)
+        merged = merge_parts(self.files, self.num_samples, keep_first=self.grid_samples)
+        prompts, path, shape = self.settings.get("prompts"), merged.path, list(merged.shape)
+        save_grid(merged.first, self.files.grid, prompts=prompts)
         schedule: GenerationSchedule = pl_module.schedule
         info = {
             **self.info,

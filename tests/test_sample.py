@@ -95,7 +95,7 @@ def test_batch_parts_merge_in_sample_order(tmp_path):
             index = np.array(batch.indices)
             write_part(tmp_path, batch.index, images[index], np.array(batch.labels), index)
     assert done_batches(tmp_path) == {0, 1, 2, 3}
-    path = merge_parts(tmp_path, 10)
+    path = merge_parts(tmp_path, 10).path
     with np.load(path) as data:
         np.testing.assert_array_equal(data["arr_0"], images)
         assert data["arr_1"].tolist() == [i % 4 for i in range(10)]
