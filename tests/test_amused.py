@@ -247,6 +247,7 @@ def test_the_shipped_cc3m_config_searches_amused_deterministically_and_moves_the
         states.append(state)
     assert states[0] == states[1] and states[0]["updates"] == 1  # same captions and seeds: deterministic
     assert states[0]["history"][0]["grad_norm"] > 0
+    assert 0 <= states[0]["history"][0]["clip_score_after"] <= 100  # each new point's CLIP score beside its FID
     start = GenerationSchedule.load(tmp_path / "s1" / "search_0.yaml")
     assert start.steps == 12 and start.guidance == GenerationSchedule.preset("amused").guidance  # aMUSEd's own start
     assert GenerationSchedule.load(tmp_path / "s1" / "search_1.yaml").to_dict() != start.to_dict()

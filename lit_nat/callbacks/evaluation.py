@@ -210,10 +210,13 @@ class GenerativeEvaluation(L.Callback):
         self._write_report(trainer, pl_module, values)
 
     def evaluate(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, schedule: GenerationSchedule | None = None
+        self, trainer: L.Trainer, pl_module: L.LightningModule, schedule: GenerationSchedule | None = None,
+        fid_only: bool = False,
     ) -> dict[str, Any]:
         """Generate this rank's share with ``schedule`` (default: ``pl_module.schedule``) and return the synced
-        ``{"fid", "inception_score", "num_samples", "seconds"}``. Call it on every rank (the metrics all-gather)."""
+        ``{"fid", "inception_score", "clip_score", "num_samples", "seconds"}``; ``fid_only`` skips the IS and the
+        CLIP score (None then), e.g. for the search's finite-difference probes. Call it on every rank (the metrics
+        all-gather)."""
         if self.fid is None:
             self.build(trainer, pl_module)
         schedule = schedule or pl_module.schedule
@@ -226,8 +229,9 @@ class GenerativeEvaluation(L.Callback):
             world_size=trainer.world_size,
             prompts=self.prompts(trainer, pl_module),
         )
-        clip = self.clip_metric(trainer, pl_module)
-        metrics = [m for m in (self.fid, self.inception, clip) if m is not None]
+        clip = None if fid_only else self.clip_metric(trainer, pl_module)
+        inception_metric = None if fid_only else self.inception
+        metrics = [m for m in (self.fid, inception_metric, clip) if m is not None]
         device = pl_module.device
         # ranks hold at most one batch more than others: the stop check (a collective) runs as often on every rank
         rounds = math.ceil(math.ceil(self.num_samples / self.batch_size) / trainer.world_size)
@@ -254,11 +258,11 @@ class GenerativeEvaluation(L.Callback):
                     if clip is not None:
                         clip.update(images, prompts)
                 self.fid.update(features)
-                if self.inception is not None:
-                    self.inception.update(logits)
+                if inception_metric is not None:
+                    inception_metric.update(logits)
                 bar.update(min(len(batch.indices) * trainer.world_size, bar.total - bar.n))  # (rank 0's view)
             fid = float(self.fid.compute())
-            inception = float(self.inception.compute()) if self.inception is not None else None
+            inception = float(inception_metric.compute()) if inception_metric is not None else None
             clip_score = float(clip.compute()) if clip is not None else None
             for metric in metrics:
                 metric.reset()

@@ -99,7 +99,6 @@ class SearchSession:
         self.show_progress = show_progress
         self.fingerprint: dict[str, Any] = {}
         self.search: StrategySearch | None = None
-        self.evaluations = 0  # new evaluations in this process
         self._bar = None
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -123,8 +122,13 @@ class SearchSession:
         return None if self.cache is None else self.cache.get(xi_key(xi))
 
     # ------------------------------------------------------------------------------------------------------------------
-    def objective(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Callable[[GenerationSchedule], float]:
-        """F(schedule) = the evaluator's FID with the session's images per evaluation (every rank must call it)."""
+    def objective(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float] | None = None
+                  ) -> Callable[[GenerationSchedule], float]:  # fmt: skip
+        """F(schedule) = the evaluator's FID with the session's images per evaluation (every rank must call it).
+
+        The FID alone is measured (no IS, no CLIP score: most evaluations are finite-difference probes), unless a
+        ``metrics`` dict is given, which then receives the evaluator's other metrics of the evaluations it makes.
+        """
         evaluator, space = self.evaluator, self.search.space
 
         def fid(schedule: GenerationSchedule) -> float:
@@ -134,10 +138,12 @@ class SearchSession:
                 saved = evaluator.num_samples
                 evaluator.num_samples = self.settings.num_samples or saved  # only the plan reads it
                 try:
-                    value = float(evaluator.evaluate(trainer, pl_module, schedule=schedule)["fid"])
+                    result = evaluator.evaluate(trainer, pl_module, schedule=schedule, fid_only=metrics is None)
+                    value = float(result["fid"])
                 finally:
                     evaluator.num_samples = saved
-                self.evaluations += 1
+                if metrics is not None:
+                    metrics.update({k: result[k] for k in ("inception_score", "clip_score") if result[k] is not None})
                 if self.cache is not None:
                     self.cache[key] = value
                     self.write_state(trainer)  # a kill loses at most the evaluation in progress
@@ -153,8 +159,9 @@ class SearchSession:
     def step(self, trainer: L.Trainer, pl_module: L.LightningModule, evaluate_new_point: bool = False
              ) -> tuple[UpdateRecord, float]:  # fmt: skip
         """One projected-SGD update (with a bar of its FID evaluations); with ``evaluate_new_point`` also the FID of
-        the point it moves to (the official standalone search does, and it becomes the next update's base). Returns
-        the record and that FID (NaN when not evaluated or when the update was skipped)."""
+        the point it moves to (the official standalone search does, and it becomes the next update's base), with the
+        evaluator's other metrics of that point (e.g. ``clip_score_after``) in the history. Returns the record and that
+        FID (NaN when not evaluated or when the update was skipped)."""
         search, fid = self.search, self.objective(trainer, pl_module)
         # forward differences, the base point unless known, the new point if asked
         total = search.space.size + int(self.cached(search.xi) is None) + int(evaluate_new_point)
@@ -163,13 +170,16 @@ class SearchSession:
         try:
             with self._bar:
                 record = search.step(fid, base=self.cached(search.xi))
-                after = fid(search.schedule) if evaluate_new_point and not record.skipped else math.nan
+                new_point = evaluate_new_point and not record.skipped
+                extras: dict[str, float] = {}
+                after = self.objective(trainer, pl_module, extras)(search.schedule) if new_point else math.nan
         finally:
             self._bar = None
         record.seconds = time.perf_counter() - start
         search.history[-1]["seconds"] = record.seconds
         if evaluate_new_point and not record.skipped:
             search.history[-1]["fid_after"] = after  # non-finite: null in state.json
+            search.history[-1].update({f"{name}_after": value for name, value in extras.items()})
             if math.isfinite(after) and after < search.best_fid:
                 search.best_fid, search.best_xi = after, search.xi.copy()
         return record, after

@@ -130,9 +130,11 @@ class SearchRunner(L.Callback):
                 if record.skipped:  # F is deterministic: the same point would fail again
                     rank_zero_warn(f"search: update skipped ({record.reason}); stopping at update {search.updates}")
                     break
+                clip = search.history[-1].get("clip_score_after")
                 rank_zero_info(
                     f"search: update {search.updates} FID {record.fid:.4f} -> {after:.4f} |grad| "
                     f"{record.grad_norm:.4g} (best {search.best_fid:.4f}, {record.evaluations} evaluations)"
+                    + ("" if clip is None else f", CLIP score {clip:.2f}")
                 )
                 bar.update(1)
                 bar.set_postfix(fid=f"{after:.4f}", best=f"{search.best_fid:.4f}")
