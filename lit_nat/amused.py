@@ -19,6 +19,7 @@ import torch
 from lit_nat.conditioning.text import save_random_clip
 from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_json
+from lit_nat.tokenizers.amused_vq import downsampling_factor
 
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 #: the class each sub-folder's config must name (diffusers writes ``_class_name``)
@@ -65,7 +66,7 @@ def read_amused_folder(src: str | Path) -> dict[str, Any]:
             raise UsageError(f"{folder / name}: config of a {found}, expected {expected} (not an aMUSEd folder)")
     transformer = {k: v for k, v in configs["transformer"].items() if not k.startswith("_")}
     vq = configs["vqvae"]
-    factor = 2 ** (len(vq.get("block_out_channels", [0])) - 1)
+    factor = downsampling_factor(vq)
     side = int(transformer.get("sample_size", 16))
     return {
         "arch": "amused",

@@ -94,15 +94,7 @@ class GenerationSchedule:
         """Tokens still masked after each step (length T, last 0) under the module's count rule."""
         if self.steps > num_tokens:
             raise ValueError(f"{self.steps} steps cannot reveal {num_tokens} tokens at least one per step")
-        counts, previous = [], num_tokens
-        for t, ratio in enumerate(self.mask_ratio):
-            if t == self.steps - 1:
-                kept = 0
-            else:
-                kept = max(1, min(previous - 1, math.floor(num_tokens * ratio)))
-            counts.append(kept)
-            previous = kept
-        return counts
+        return self._counts(num_tokens, floor=1)
 
     def counts_for(self, unknown: int) -> list[int]:
         """Masked counts after each step when only ``unknown`` of the tokens are to be generated (editing: the others
@@ -110,11 +102,14 @@ class GenerationSchedule:
         t < T-1, ``max(1, min(m_prev - 1, floor(U r[t])))`` stay masked. With fewer unknown tokens than steps the
         floor of 1 is dropped (``U = 3`` at T = 8 reveals one token in each of the first steps and nothing after), and
         ``U = 0`` gives all zeros."""
-        if unknown >= self.steps:
-            return self.masked_counts(unknown)
-        counts, previous = [], unknown
+        return self.masked_counts(unknown) if unknown >= self.steps else self._counts(unknown, floor=0)
+
+    def _counts(self, total: int, floor: int) -> list[int]:
+        """The count rule: after step t < T-1, ``max(floor, min(m_prev - 1, floor(total r[t])))`` stay masked; 0 after
+        the last step."""
+        counts, previous = [], total
         for t, ratio in enumerate(self.mask_ratio):
-            kept = 0 if t == self.steps - 1 else max(0, min(previous - 1, math.floor(unknown * ratio)))
+            kept = 0 if t == self.steps - 1 else max(floor, min(previous - 1, math.floor(total * ratio)))
             counts.append(kept)
             previous = kept
         return counts

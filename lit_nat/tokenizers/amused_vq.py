@@ -44,7 +44,8 @@ def read_vq_config(folder: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def _factor(config: dict[str, Any]) -> int:
+def downsampling_factor(config: dict[str, Any]) -> int:
+    """Pixels per token side of a diffusers ``VQModel`` config (one halving per extra resolution level)."""
     return 2 ** (len(config.get("block_out_channels", [64])) - 1)
 
 
@@ -97,7 +98,7 @@ class AmusedVQTokenizer(SquareConvTokenizer):
         if not config.get("lookup_from_codebook", False):
             raise UsageError(f"amused_vq: {self.checkpoint or 'vq_config'}: lookup_from_codebook is false; aMUSEd's "
                              "VQ-GAN decodes ids through its codebook (lookup_from_codebook: true)")  # fmt: skip
-        self.set_size(image_size, _factor(config))
+        self.set_size(image_size, downsampling_factor(config))
         if dtype != "fp32":
             self.model.to(VQ_DTYPES[dtype])
         self.model.requires_grad_(False).eval()
@@ -106,7 +107,7 @@ class AmusedVQTokenizer(SquareConvTokenizer):
     @classmethod
     def space_of(cls, checkpoint: Any = None, image_size: int = 256, vq_config: dict | None = None, **_: Any):
         config = read_vq_config(checkpoint) if checkpoint is not None else dict(vq_config or {})
-        side = int(image_size) // _factor(config)
+        side = int(image_size) // downsampling_factor(config)
         return int(config.get("num_vq_embeddings", 256)), (side, side)
 
     @property
@@ -135,12 +136,8 @@ class AmusedVQTokenizer(SquareConvTokenizer):
     @torch.no_grad()
     def decode(self, ids: Tensor) -> Tensor:
         """``(B, h * w)`` ids in ``[0, K)`` -> ``(B, 3, H, W)`` float32 in [0, 1]."""
+        self.check_ids(ids)
         h, w = self.grid_size
-        if ids.ndim != 2 or ids.shape[1] != h * w or ids.is_floating_point():
-            raise ValueError(f"amused_vq.decode expects integer ids (B, {h * w}), got {ids.dtype} {tuple(ids.shape)}")
-        if ids.numel() and bool(((ids < 0) | (ids >= self.codebook_size)).any()):
-            lo, hi = ids.aminmax()
-            raise ValueError(f"amused_vq.decode: ids must be in [0, {self.codebook_size}), got range [{lo}, {hi}]")
         b = ids.shape[0]
         grid = ids.to(next(self.model.parameters()).device).long().view(b, h, w)
         with torch.autocast(device_type=grid.device.type, enabled=False):

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class Tokenizer(nn.Module, ABC):
@@ -83,6 +83,15 @@ class SquareConvTokenizer(Tokenizer):
     @property
     def grid_size(self) -> tuple[int, int]:
         return (self._side // self.factor, self._side // self.factor)
+
+    def check_ids(self, ids: Tensor) -> None:
+        """``decode``'s input: integer ids ``(B, h * w)`` in ``[0, K)`` (one line naming the shape, dtype or range)."""
+        h, w, who = *self.grid_size, type(self).__name__
+        if ids.ndim != 2 or ids.shape[1] != h * w or ids.is_floating_point() or ids.is_complex():
+            raise ValueError(f"{who}.decode expects integer ids (B, {h * w}), got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() and bool(((ids < 0) | (ids >= self.codebook_size)).any()):
+            lo, hi = ids.aminmax()
+            raise ValueError(f"{who}.decode: ids must be in [0, {self.codebook_size}), got range [{lo}, {hi}]")
 
     @property
     def image_size(self) -> tuple[int, int]:

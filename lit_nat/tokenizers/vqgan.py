@@ -264,14 +264,8 @@ class VQGANTokenizer(SquareConvTokenizer):
     @torch.no_grad()
     def decode(self, ids: Tensor) -> Tensor:
         """``(B, h * w)`` ids in ``[0, K)`` -> ``(B, 3, H, W)`` float32 in [0, 1]."""
+        self.check_ids(ids)
         h, w = self.grid_size
-        if ids.ndim != 2 or ids.shape[1] != h * w or ids.is_floating_point() or ids.is_complex():
-            raise ValueError(
-                f"VQGANTokenizer.decode expects integer ids (B, {h * w}), got {ids.dtype} {tuple(ids.shape)}"
-            )
-        if ids.numel() and bool(((ids < 0) | (ids >= self.codebook_size)).any()):
-            lo, hi = ids.aminmax()
-            raise ValueError(f"VQGANTokenizer.decode: ids must be in [0, {self.codebook_size}), got range [{lo}, {hi}]")
         codes = self.quantize.embedding(ids.to(self.quantize.embedding.weight.device).long())  # (B, h*w, C)
         z = codes.view(ids.shape[0], h, w, -1).permute(0, 3, 1, 2)  # (B, C, h, w)
         dtype = DECODE_DTYPES[self.decode_dtype]
