@@ -33,7 +33,7 @@ from torch import nn
 from lit_nat.conditioning.condition import Condition, TextCondition
 from lit_nat.models.base import TokenSpaceBackbone
 from lit_nat.models.enat_blocks import ContextAttention, ENATBlock, ENATState, PrevProjection, gather_tokens
-from lit_nat.models.layers import TextEmbedding, TiedMLMHead, TokenEmbedding, condition_tokens
+from lit_nat.models.layers import TextEmbedding, TiedMLMHead, TokenEmbedding, class_ids, condition_tokens
 
 __all__ = ["ENAT", "ENATBlock", "ENATState", "ContextAttention", "PrevProjection"]
 
@@ -267,9 +267,7 @@ class ENAT(TokenSpaceBackbone):
         if isinstance(condition, TextCondition):
             text = condition_tokens(condition, b, self.class_embed, self.context_embed)  # checks shapes
             return F.silu(self.context_embed.pooled(condition)), text
-        if condition.shape not in ((b,), (b, 1)):
-            raise ValueError(f"condition must be ({b},) or ({b}, 1) class ids, got {tuple(condition.shape)}")
-        labels = condition.reshape(b)
+        labels = class_ids(condition, b)
         if self.training and self.class_dropout > 0:
             drop = torch.rand(b, device=labels.device) < self.class_dropout
             labels = labels.masked_fill(drop, self.null_class)

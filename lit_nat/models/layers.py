@@ -98,9 +98,14 @@ def condition_tokens(
         if len(condition) != batch:
             raise ValueError(f"text condition has {len(condition)} rows for a batch of {batch}")
         return text_embed(condition)
+    return class_embed(class_ids(condition, batch).reshape(batch, 1))
+
+
+def class_ids(condition: torch.Tensor, batch: int) -> torch.Tensor:
+    """A class condition ``(B,)`` or ``(B, 1)`` as ``(B,)`` ids (one line naming a wrong shape)."""
     if condition.shape not in ((batch,), (batch, 1)):
         raise ValueError(f"condition must be ({batch},) or ({batch}, 1) class ids, got {tuple(condition.shape)}")
-    return class_embed(condition.reshape(batch, 1))
+    return condition.reshape(batch)
 
 
 def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
