@@ -28,7 +28,6 @@ import torch
 
 from lit_nat.data.imagefolder import FLIP_SUFFIX
 from lit_nat.data.meta import (
-    LABEL_FIELD,
     META_FILE,
     TOKENS_FIELD,
     DatasetMeta,
@@ -38,9 +37,10 @@ from lit_nat.data.meta import (
     read_metadata,
     write_metadata,
 )
-from lit_nat.data.samples import iter_samples
+from lit_nat.data.samples import SampleLimits, decode_sample, iter_samples
 from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
+from lit_nat.errors import DataError
 from lit_nat.flags import add_bool_flag
 from lit_nat.io import atomic_write_json, atomic_write_text
 from lit_nat.progress import progress
@@ -94,7 +94,10 @@ def check_shard(
     keys, all_ids, all_labels = set(), [], []
     for j, sample in enumerate(samples):
         try:
-            ids, label, texts = check_sample(plan, samples, j, keys)
+            ids, label, texts = check_sample(plan, samples, j, keys, name)
+        except DataError as err:  # the reader's message names the shard and the key
+            problems.append(f"{err} (sample {j})")
+            break
         except ValueError as err:
             problems.append(f"{name}: sample {j} ({sample['__key__']}): {err}")
             break
@@ -109,29 +112,22 @@ def check_shard(
     return problems, record, samples
 
 
-def check_sample(plan: TokenizePlan, samples: list[dict[str, Any]], j: int, keys: set[str]) -> tuple:
-    """Sample ``j`` of a shard against the plan: members, captions, ids, label, a new key, flips in place. Returns
-    ``(ids, label, captions or None)``; a ``ValueError`` says what is wrong."""
-    sample, num_tokens = samples[j], plan.grid_size[0] * plan.grid_size[1]
-    key, texts = sample["__key__"], None
+def check_sample(plan: TokenizePlan, samples: list[dict[str, Any]], j: int, keys: set[str], shard: str = "?") -> tuple:
+    """Sample ``j`` of a shard against the plan: the reader's own checks (:func:`~lit_nat.data.samples.decode_sample`:
+    ids, label, captions, text states), then what only a whole shard can tell: exactly the plan's members, a new key,
+    flips in place. Returns ``(ids, label, captions or None)``; a ``ValueError`` says what is wrong."""
+    sample, key = samples[j], samples[j]["__key__"]
     if set(sample) - {"__key__", "__url__"} != set(plan.sample_fields):
         raise ValueError(f"members {sorted(sample)}, expected {list(plan.sample_fields)}")
-    if CAPTIONS_FIELD in sample:
-        texts = json.loads(sample[CAPTIONS_FIELD].decode("utf-8"))
-        if not isinstance(texts, list) or not texts:
-            raise ValueError("captions.json is not a non-empty list")
-    ids, label = decode_tokens(sample[TOKENS_FIELD]), int(sample[LABEL_FIELD])
-    if ids.shape != (num_tokens,) or int(ids.max()) >= plan.codebook_size:
-        raise ValueError(f"ids of shape {ids.shape}, max {ids.max()} (expected {num_tokens} in [0, K))")
-    if not 0 <= label < len(plan.classes):
-        raise ValueError(f"label {label} outside [0, {len(plan.classes)})")
+    limits = SampleLimits(plan.grid_size[0] * plan.grid_size[1], plan.codebook_size, len(plan.classes))
+    decoded = decode_sample(sample, shard, limits)  # a DataError (a ValueError) naming shard and key
     if key in keys:
         raise ValueError("key appears twice")
     if plan.flip and (j % 2 == 1) != key.endswith(FLIP_SUFFIX):
         raise ValueError("originals and flips do not alternate")
     if plan.flip and j % 2 == 1 and key != samples[j - 1]["__key__"] + FLIP_SUFFIX:
         raise ValueError(f"is not the flip of the sample before it ({samples[j - 1]['__key__']})")
-    return ids, label, texts
+    return decoded["ids"], decoded["label"], decoded.get("captions") if CAPTIONS_FIELD in sample else None
 
 
 def token_summary(counts: np.ndarray, top: int = 10) -> dict[str, Any]:
