@@ -21,14 +21,14 @@ import lightning as L
 import yaml
 
 from lit_nat.amused import read_amused_folder
-from lit_nat.checkpointing import save_checkpoint_file
+from lit_nat.checkpointing import read_checkpoint, save_checkpoint_file
 from lit_nat.data.shards import read_metadata
 from lit_nat.data.tokenize_plan import tokenizer_kwargs
 from lit_nat.errors import UsageError
 from lit_nat.flags import add_bool_flag
 from lit_nat.models import ARCHITECTURES
 from lit_nat.models.amused import load_amused_transformer
-from lit_nat.models.convert import CONVERTERS, load_official, read_checkpoint
+from lit_nat.models.convert import CONVERTERS, load_official
 from lit_nat.module import NATModule
 from lit_nat.tokenizers import TOKENIZERS, token_space
 

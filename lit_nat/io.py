@@ -17,7 +17,6 @@ Standard library only: every other module may depend on this one.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import math
@@ -25,7 +24,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -178,10 +177,6 @@ class DirectoryLock:
     def path(self) -> Path:
         return self.directory / LOCK_FILE
 
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
     def acquire(self) -> DirectoryLock:
         if self._file is not None:
             return self
@@ -228,13 +223,3 @@ class DirectoryLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-@contextlib.contextmanager
-def locked(directory: str | os.PathLike, purpose: str) -> Iterator[DirectoryLock]:
-    """``with locked(out, "sample"):`` -- :class:`DirectoryLock` as a context manager."""
-    lock = DirectoryLock(directory, purpose).acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from lit_nat.checkpointing import read_checkpoint
 
 __all__ = [
     "AUTONAT_RULES",
@@ -36,7 +37,6 @@ __all__ = [
     "load_official",
     "load_official_autonat",
     "load_official_enat",
-    "read_checkpoint",
     "unwrap_state_dict",
 ]
 
@@ -93,11 +93,6 @@ class Rule:
     pattern: str
     repl: str
     transform: Callable[[Tensor], Tensor] | None = None
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file on CPU with ``weights_only=True`` (no arbitrary unpickling)."""
-    return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
 
 
 def unwrap_state_dict(obj: OfficialInput) -> tuple[dict[str, Tensor], list[str]]:
