@@ -307,3 +307,14 @@ def test_a_remote_ckpt_path_is_left_to_lightning():
     for path in ("s3://bucket/run/last.ckpt", "registry:org/model:latest"):
         cli = SimpleNamespace(config={"subcommand": "validate", "validate": {"ckpt_path": path, "model": {}}})
         assert NATLightningCLI._parse_ckpt_path(cli) is None  # a local read would raise "no such checkpoint file"
+
+
+def test_a_damaged_official_checkpoint_is_one_line_naming_it(tmp_path):
+    src = tmp_path / "nnet_ema.pth"
+    src.write_bytes(b"\x80\x02 not a torch archive")
+    from lit_nat.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=f"{src}: not a readable checkpoint, truncated or damaged"):
+        main(["import-checkpoint", "--format=autonat", f"--src={src}", f"--config={REPO / 'configs/autonat_s.yaml'}",
+              f"--dst={tmp_path / 'out.ckpt'}"])  # fmt: skip
+    assert not (tmp_path / "out.ckpt").exists()
