@@ -146,6 +146,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def changed_entries(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, now)}`` for every key of ``now`` whose value differs from the one in a state file read back as
+    ``saved`` (``now`` compared as JSON would store it: tuples as lists, non-finite floats as null)."""
+    now = json.loads(json.dumps(json_safe(now)))
+    return {key: (saved.get(key), value) for key, value in now.items() if saved.get(key) != value}
+
+
 def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> Path:
     """:func:`atomic_write` of ``value`` as strict JSON (non-finite floats become ``null``)."""
     return atomic_write_text(path, json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n")

@@ -40,7 +40,7 @@ from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.checkpointing import weights_digest
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json, remove_stale_temps
+from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json, changed_entries, remove_stale_temps
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.visuals import label_rows, upscale_nearest, write_png
 
@@ -270,9 +270,7 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None, model: Any
 
 def check_parts_plan(path: Path, plan: dict[str, Any]) -> None:
     """The parts of an interrupted run may be resumed only by the same generation (settings, schedule, weights)."""
-    saved = json.loads(path.read_text())
-    now = json.loads(json.dumps(plan))  # tuples as lists, as in the file
-    changed = sorted(k for k in set(saved) | set(now) if k in now and saved.get(k) != now.get(k))
+    changed = sorted(changed_entries(json.loads(path.read_text()), plan))
     if changed:
         raise UsageError(
             f"{path.parent}: parts of an interrupted run with other {', '.join(changed)}; rerun it as it was to "

@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
 from lit_nat.checkpointing import weights_digest
 from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock
+from lit_nat.io import DirectoryLock, changed_entries
 from lit_nat.progress import progress, trainer_shows_progress
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch
@@ -99,8 +99,7 @@ class SearchRunner(L.Callback):
                 f"search: --schedule has {self.schedule.steps} steps but the state to resume ({path}) is for T = "
                 f"{steps}; drop --schedule to resume, or pass another --out for a {self.schedule.steps}-step search"
             )
-        saved = state.get("fingerprint", {})
-        changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        changed = changed_entries(state.get("fingerprint", {}), now)
         if changed:
             raise UsageError(
                 f"search: cannot resume {path}: its FIDs were measured with other weights, statistics or settings "
