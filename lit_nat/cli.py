@@ -254,8 +254,9 @@ def run_from_checkpoint(argv: list[str]) -> Any:
     args = {k: v for k, v in config.as_dict().items() if k != "trainer"}
     ckpt_path = str(args["ckpt_path"])
     # edit loads the checkpoint itself; sample's predict run restores the weights into this fresh module
-    hparams = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters")
-    model = None if command == "edit" else module_from_hparams(hparams, ckpt_path)
+    model = None
+    if command != "edit":
+        model = module_from_hparams(read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters"), ckpt_path)
     return getattr(trainer, command)(model, **args)
 
 

@@ -177,8 +177,20 @@ def shard_images(
             yield tokenizer.decode(batch["ids"].to(device)).clamp(0, 1)
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The images of a folder tree, sorted by path (one error naming a missing or image-less folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def folder_images(
-    folder: str | os.PathLike, batch_size: int = 100, rank: int = 0, world_size: int = 1, resolution: int | None = None
+    folder: str | os.PathLike, batch_size: int = 100, rank: int = 0, world_size: int = 1, resolution: int | None = None,
+    files: list[Path] | None = None,
 ) -> Iterator[torch.Tensor]:
     """RGB images of a folder (sorted by name; image i goes to rank i mod world_size) as float batches in [0, 1].
 
@@ -188,14 +200,7 @@ def folder_images(
     """
     from PIL import Image
 
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    mine = files[rank::world_size]
+    mine = (files if files is not None else image_files(folder))[rank::world_size]  # files: listed by the caller
     for start in range(0, len(mine), batch_size):
         opened = [Image.open(p).convert("RGB") for p in mine[start : start + batch_size]]
         arrays = [center_crop_arr(im, resolution) if resolution else np.asarray(im) for im in opened]
@@ -250,8 +255,9 @@ def write_reference_stats(
         images, source = shard_images(data_root, split, tokenizer, batch_size, device=device), f"{data_root}/{split}"
         total = meta.splits[split].num_samples if split in meta.splits else None
     else:
-        images, source = folder_images(image_folder, batch_size, resolution=resolution), str(image_folder)
-        total = sum(1 for p in Path(image_folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(image_folder)  # listed once: for the images and for the bar's total
+        images, source = folder_images(image_folder, batch_size, resolution=resolution, files=files), str(image_folder)
+        total = len(files)
         if resolution:
             source += f", centre-cropped to {resolution}"
     mu, sigma, n = compute_reference_stats(net, images, device, sync=False, total=total, show_progress=True)

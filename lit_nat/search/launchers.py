@@ -211,22 +211,24 @@ class SlurmLauncher(LocalLauncher):
         atomic_write_json(run_dir / SUBMITTED_FILE, {"job_id": job, "submitted": time.time()})
         return job
 
-    def _previous_job(self, run_dir: Path) -> str | None:
-        """The job of an earlier submission that is still queued or running (the driver was restarted)."""
+    def _previous_job(self, run_dir: Path) -> tuple[str, str] | None:
+        """``(job, state)`` of an earlier submission that is still queued or running (the driver was restarted)."""
         path = run_dir / SUBMITTED_FILE
         if not path.exists():
             return None
         job = str(json.loads(path.read_text()).get("job_id", ""))
-        return job if job and self._state(job) in slurm.LIVE_STATES else None
+        state = self._state(job) if job else None
+        return (job, state) if state in slurm.LIVE_STATES else None
 
     def __call__(self, alpha: float, beta: float, schedule: str | None, run_dir: Path) -> CandidateResult:
         run_dir = Path(run_dir)
         if finished(run_dir):
             return read_result(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        job = self._previous_job(run_dir)
-        if job is not None:
-            print(f"autonat: waiting for candidate job {job} (still {self._state(job)}) in {run_dir}", flush=True)
+        previous = self._previous_job(run_dir)
+        if previous is not None:
+            job, state = previous
+            print(f"autonat: waiting for candidate job {job} (still {state}) in {run_dir}", flush=True)
         else:  # a new job; an earlier one that ended unfinished left its checkpoints, so this one resumes
             (run_dir / FAILED_FILE).unlink(missing_ok=True)
             job = self._submit(alpha, beta, schedule, run_dir)
