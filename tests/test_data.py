@@ -164,8 +164,10 @@ def test_read_metadata_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="lit_nat tokenize --images") as err:
         read_metadata(tmp_path)  # not a digits root: the hint is the tokenizer, not the digits demo
     assert str(tmp_path / "meta.json") in str(err.value)
-    with pytest.raises(FileNotFoundError, match="prepare_digits.py --root"):
+    with pytest.raises(FileNotFoundError, match="prepare_digits.py --root.*--data.prepare digits`"):
         read_metadata(tmp_path / "digits")
+    with pytest.raises(FileNotFoundError, match="--data.prepare digits_text`"):  # the captioned demo's root
+        read_metadata(tmp_path / "digits_text")
     _write(tmp_path, 5)
     good = json.loads((tmp_path / "meta.json").read_text())
 

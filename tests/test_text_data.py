@@ -109,3 +109,25 @@ def test_list_options_take_several_values_after_one_flag():
     assert gather_list_options(["--labels", "3", "7"]) == ["--labels=[3, 7]"]
     assert gather_list_options(["--labels", "[3, 7]"]) == ["--labels", "[3, 7]"]
     assert gather_list_options(["--labels=[1]"]) == ["--labels=[1]"]
+
+
+def test_an_img2dataset_json_that_is_not_an_object_skips_only_its_image(tmp_path):
+    import io
+    import tarfile
+
+    from lit_nat.data.imagefolder import TAR_INDEX, open_image
+
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for key, sidecar in (("a", b"not json"), ("b", b"[1, 2]"), ("c", b'{"caption": "a dog"}')):
+            for name, data in ((f"{key}.jpg", b"jpeg bytes " + key.encode()), (f"{key}.json", sidecar)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    listing, skipped = list_img2dataset(folder)
+    assert listing.files == ("00000.tar::c.jpg",) and listing.captions == (("a dog",),)
+    assert [member for member, _ in skipped] == ["00000.tar::a.jpg", "00000.tar::b.jpg"]
+    # the listing indexed the tar: an image is read by one seek, its bytes exactly
+    assert str(folder / "00000.tar") in TAR_INDEX
+    assert open_image(f"{folder / '00000.tar'}::c.jpg").read() == b"jpeg bytes c"

@@ -19,7 +19,7 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
-from lit_nat.data.imagefolder import ImageList, is_image_file
+from lit_nat.data.imagefolder import TAR_INDEX, ImageList, is_image_file
 
 CAPTIONED_CLASSES = ("image",)  # captioned data has no classes: every sample has label 0
 
@@ -68,9 +68,10 @@ def list_img2dataset(folder: str | os.PathLike) -> tuple[ImageList, list[tuple[s
         members: dict[str, dict[str, str]] = defaultdict(dict)
         try:
             with tarfile.open(tar_path, "r:") as tar:
-                for info in tar.getmembers():
-                    if not info.isfile():
-                        continue
+                infos = [info for info in tar.getmembers() if info.isfile()]
+                # the images' places, so reading them (in forked workers too) needs no second header walk
+                TAR_INDEX[str(root / tar_path.name)] = {i.name: (i.offset_data, i.size) for i in infos}
+                for info in infos:
                     key, _, ext = info.name.partition(".")
                     if ext in ("txt", "json"):
                         members[key][ext] = tar.extractfile(info).read().decode("utf-8", errors="replace")
@@ -84,7 +85,10 @@ def list_img2dataset(folder: str | os.PathLike) -> tuple[ImageList, list[tuple[s
                 continue
             caption = found.get("txt")
             if caption is None and "json" in found:
-                caption = (json.loads(found["json"] or "{}") or {}).get("caption")
+                try:
+                    caption = (json.loads(found["json"] or "{}") or {}).get("caption")
+                except (ValueError, AttributeError):  # not JSON, or not an object: this image only is skipped
+                    caption = None
             if not caption or not caption.strip():
                 skipped.append((f"{tar_path.name}::{found['image']}", "has no caption (.txt or json caption)"))
                 continue

@@ -189,15 +189,16 @@ def center_crop_arr(pil_image: Image.Image, size: int) -> np.ndarray:
 
 #: member name -> (data offset, size) of each webdataset tar (img2dataset) this process has read from: one header
 #: walk per tar, then every image is one seek and read (tarfile's own lookup by name scans all members each time, and
-#: a hash-shuffled order would otherwise keep every tar of a folder open in every worker)
-_TAR_INDEX: dict[str, dict[str, tuple[int, int]]] = {}
+#: a hash-shuffled order would otherwise keep every tar of a folder open in every worker); the listing of a webdataset
+#: folder (:func:`lit_nat.data.captioned.list_img2dataset`) fills it as it walks the headers
+TAR_INDEX: dict[str, dict[str, tuple[int, int]]] = {}
 
 
 def _tar_index(tar_path: str) -> dict[str, tuple[int, int]]:
-    if tar_path not in _TAR_INDEX:
+    if tar_path not in TAR_INDEX:
         with tarfile.open(tar_path, "r:") as tar:
-            _TAR_INDEX[tar_path] = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
-    return _TAR_INDEX[tar_path]
+            TAR_INDEX[tar_path] = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+    return TAR_INDEX[tar_path]
 
 
 def open_image(path: str) -> Any:

@@ -211,8 +211,9 @@ def how_to_prepare(root: str | os.PathLike) -> str:
     """The hint for a data root without ``meta.json``: the digits preparation for a digits root, else ``tokenize``."""
     root = Path(root)
     if "digits" in root.name:
-        return (f"Prepare it with `python data/prepare_digits.py --root {root}`, or pass `--data.prepare digits` to "
-                f"let the DataModule do it.")  # fmt: skip
+        prepare = "digits_text" if "text" in root.name else "digits"  # the captioned preparation of the text demo
+        return (f"Prepare it with `python data/prepare_digits.py --root {root}`, or pass `--data.prepare {prepare}` "
+                f"to let the DataModule do it.")  # fmt: skip
     return (f"Tokenise the images first, e.g. `python -m lit_nat tokenize --images /data/ILSVRC2012/train --out {root} "
             f"--split train --tokenizer vqgan --checkpoint <vqgan.pth>` (and --split val), or point --data.root at a "
             f"prepared root.")  # fmt: skip
