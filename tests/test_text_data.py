@@ -131,3 +131,15 @@ def test_an_img2dataset_json_that_is_not_an_object_skips_only_its_image(tmp_path
     # the listing indexed the tar: an image is read by one seek, its bytes exactly
     assert str(folder / "00000.tar") in TAR_INDEX
     assert open_image(f"{folder / '00000.tar'}::c.jpg").read() == b"jpeg bytes c"
+
+
+def test_caption_statistics_are_running_counts():
+    from lit_nat.data.tokenize_verify import CaptionStats
+
+    stats = CaptionStats()
+    for texts in (["a b", "c"], ["d e f"], ["x", " ", "y z"]):
+        stats.add(texts)
+    assert stats.summary() == {"images": 3, "captions": 6, "per_image": {"min": 1, "mean": 2.0, "max": 3},
+                               "words": {"min": 0, "mean": 1.5, "max": 3}, "empty": 1,
+                               "examples": ["a b", "d e f", "x"]}  # fmt: skip
+    assert CaptionStats().summary()["per_image"] == {"min": 0, "mean": 0.0, "max": 0}

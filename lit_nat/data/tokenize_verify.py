@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -59,7 +60,8 @@ def skipped_path(root: str | os.PathLike, split: str) -> Path:
 
 
 def check_shard(
-    root: Path, plan: TokenizePlan, index: int, counts: np.ndarray, labels: np.ndarray, captions: list | None = None
+    root: Path, plan: TokenizePlan, index: int, counts: np.ndarray, labels: np.ndarray,
+    captions: CaptionStats | None = None,
 ) -> tuple:
     """Check shard ``index``; add its ids to ``counts``, labels to ``labels`` and its samples' caption lists to
     ``captions``.
@@ -102,7 +104,7 @@ def check_shard(
             problems.append(f"{name}: sample {j} ({sample['__key__']}): {err}")
             break
         if texts is not None and captions is not None:
-            captions.append(texts)
+            captions.add(texts)
         keys.add(sample["__key__"])
         all_ids.append(ids)
         all_labels.append(label)
@@ -146,19 +148,35 @@ def token_summary(counts: np.ndarray, top: int = 10) -> dict[str, Any]:
     }
 
 
-def caption_summary(captions: list[list[str]]) -> dict[str, Any]:
-    """Caption statistics of a captioned split: captions per image, words per caption, empty ones, examples."""
-    per_image = np.array([len(c) for c in captions] or [0])
-    words = np.array([len(t.split()) for c in captions for t in c] or [0])
-    return {
-        "images": len(captions),
-        "captions": int(per_image.sum()),
-        "per_image": {"min": int(per_image.min()), "mean": round(float(per_image.mean()), 3),
-                      "max": int(per_image.max())},  # fmt: skip
-        "words": {"min": int(words.min()), "mean": round(float(words.mean()), 2), "max": int(words.max())},
-        "empty": sum(1 for c in captions for t in c if not t.strip()),
-        "examples": [c[0] for c in captions[:3]],
-    }
+class CaptionStats:
+    """Caption statistics of a captioned split as running counts (a split may hold millions of images): captions per
+    image, words per caption, empty ones, the first examples."""
+
+    def __init__(self) -> None:
+        self.images = self.captions = self.words = self.empty = 0
+        self.per_image = [math.inf, -math.inf]  # min, max
+        self.words_range = [math.inf, -math.inf]
+        self.examples: list[str] = []
+
+    def add(self, texts: list[str]) -> None:
+        self.images, self.captions = self.images + 1, self.captions + len(texts)
+        self.per_image = [min(self.per_image[0], len(texts)), max(self.per_image[1], len(texts))]
+        for text in texts:
+            n = len(text.split())
+            self.words, self.empty = self.words + n, self.empty + (not text.strip())
+            self.words_range = [min(self.words_range[0], n), max(self.words_range[1], n)]
+        if len(self.examples) < 3 and texts:
+            self.examples.append(texts[0])
+
+    def summary(self) -> dict[str, Any]:
+        def span(low_high: list[float], total: int, count: int, digits: int) -> dict[str, Any]:
+            low, high = (int(v) for v in low_high) if count else (0, 0)
+            return {"min": low, "mean": round(total / count, digits) if count else 0.0, "max": high}
+
+        return {"images": self.images, "captions": self.captions,
+                "per_image": span(self.per_image, self.captions, self.images, 3),
+                "words": span(self.words_range, self.words, self.captions, 2),
+                "empty": self.empty, "examples": self.examples}  # fmt: skip
 
 
 def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipped: int) -> DatasetMeta:
@@ -231,7 +249,7 @@ def verify_split(
     shards: list[ShardInfo] = []
     skipped: list[tuple[str, str]] = []
     first: list[dict] = []
-    captions: list[list[str]] = []
+    captions = CaptionStats()
     bar = progress(plan.num_shards, f"verifying {split}", unit="shard", enabled=show_progress)
     for index in range(plan.num_shards):
         found, record, samples = check_shard(root, plan, index, counts, labels, captions)
@@ -263,7 +281,7 @@ def verify_split(
         "path": str(report_path(root, split)),
     }
     if plan.captioned:
-        report["captions"] = caption_summary(captions)
+        report["captions"] = captions.summary()
     if decode and first:
         out_dir = root / f"tokenize_{split}_decoded"
         tokenizer = tokenizer or plan_tokenizer(plan)
