@@ -26,6 +26,18 @@ class DataError(LitNatError, ValueError):
     """A shard or sample that breaks the token format: unreadable tar, missing member, id or label out of range."""
 
 
+class UnsafeNameError(LitNatError, ValueError):
+    """A name read from a file (a shard member, an image or caption key, an output name) that would leave its folder
+    if used as a path: empty, ``.``/``..``, absolute, or holding a path separator or a NUL byte."""
+
+
+class DiskFullError(LitNatError, OSError):
+    """A write ran out of space (ENOSPC, or a quota): the temporary file was removed and the previous file kept;
+    rerun once space is free and the job resumes."""
+
+    exit_code = 1
+
+
 class LockedError(LitNatError, RuntimeError):
     """A run directory or output folder already in use by a live process."""
 

@@ -28,10 +28,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from lit_nat.errors import LockedError
+from lit_nat.errors import LockedError, UnsafeNameError
 
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lit_nat.lock"
+
+
+def check_name(name: str, source: str, what: str = "name") -> str:
+    """``name`` (read from a file or given by a user: a shard member's key, an image's name, an output stem) if it is
+    one plain path component; else :class:`~lit_nat.errors.UnsafeNameError` naming ``source``. A name from a file is
+    never a path: empty names, ``.``, ``..``, separators (``/``, ``\\``), NUL and other control characters would
+    let it leave its folder or hide in a listing."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\") \
+            or any(ord(c) < 32 or ord(c) == 127 for c in name):  # fmt: skip
+        raise UnsafeNameError(f"{source}: {what} {name!r} is not a plain file name (no separators, '..', empty or "
+                              "control characters); refusing to use it as a path")
+    return name
+
+
+def child_path(folder: str | os.PathLike, name: str, source: str, what: str = "name") -> Path:
+    """``folder / name`` for a name checked by :func:`check_name`: always a direct child of ``folder``."""
+    return Path(folder) / check_name(name, source, what)
 
 
 def _temp_name(path: Path) -> Path:
