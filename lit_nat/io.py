@@ -17,6 +17,7 @@ Standard library only: every other module may depend on this one.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import math
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from lit_nat.errors import LockedError, UnsafeNameError
+from lit_nat.errors import DiskFullError, LockedError, UnsafeNameError
 
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lit_nat.lock"
@@ -41,8 +42,10 @@ def check_name(name: str, source: str, what: str = "name") -> str:
     let it leave its folder or hide in a listing."""
     if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\") \
             or any(ord(c) < 32 or ord(c) == 127 for c in name):  # fmt: skip
-        raise UnsafeNameError(f"{source}: {what} {name!r} is not a plain file name (no separators, '..', empty or "
-                              "control characters); refusing to use it as a path")
+        raise UnsafeNameError(
+            f"{source}: {what} {name!r} is not a plain file name (no separators, '..', empty or "
+            "control characters); refusing to use it as a path"
+        )
     return name
 
 
@@ -100,51 +103,189 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+#: the errors that mean "no room": no space left, over quota, file too large for the filesystem
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def human_bytes(n: int | float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer may still use on ``folder``'s filesystem."""
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the filesystem holding ``path`` (which may not exist yet)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() or not os.path.ismount(path):
+        if path.parent == path:
+            break
+        path = path.parent
+    return path
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in _FULL_ERRNOS
+
+
+def disk_full_error(
+    path: str | os.PathLike, needed: int | None, cause: OSError | None = None, at_least: bool = False
+) -> DiskFullError:
+    """The one message of a full disk: where, what was being written, how much it needed, how much is free."""
+    folder = Path(path).parent
+    try:
+        free = human_bytes(free_bytes(folder))
+    except OSError:
+        free = "unknown"
+    reason = "over quota" if cause is not None and cause.errno == errno.EDQUOT else "no space left"
+    need = "size unknown" if needed is None else f"{'at least ' if at_least else ''}{human_bytes(needed)} needed"
+    error = DiskFullError(
+        f"{reason} on {mount_point(folder)} while writing {path} ({need}, {free} free); the previous file is kept: "
+        "free space and rerun to resume"
+    )
+    error.errno = errno.ENOSPC  # (set after: with it in the constructor the message would start with "[Errno 28]")
+    return error
+
+
+def ensure_space(folder: str | os.PathLike, needed: int, path: str | os.PathLike) -> None:
+    """Refuse at once, before any write, a step that needs ``needed`` bytes in ``folder`` where they are not free."""
+    try:
+        free = free_bytes(folder)
+    except OSError:  # a filesystem that cannot say: let the write itself find out
+        return
+    if free < needed:
+        raise disk_full_error(path, needed)
+
+
+class _SpaceCheckedFile:
+    """A binary file whose writes turn "no space" into :class:`DiskFullError` (and remember it: a library that wraps
+    the error in its own, as torch.save's ``unexpected pos``, is still told apart from a real bug)."""
+
+    def __init__(self, raw: IO[bytes], path: Path, needed: int | None) -> None:
+        self._raw, self._path, self._needed = raw, path, needed
+        self.full: DiskFullError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as err:
+            raise self._full(err) if is_disk_full(err) else err
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except OSError as err:
+            raise self._full(err) if is_disk_full(err) else err
+
+    def _full(self, err: OSError) -> DiskFullError:
+        if self.full is None:
+            if self._needed is not None:
+                self.full = disk_full_error(self._path, self._needed, err)
+            else:  # what had been written when the disk filled is a lower bound
+                self.full = disk_full_error(self._path, max(self._raw.tell(), 1), err, at_least=True)
+            self.full.__cause__ = err
+        return self.full
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, fileno, closed, ...: the raw file's
+        return getattr(self._raw, name)
+
+
+def allocate(path: str | os.PathLike, nbytes: int) -> None:
+    """Allocate ``nbytes`` of an existing file's blocks now, so that no later write into it can meet a full disk. A
+    memory-mapped file needs this: a page fault on a full disk is a SIGBUS that kills the process, not an error.
+    Refused at once with :class:`~lit_nat.errors.DiskFullError` where the space is not there."""
+    ensure_space(Path(path).parent, nbytes, path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path, nbytes, err) from err
+        # EOPNOTSUPP/EINVAL: a filesystem that cannot allocate ahead; the free-space check above is what we have
+    finally:
+        os.close(fd)
+
+
 class AtomicFile:
     """A binary file that appears under ``path`` only when :meth:`commit` is called (temp file beside it, fsync,
     rename, directory fsync); :meth:`discard` (or a crash) leaves the destination as it was. For writers that stream
-    over many calls (a shard being filled); everything else uses :func:`atomic_write`."""
+    over many calls (a shard being filled); everything else uses :func:`atomic_write`.
 
-    def __init__(self, path: str | os.PathLike, sweep: bool = True) -> None:
+    ``reserve`` (bytes, where the size is known or bounded below) is checked against the free space first, so a disk
+    that cannot hold the file is one :class:`~lit_nat.errors.DiskFullError` before anything is written; and the first
+    write that finds no space raises it too. Either way the temporary file is removed and the destination keeps its
+    previous content. (A free-space check, not an allocation: ``posix_fallocate`` falls back to writing every block on
+    filesystems without it, e.g. some cluster filesystems, which would double the cost of a checkpoint.)
+    """
+
+    def __init__(self, path: str | os.PathLike, sweep: bool = True, reserve: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if sweep:  # (a writer of many files into one folder sweeps it once instead: each sweep lists the folder)
             remove_stale_temps(self.path)
+        if reserve:
+            ensure_space(self.path.parent, reserve, self.path)
         self.temp = _temp_name(self.path)
-        self.file: IO[bytes] = open(self.temp, "wb")
+        self.needed = reserve
+        self.file: _SpaceCheckedFile = _SpaceCheckedFile(open(self.temp, "wb"), self.path, reserve)  # type: ignore
 
     def commit(self) -> Path:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.path)
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temp, self.path)
+        except BaseException as err:
+            self.discard()
+            if is_disk_full(err) and not isinstance(err, DiskFullError):
+                raise disk_full_error(self.path, self.needed, err) from err
+            raise
         fsync_directory(self.path.parent)
         return self.path
 
     def discard(self) -> None:
-        self.file.close()
-        self.temp.unlink(missing_ok=True)
+        """Drop the temporary file (whatever closing it says: on a full disk, the flush in ``close`` fails too)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        finally:
+            self.temp.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], sweep: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], Any], sweep: bool = True, reserve: int | None = None
+) -> Path:
     """Write ``path`` whole or not at all: ``write(f)`` fills a binary temp file beside it, fsynced, then renamed.
 
-    If ``write`` raises (or the process dies), the destination keeps its previous content. Returns the path.
+    If ``write`` raises (or the process dies), the destination keeps its previous content and the temporary file is
+    removed. A full disk is one :class:`~lit_nat.errors.DiskFullError` (``reserve``: see :class:`AtomicFile`), even
+    where the library writing the file wraps the ``ENOSPC`` in an error of its own. Returns the path.
     ``sweep=False`` skips removing dead writers' temporary files of ``path`` (for a caller that swept the folder once
     with ``remove_stale_temps(folder, "*")`` before writing thousands of files into it).
     """
-    target = AtomicFile(path, sweep)
+    target = AtomicFile(path, sweep, reserve)
     try:
         write(target.file)
     except BaseException:
         target.discard()
+        if target.file.full is not None:
+            raise target.file.full from None
         raise
     return target.commit()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """:func:`atomic_write` of ``data``."""
-    return atomic_write(path, lambda f: f.write(data))
+    """:func:`atomic_write` of ``data`` (its size checked against the free space first)."""
+    return atomic_write(path, lambda f: f.write(data), reserve=len(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -40,7 +40,15 @@ from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.checkpointing import weights_digest
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json, changed_entries, remove_stale_temps
+from lit_nat.io import (
+    DirectoryLock,
+    allocate,
+    atomic_write,
+    atomic_write_json,
+    changed_entries,
+    ensure_space,
+    remove_stale_temps,
+)
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.visuals import label_rows, upscale_nearest, write_png
 
@@ -122,18 +130,34 @@ def merge_parts(out: str | Path | SampleFiles, num_samples: int, keep_first: int
                 continue
             batch = data["images"]
             if images is None:
-                shape = (num_samples, *batch.shape[1:])
-                images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                images = merge_buffer(tmp, (num_samples, *batch.shape[1:]), files.npz)
             images[index], labels[index] = batch, data["labels"]
     if images is None or not (seen == 1).all():
         bad = np.flatnonzero(seen != 1)[:10].tolist()
         raise RuntimeError(f"parts in {files.parts} do not cover each sample exactly once (e.g. {bad})")
     images.flush()
     # numpy streams the memory map into the zip in chunks
-    path = atomic_write(files.npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+    path = atomic_write(files.npz, lambda f: np.savez(f, arr_0=images, arr_1=labels),
+                        reserve=images.nbytes + labels.nbytes)  # fmt: skip
     merged = MergedSamples(path, tuple(images.shape), np.array(images[:keep_first]))
     shutil.rmtree(files.parts)  # (the memory map's file may vanish while mapped: POSIX keeps it until unmapped)
     return merged
+
+
+def merge_buffer(path: Path, shape: tuple[int, ...], npz: Path) -> np.ndarray:
+    """The uint8 memory map the parts are merged into, its blocks allocated first: a write into a memory map that meets
+    a full disk is a SIGBUS that kills the process. Space for the ``.npz`` that follows is checked now too, so a disk
+    that cannot hold both is one line before any work."""
+    nbytes = math.prod(shape)
+    ensure_space(path.parent, 2 * nbytes, npz)
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        allocate(path, images.offset + nbytes)
+    except BaseException:
+        del images
+        path.unlink(missing_ok=True)
+        raise
+    return images
 
 
 def save_grid(images: np.ndarray, path: Path, min_cell: int = 64, prompts: list[str] | None = None) -> None:
@@ -253,7 +277,12 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None, model: Any
         path = Path(prompts_file)
         if not path.is_file():
             raise UsageError(f"{path}: no such prompts file")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:  # (its own message names no file)
+            raise UsageError(f"{path}: the prompts file is not UTF-8 text (byte {err.start}: {err.reason}); save it "
+                             "as UTF-8, one prompt per line") from None  # fmt: skip
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
         if not prompts:
             raise UsageError(f"{path}: the prompts file holds no prompt (one per line)")
     is_text = model.conditioner.is_text
