@@ -27,7 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lit_nat.errors import CheckpointError
 from lit_nat.finite import nonfinite_keys
-from lit_nat.io import atomic_write
+from lit_nat.io import atomic_write, verify_archive
 
 #: what torch.load raises on a damaged file
 _READ_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError, KeyError)
@@ -57,40 +57,6 @@ def check_finite_weights(checkpoint: dict[str, Any], source: str) -> None:
             f"{source}: non-finite weights (NaN or inf) in {', '.join(bad)}; this checkpoint cannot be used: take an "
             "earlier one"
         )
-
-
-#: (path, inode, size, mtime) of the files whose CRCs were checked by this process: a file is read whole once
-_VERIFIED: set[tuple[str, int, int, int]] = set()
-
-
-def verify_archive(path: str | os.PathLike) -> None:
-    """Check every record of a ``torch.save`` archive against the CRC-32 that the zip holds for it.
-
-    torch.load does not: a checkpoint with flipped bytes inside a tensor (same size, still a zip) loads without a word
-    and samples other images. A mismatch is a :class:`CheckpointError` naming the file and the record. Costs one read
-    of the file (about 0.5 s per GiB from the page cache, half of torch.load's own time; see the README's
-    "Reliability"); a file already checked by this process, unchanged, is not read again. Records whose CRC field is
-    0 are not checked (torch can be told not to compute them: ``torch.serialization.config.save.compute_crc32``).
-    """
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED:
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for record in archive.infolist():
-                if record.CRC == 0 and record.file_size:
-                    continue
-                with archive.open(record) as stream:  # zipfile compares the CRC-32 when the record is read to its end
-                    while stream.read(1 << 24):
-                        pass
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as err:  # ValueError: a bad UTF-8 name
-        raise CheckpointError(
-            f"{path}: damaged checkpoint ({_first_line(err)}): its bytes are not the ones written; use an earlier one "
-            "or copy it again"
-        ) from None
-    _VERIFIED.add(key)
 
 
 def read_checkpoint(

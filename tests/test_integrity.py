@@ -13,8 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lit_nat.checkpointing import read_checkpoint, save_checkpoint_file, verify_archive
+from lit_nat.checkpointing import read_checkpoint, save_checkpoint_file
 from lit_nat.errors import CheckpointError
+from lit_nat.io import verify_archive
 
 WEIGHTS = {"state_dict": {"w": torch.arange(4096, dtype=torch.float32), "b": torch.ones(3)}, "global_step": 7}
 
@@ -45,7 +46,7 @@ def test_a_flipped_byte_inside_a_tensor_is_refused_naming_the_file(written, tmp_
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(bytes(damaged))
     assert isinstance(torch.load(bad, weights_only=True), dict)  # torch alone takes it
-    with pytest.raises(CheckpointError, match=rf"^{bad}: damaged checkpoint .*Bad CRC-32"):
+    with pytest.raises(CheckpointError, match=rf"^{bad}: damaged file .*Bad CRC-32"):
         read_checkpoint(bad)
 
 

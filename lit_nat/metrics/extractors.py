@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_nat.io import verify_archive
 from lit_nat.metrics.digits import IMAGE_SIZE as DIGITS_SIZE
 from lit_nat.metrics.digits import load_digits_classifier
 
@@ -125,6 +126,7 @@ def load_inception_state_dict(path: str | os.PathLike | None) -> dict[str, torch
             f"Inception weights {path} do not exist. Expected one of: {'; '.join(INCEPTION_FILES)}. "
             "Download it once on a machine with internet access and point weights_path at it."
         )
+    verify_archive(path)  # torch.load does not check the zip's CRCs
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_nat.io import verify_archive
 from lit_nat.tokenizers.base import SquareConvTokenizer
 
 __all__ = [
@@ -316,6 +317,7 @@ def read_vqgan_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {path}")
+    verify_archive(path)  # torch.load does not check the zip's CRCs
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only errors alike
