@@ -204,7 +204,7 @@ def test_tokenize_skips_bad_files_and_the_datamodule_reads_the_result(images, tm
     val = tmp_path / "val"
     (val / "n002").mkdir(parents=True)
     _gradient(np.random.default_rng(5), 70, 40).save(val / "n002" / "v.png")
-    with pytest.raises(SystemExit, match="other class names.*--classes .*classes.txt"):
+    with pytest.raises(TokenizeError, match="other class names.*--classes .*classes.txt"):
         tokenize(_args(val, out, "--split", "val"))
     assert read_class_list(out / "classes.txt") == CLASSES
     tokenize(_args(val, out, "--split", "val", "--classes", str(out / "classes.txt")))
@@ -263,22 +263,22 @@ def test_refusals_leave_the_root_untouched(images, tmp_path):
         (["--sorted"], "order"),
     ]
     for extra, message in refusals:
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(TokenizeError, match=message):
             tokenize(_args(images, out, *extra))
     _gradient(np.random.default_rng(9), 40, 40).save(images / "n002" / "new.png")
-    with pytest.raises(SystemExit, match="num_images 18 != 19.*files_sha256 differ"):
+    with pytest.raises(TokenizeError, match="num_images 18 != 19.*files_sha256 differ"):
         tokenize(_args(images, out))
     assert _files(out) == before
-    with pytest.raises(SystemExit, match="multiple of 16"):
+    with pytest.raises(TokenizeError, match="multiple of 16"):
         tokenize(_args(images, tmp_path / "other", "--resolution", "40", "--tokenizer_arg", "image_size=40"))
-    with pytest.raises(SystemExit, match=r"encodes \(32, 32\) images but --resolution is 48"):
+    with pytest.raises(TokenizeError, match=r"encodes \(32, 32\) images but --resolution is 48"):
         tokenize(_args(images, tmp_path / "other", "--resolution", "48", "--tokenizer_arg", "image_size=32"))
-    with pytest.raises(SystemExit, match="unknown tokenizer 'nope'"):
+    with pytest.raises(TokenizeError, match="unknown tokenizer 'nope'"):
         tokenize(_args(images, tmp_path / "other", "--tokenizer", "nope"))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "train-000000.tar").write_bytes(b"someone else's")
-    with pytest.raises(SystemExit, match="without its record"):
+    with pytest.raises(TokenizeError, match="without its record"):
         tokenize(_args(images, foreign))
     assert (foreign / "train-000000.tar").read_bytes() == b"someone else's"
     summary = tokenize(_args(images, tmp_path / "dry", "--dry_run"))  # sizes an array job; writes nothing
@@ -369,9 +369,9 @@ def test_slurm_tokenize_script_passes_options_the_commands_accept(tmp_path):
 
 
 def test_command_line_mistakes_are_one_line_before_any_work(tmp_path):
-    with pytest.raises(SystemExit, match=f"--images {tmp_path / 'nope'}: no such folder"):
+    with pytest.raises(TokenizeError, match=f"--images {tmp_path / 'nope'}: no such folder"):
         tokenize(["--images", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     (tmp_path / "imgs" / "a").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="tokenizer 'vqgan' .*missing 1 required positional argument: 'checkpoint'"):
+    with pytest.raises(TokenizeError, match="tokenizer 'vqgan' .*missing 1 required positional argument: 'checkpoint'"):
         tokenize(["--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out")])  # no --checkpoint
     assert not (tmp_path / "out").exists()

@@ -396,8 +396,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             text_encoder=text_encoder,
             cache_text=args.cache_text,
         )
-    except (TokenizeError, FileNotFoundError) as err:
-        raise SystemExit(f"python -m lit_nat tokenize: error: {err}") from err
+    except FileNotFoundError as err:  # a missing image folder, captions file or class list: the user's path
+        raise TokenizeError(str(err)) from None
     if args.dry_run:
         plan = summary["plan"]
         print(json.dumps({k: v for k, v in plan.items() if k != "classes"}, indent=2))

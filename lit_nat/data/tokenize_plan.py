@@ -28,6 +28,7 @@ from lit_nat.data.meta import (
     read_metadata,
 )
 from lit_nat.data.shards import shard_name, tar_bytes
+from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_bytes, atomic_write_text
 from lit_nat.tokenizers import TOKENIZERS, load_tokenizer
 
@@ -35,8 +36,9 @@ PLAN_FORMAT = "lit_nat.tokenize/1"
 PATCH = 16  # the VQGAN's downsampling factor: resolutions must be multiples of it
 
 
-class TokenizeError(ValueError):
-    """A refused run: a mismatched output root, bad options, or an inconsistent shard; nothing was changed."""
+class TokenizeError(UsageError):
+    """A refused run: a mismatched output root, bad options, or an inconsistent shard; nothing was changed. A
+    :class:`~lit_nat.errors.UsageError`: the command line prints it as one line and exits 2, as for every mistake."""
 
 
 def plan_path(root: str | os.PathLike, split: str) -> Path:
@@ -102,6 +104,9 @@ class TokenizePlan:
         optional = ("source", "captioned", "text_encoder", "cache_text")  # (plans made before captions existed)
         if missing := [n for n in names if n not in data and n not in optional]:
             raise TokenizeError(f"{source}: keys {missing} are missing")
+        for key in ("resolution", "images_per_shard", "num_images", "codebook_size"):  # sizes and ranges come of them
+            if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1:
+                raise TokenizeError(f"{source}: key {key!r} must be an integer >= 1; got {data[key]!r:.80}")
         kwargs = {n: data[n] for n in names if n in data}
         kwargs["classes"], kwargs["grid_size"] = tuple(kwargs["classes"]), tuple(kwargs["grid_size"])
         return cls(**kwargs)
@@ -125,7 +130,13 @@ def read_plan(root: str | os.PathLike, split: str) -> TokenizePlan:
     path = plan_path(root, split)
     if not path.is_file():
         raise TokenizeError(f"no tokenisation plan {path}: run `python -m lit_nat tokenize --out {root} ...` first")
-    return TokenizePlan.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    try:
+        plan = TokenizePlan.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as err:  # a damaged or foreign file
+        raise TokenizeError(f"{path}: not a readable tokenisation plan ({type(err).__name__}: {err})") from None
+    if plan.split != split:  # the plan's split names its shards' files: it must be the one its own file name says
+        raise TokenizeError(f"{path}: key 'split' is {plan.split!r:.80}, not {split!r}")
+    return plan
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -235,7 +246,11 @@ def tokenizer_kwargs(name: str, checkpoint: str | None = None, args: list[str] |
         key, sep, value = arg.partition("=")
         if not sep or not key:
             raise TokenizeError(f"--tokenizer_arg expects KEY=VALUE, got {arg!r}")
-        kwargs[key] = yaml.safe_load(value)
+        try:  # safe_load: a tag such as !!python/object/apply:os.system is refused, never constructed
+            kwargs[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or " ".join(str(err).split())  # (str(err) spans lines)
+            raise TokenizeError(f"--tokenizer_arg {arg!r}: not a plain YAML value ({problem})") from None
     if checkpoint is not None:
         kwargs["checkpoint"] = checkpoint
     if name not in TOKENIZERS:
