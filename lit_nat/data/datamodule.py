@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_nat.conditioning.text import encoder_identity
@@ -296,6 +296,9 @@ class TokenShardDataModule(L.LightningDataModule):
             resume, self._resume_position = (epoch, skip), None
             if note:
                 rank_zero_warn(note)
+            elif skip:
+                rank_zero_info(f"data: resuming epoch {epoch} exactly after its first {skip} batches (the checkpoint's "
+                               "training position)")  # fmt: skip
         return self._loader(dataset, resume)
 
     def captions(self, split: str | None = None) -> list[str]:

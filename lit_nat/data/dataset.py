@@ -302,3 +302,13 @@ class ShardLoader(DataLoader):
         self.next_epoch = epoch + 1
         self.dataset.set_epoch(epoch, skip)
         return super().__iter__()
+
+    # Lightning's resumable-loader protocol. The position of a resumed epoch travels in the DataModule's state
+    # (TrainPosition) and is applied when the loader is built (``resume``), before Lightning would hand a loader
+    # its state; the loader keeps none of its own. Having these methods is how Lightning recognises a loader that
+    # resumes mid-epoch exactly; without them it warns on every exact resume that the loader "is not resumable".
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to load: see :meth:`state_dict`."""
