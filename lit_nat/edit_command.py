@@ -1,9 +1,11 @@
 """``python -m lit_nat edit``: inpaint, outpaint or re-generate regions of images with a trained NAT.
 
-Output under ``--out``: ``edited/<image>_seed<s>.png`` (one per image and seed), ``grid.png`` (a row per image: the
-input, the input with the regenerated region painted, then one result per seed) and ``edits.json`` (per image: the
-source, the kept and regenerated token counts, the label or prompt, the seeds and the files). See
-:mod:`lit_nat.editing` for the masks and :func:`lit_nat.sampling.generate` for the partial-canvas loop.
+Output under ``--out``: ``edited/<image>_seed<s>.png`` (one per image and seed; ``<image>`` is the input file's stem
+or ``<key>_<i>`` for image i of an ``.npz`` array, checked as a plain file name by :func:`lit_nat.io.check_name`),
+``grid.png`` (a row per image: the input, the input with the regenerated region painted, then one result per seed) and
+``edits.json`` (per image: the image's name, the kept and regenerated token counts, the label or prompt, the seeds
+and the files). See :mod:`lit_nat.editing` for the masks and :func:`lit_nat.sampling.generate` for the partial-canvas
+loop.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from lit_nat.editing import (
     token_keep_mask,
 )
 from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock, atomic_write_json
+from lit_nat.io import DirectoryLock, atomic_write_json, child_path
 from lit_nat.sampling import make_generator
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.visuals import upscale_nearest, write_image_png, write_png
@@ -50,6 +52,7 @@ def run_edit(
         raise FileExistsError(f"{out_dir / 'edits.json'} exists; pass --overwrite true or another --out")
     if (mask is None) == (fraction is None):
         raise UsageError("give --mask (a region to regenerate) or --fraction (img2img: a random share of tokens)")
+    check_edit_options(seeds, dilate)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise UsageError("the model has no tokenizer, so images can be neither encoded nor decoded")
@@ -78,13 +81,23 @@ def run_edit(
                            f"random {fraction}", dilate)  # fmt: skip
 
 
+def check_edit_options(seeds: list[int] | None, dilate: int) -> None:
+    """Options that would otherwise do something quietly other than asked: a seed given twice (its files would be
+    written twice under one name) and a negative ``--dilate`` (which would shrink nothing and be ignored)."""
+    twice = sorted({s for s in seeds or [] if list(seeds or []).count(s) > 1})
+    if twice:
+        raise UsageError(f"--seeds {list(seeds or [])}: seed {twice[0]} is given twice; each seed writes its own files")
+    if dilate < 0:
+        raise UsageError(f"--dilate {dilate}: expected a number of tokens >= 0 (0: regenerate exactly the mask)")
+
+
 def write_edits(out_dir, names, pixels, keep, grid, results, seeds, condition, mask, dilate) -> Path:
     """Every edited image, the comparison grid and ``edits.json``, each written atomically."""
     records = []
     for i, name in enumerate(names):
         files = []
         for seed, images in zip(seeds, results):
-            path = out_dir / "edited" / f"{Path(name).stem}_seed{seed}.png"
+            path = child_path(out_dir / "edited", f"{name}_seed{seed}.png", "--images", "image name")
             write_image_png(images[i], path)
             files.append(str(path.relative_to(out_dir)))
         records.append({"image": name, "kept_tokens": int(keep[i].sum()), "regenerated_tokens": int((~keep[i]).sum()),

@@ -181,7 +181,7 @@ def test_mask_helpers():
     assert not box[:4, 4:].any() and box[4:].all() and box[:, :4].all()
     assert torch.equal(parse_mask("half:bottom", size), half_mask(size, "bottom"))
     assert torch.equal(parse_mask("box:4,0,8,4", size), box)
-    with pytest.raises(UsageError, match="unknown mask 'star'"):
+    with pytest.raises(UsageError, match="--mask 'star': unknown mask; expected half"):
         parse_mask("star", size)
     with pytest.raises(UsageError, match="not inside a 8x8 image"):
         parse_mask("box:0,0,9,2", size)
