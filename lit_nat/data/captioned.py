@@ -9,6 +9,10 @@ so :mod:`lit_nat.data.tokenize` tokenises them like an ImageNet folder (same pla
 - img2dataset: the shards in name order, the images of each in tar order; an image's caption is its ``.txt`` member
   (a ``.json`` member's ``caption`` when there is no ``.txt``); an image without one is skipped and listed. Images are
   read from inside the tars (``<shard>.tar::<member>``), never extracted.
+
+A name read from a file (a COCO ``file_name``, a tar member) must be a plain file name
+(:func:`lit_nat.io.check_name`): ``../x.jpg`` or ``a/b.jpg`` is a one-line
+:class:`~lit_nat.errors.UnsafeNameError` naming the json or tar, never a path to follow.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lit_nat.data.imagefolder import TAR_INDEX, ImageList, is_image_file
+from lit_nat.io import check_name
 
 CAPTIONED_CLASSES = ("image",)  # captioned data has no classes: every sample has label 0
 
@@ -44,7 +49,7 @@ def list_coco(images: str | os.PathLike, captions_json: str | os.PathLike) -> tu
     present = set(os.listdir(root))
     files, texts, skipped = [], [], []
     for image_id in sorted(entries):
-        name = entries[image_id]
+        name = check_name(entries[image_id], str(path), f"images[id={image_id}].file_name")  # a name in root, no path
         if name not in present:
             skipped.append((name, f"listed in {path.name} but not in {root}"))
         elif not captions.get(image_id):
@@ -71,8 +76,8 @@ def list_img2dataset(folder: str | os.PathLike) -> tuple[ImageList, list[tuple[s
                 infos = [info for info in tar.getmembers() if info.isfile()]
                 # the images' places, so reading them (in forked workers too) needs no second header walk
                 TAR_INDEX[str(root / tar_path.name)] = {i.name: (i.offset_data, i.size) for i in infos}
-                for info in infos:
-                    key, _, ext = info.name.partition(".")
+                for info in infos:  # img2dataset writes flat members; one named like a path is refused
+                    key, _, ext = check_name(info.name, str(tar_path), "member").partition(".")
                     if ext in ("txt", "json"):
                         members[key][ext] = tar.extractfile(info).read().decode("utf-8", errors="replace")
                     elif is_image_file(info.name):

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lit_nat.io import check_name
+
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif"})
 FLIP_SUFFIX = "_flip"
 
@@ -44,8 +46,8 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     names = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         words = line.split("#", 1)[0].split()
-        if words:
-            names.append(words[0])
+        if words:  # a class name is a class folder's name: never a path
+            names.append(check_name(words[0], str(path), "class name"))
     if not names:
         raise ValueError(f"class list {path} holds no class names")
     if dupes := sorted(n for n, c in Counter(names).items() if c > 1):

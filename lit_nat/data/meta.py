@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_nat.errors import LitNatError
-from lit_nat.io import atomic_write_json
+from lit_nat.io import atomic_write_json, check_name
 
 FORMAT = "lit_nat.tokens/1"
 META_FILE = "meta.json"
@@ -196,8 +196,9 @@ class _Checker:
             if not isinstance(shard, dict):
                 raise self.fail(at, "an object {name, num_samples}", shard)
             name = self.get(shard, "name", f"{at}.name", "a file name in the data root")
-            if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+            if not isinstance(name, str):
                 raise self.fail(f"{at}.name", "a plain file name in the data root (no directories)", name)
+            check_name(name, self.source, f"key '{at}.name'")  # the reader opens root / name: never a path
             count = self.get(shard, "num_samples", f"{at}.num_samples", "an integer >= 0")
             shards.append(ShardInfo(name, self.count(count, f"{at}.num_samples", 0)))
         info = SplitInfo(tuple(shards))

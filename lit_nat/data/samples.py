@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from lit_nat.data.integrity import check_shard
 from lit_nat.data.shards import (
     CAPTIONS_FIELD,
     LABEL_FIELD,
@@ -27,21 +28,35 @@ from lit_nat.data.shards import (
     decode_text_states,
     decode_tokens,
 )
-from lit_nat.errors import DataError
+from lit_nat.errors import DataError, UnsafeNameError
+from lit_nat.io import check_name
 
 
 def iter_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard's tar stream, as webdataset sample dicts (the one tar reader of shards: training,
-    evaluation and ``tokenize-verify`` all read through it); ``name`` appears in webdataset's errors."""
-    return group_by_keys(tar_file_expander([{"url": name, "stream": stream}]))
+    evaluation and ``tokenize-verify`` all read through it); ``name`` appears in webdataset's and our errors.
+
+    Every member must be a plain file name (:func:`lit_nat.io.check_name`): a sample's key comes from it and may
+    become a path (``tokenize-verify --decode`` writes ``<key>.png``), so ``../../X.tokens.npy`` is an
+    :class:`~lit_nat.errors.UnsafeNameError` naming the shard, never a key."""
+    return group_by_keys(_plain_members(tar_file_expander([{"url": name, "stream": stream}]), name))
+
+
+def _plain_members(files: Iterator[dict[str, Any]], shard: str) -> Iterator[dict[str, Any]]:
+    for entry in files:
+        if "fname" in entry:  # (the expander also yields an empty dict at the end of each tar)
+            check_name(entry["fname"], shard, "member")
+        yield entry
 
 
 def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[str, Any]]:
     """Samples ``[start, stop)`` of one tar, as webdataset sample dicts (``__key__``, ``tokens.npy``, ``cls``, ...).
 
-    Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached. A tar that cannot
-    be parsed or holds fewer samples than ``stop`` is a :class:`~lit_nat.errors.DataError` naming it.
+    Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached. A tar that differs
+    from its record (:func:`lit_nat.data.integrity.check_shard`, once per process), cannot be parsed, has a member
+    that is not a plain name, or holds fewer samples than ``stop`` is a :class:`~lit_nat.errors.DataError` naming it.
     """
+    check_shard(path)
     path = str(path)
     index = -1
     try:
@@ -51,6 +66,10 @@ def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[
                     yield sample
                 if index + 1 >= stop:
                     return  # without parsing the next sample
+    except UnsafeNameError as err:  # (its message names the shard and the member)
+        raise DataError(str(err)) from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such shard (the metadata lists it)") from None
     except (tarfile.TarError, OSError, ValueError, KeyError) as err:
         raise DataError(f"{path}: unreadable after {index + 1} samples ({_first_line(err)})") from None
     if index + 1 < stop:

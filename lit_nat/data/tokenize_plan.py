@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from lit_nat.data.imagefolder import ImageList, read_class_list
+from lit_nat.data.integrity import read_record
 from lit_nat.data.meta import (
     CAPTIONS_FIELD,
     LABEL_FIELD,
@@ -210,7 +211,7 @@ def shard_complete(root: Path, plan: TokenizePlan, index: int) -> bool:
             f"{tar} exists without its record {record.name}, which tokenize writes before the shard: it was not "
             f"written by this plan. Move it away or use another --out (nothing was deleted)."
         )
-    if json.loads(record.read_text(encoding="utf-8")).get("plan") != plan.digest():
+    if read_record(record).get("plan") != plan.digest():  # (a damaged record: one line naming it)
         raise TokenizeError(f"{record} belongs to another plan; use another --out (nothing was deleted)")
     return True
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from lit_nat.data.imagefolder import FLIP_SUFFIX
+from lit_nat.data.integrity import digest_problem, read_record
 from lit_nat.data.meta import (
     META_FILE,
     TOKENS_FIELD,
@@ -41,9 +41,9 @@ from lit_nat.data.meta import (
 from lit_nat.data.samples import SampleLimits, decode_sample, iter_samples
 from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
-from lit_nat.errors import DataError
+from lit_nat.errors import DataError, UnsafeNameError
 from lit_nat.flags import add_bool_flag
-from lit_nat.io import atomic_write_json, atomic_write_text
+from lit_nat.io import atomic_write_json, atomic_write_text, child_path
 from lit_nat.progress import progress
 from lit_nat.tokenizers import tokenizer_from_config
 from lit_nat.visuals import write_image_png
@@ -74,15 +74,20 @@ def check_shard(
         return [f"{name}: missing (not tokenised yet)"], None, []
     if not rec.exists():
         return [f"{name}: its record {rec.name} is missing"], None, []
-    record = json.loads(rec.read_text(encoding="utf-8"))
+    try:
+        record = read_record(rec)
+    except DataError as err:
+        return [str(err)], None, []
     if record.get("plan") != plan.digest():
         return [f"{rec.name}: belongs to another plan"], None, []
     data = tar.read_bytes()
     problems = []
-    if len(data) != record["bytes"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
-        problems.append(f"{name}: {len(data)} bytes whose sha256 differs from its record (truncated or modified)")
+    if problem := digest_problem(name, len(data), hashlib.sha256(data).hexdigest(), record):
+        problems.append(problem)
     try:
-        samples = list(iter_samples(io.BytesIO(data), str(tar)))
+        samples = list(iter_samples(io.BytesIO(data), name))
+    except UnsafeNameError as err:  # a member named like a path ('../../X.tokens.npy'): the shard fails
+        return [*problems, str(err)], record, []
     except Exception as err:  # noqa: BLE001 - a broken tar is a finding, not a crash
         return [*problems, f"{name}: unreadable ({type(err).__name__}: {err})"], record, []
     expected = (record["num_images"] - len(record["skipped"])) * plan.samples_per_image()
@@ -222,9 +227,10 @@ def decode_samples(samples: list[dict], plan: TokenizePlan, out_dir: Path, token
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for sample, image in zip(samples, images):
-        name = f"{sample['__key__']}.png"
-        write_image_png(image, out_dir / name)
-        names.append(name)
+        # a key is a name, never a path: the PNG lands in out_dir or nowhere (iter_samples refused such members too)
+        path = child_path(out_dir, f"{sample['__key__']}.png", sample.get("__url__", "?"), "decoded sample name")
+        write_image_png(image, path)
+        names.append(path.name)
     return names
 
 
@@ -335,14 +341,12 @@ def verify_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> dict[str, Any]:
     args = verify_parser().parse_args(argv)
-    try:
-        tokenizer = None
-        if args.tokenizer is not None:
-            tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg)
-        report = verify_split(args.root, args.split, finalize=args.finalize, decode=args.decode, tokenizer=tokenizer,
-                              device=args.device, show_progress=True)  # fmt: skip
-    except TokenizeError as err:
-        raise SystemExit(f"python -m lit_nat tokenize-verify: error: {err}") from err
+    # a TokenizeError (a UsageError) reaches the command line's entry: one line, exit 2; problems found exit 1
+    tokenizer = None
+    if args.tokenizer is not None:
+        tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg)
+    report = verify_split(args.root, args.split, finalize=args.finalize, decode=args.decode, tokenizer=tokenizer,
+                          device=args.device, show_progress=True)  # fmt: skip
     tokens, labels = report["tokens"], report["labels"]
     print(
         f"{args.split}: {report['num_samples']} samples in {report['num_shards']} shards ({report['num_images']} "

@@ -1,10 +1,13 @@
 """Tiny captioned image folders in the layouts of MS-COCO (a json of captions beside the images) and img2dataset
-(CC3M-style tar shards of ``.jpg`` + ``.txt`` + ``.json``)."""
+(CC3M-style tar shards of ``.jpg`` + ``.txt`` + ``.json``); tampering with a shard as a hostile writer would (renamed
+members, a record rehashed to match)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -54,3 +57,40 @@ def make_img2dataset(root: Path) -> Path:
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
     return root
+
+
+def tar_members(shard: Path) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` of every member of a tar, in order."""
+    with tarfile.open(shard) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+
+
+def write_tar(shard: Path, members: list[tuple[str, bytes]]) -> None:
+    """A tar of exactly these members (PAX, so any unicode name is stored as given)."""
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def renamed_shard(shard: Path, rename) -> None:
+    """Rewrite a shard with each member's key replaced by ``rename(key)`` and its record's ``bytes``/``sha256``
+    updated to match (what a hostile or buggy writer would do: the digest cannot tell)."""
+    members = [(rename(name.split(".", 1)[0]) + "." + name.split(".", 1)[1], data) for name, data in tar_members(shard)]
+    write_tar(shard, members)
+    rehash_record(shard)
+
+
+def rehash_record(shard: Path) -> None:
+    """Make the record beside ``shard`` describe its current bytes."""
+    record_path = shard.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    data = shard.read_bytes()
+    record.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    record_path.write_text(json.dumps(record))
+
+
+def listing(*folders: Path) -> dict[Path, set[str]]:
+    """The entries of each folder (to show that nothing was written beside or above a data root)."""
+    return {folder: set(os.listdir(folder)) for folder in folders}
