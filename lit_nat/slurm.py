@@ -1,5 +1,6 @@
 """SLURM from Python: this job's id, requeueing it, asking the scheduler about other jobs (``squeue``/``sacct``), and
-the shipped sbatch scripts (package data under ``lit_nat/sbatch/``: ``fit``, ``tokenize``, ``autonat_candidate``).
+the sbatch scripts users edit and submit (``scripts/slurm/`` at the top of the repository: ``fit``, ``tokenize``,
+``autonat_candidate``).
 
 Every call goes through a command prefix that tests replace with fake tools; nothing here needs SLURM to import.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 #: job states after which a job never runs again (sacct's names; ``CANCELLED by 123`` is reduced to its first word)
@@ -24,14 +24,21 @@ LIVE_STATES = frozenset({
 })  # fmt: skip
 
 
-def sbatch_script(name: str) -> Path:
-    """The path of a shipped sbatch script (``fit.sbatch``, ``tokenize.sbatch``, ``autonat_candidate.sbatch``), also in
-    an installed (non-editable) package: ``sbatch $(python -c "from lit_nat.slurm import sbatch_script as s;
-    print(s('fit.sbatch'))") ...``."""
-    path = Path(str(resources.files("lit_nat") / "sbatch" / name))
+#: the one home of the sbatch scripts: the repository's ``scripts/slurm/``, where users edit them before submitting
+SLURM_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
+
+
+def sbatch_script(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """The path of an sbatch script (``fit.sbatch``, ``tokenize.sbatch``, ``autonat_candidate.sbatch``) in ``folder``
+    (default: the repository's ``scripts/slurm/``). A package installed without its repository has no such folder:
+    copy the script from the repository and pass its path (``autonat --sbatch_script``)."""
+    path = Path(folder or SLURM_SCRIPTS) / name
     if not path.is_file():
-        shipped = sorted(p.name for p in path.parent.glob("*.sbatch"))
-        raise FileNotFoundError(f"no sbatch script {name!r} in {path.parent}; shipped: {shipped}")
+        there = sorted(p.name for p in path.parent.glob("*.sbatch"))
+        raise FileNotFoundError(
+            f"no sbatch script {name!r} in {path.parent} (found: {there}); pass the path of your copy of "
+            f"scripts/slurm/{name} from the lit_nat repository"
+        )
     return path
 
 

@@ -289,8 +289,8 @@ def test_cli_has_the_autonat_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["autonat", "--help"])
     assert exit_info.value.code == 0 and "--epsilon" in capsys.readouterr().out
-    subprocess.run(["bash", "-n", str(REPO / "lit_nat/sbatch/autonat_candidate.sbatch")], check=True)
-    assert os.path.exists(REPO / "lit_nat/sbatch/autonat_candidate.sbatch")
+    subprocess.run(["bash", "-n", str(REPO / "scripts/slurm/autonat_candidate.sbatch")], check=True)
+    assert os.path.exists(REPO / "scripts/slurm/autonat_candidate.sbatch")
 
 
 def test_a_stopped_driver_forwards_the_signal_to_its_child_and_stops(tmp_path):

@@ -51,7 +51,7 @@ FILES = sorted(p for p in PACKAGE.rglob("*.py"))
 
 def test_every_unit_has_a_layer():
     units = {unit_of(p) for p in FILES} | {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert units - {"sbatch"} <= set(LAYER), f"units without a layer: {sorted(units - set(LAYER) - {'sbatch'})}"
+    assert units <= set(LAYER), f"units without a layer: {sorted(units - set(LAYER))}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))

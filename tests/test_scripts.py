@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("lit_nat/sbatch/*.sbatch"), REPO / ".ci/run"])
+SCRIPTS = sorted([*REPO.glob("scripts/*.sh"), *REPO.glob("scripts/slurm/*.sbatch"), REPO / ".ci/run"])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])

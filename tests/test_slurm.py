@@ -1,4 +1,4 @@
-"""lit_nat/sbatch/fit.sbatch: its overrides parse for every shipped config, and a preempted job that SLURM requeues
+"""scripts/slurm/fit.sbatch: its overrides parse for every shipped config, and a preempted job that SLURM requeues
 resumes from the hpc checkpoint of its step, logs into the same TensorBoard run, and ends bit-identical to a job that
 was never preempted.
 
@@ -25,7 +25,7 @@ from tests.helpers.checks import assert_same_training_state
 from tests.helpers.tiny import UVIT_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
-FIT_SBATCH = REPO / "lit_nat" / "sbatch" / "fit.sbatch"
+FIT_SBATCH = REPO / "scripts" / "slurm" / "fit.sbatch"
 JOB_ID = "4242"
 
 
@@ -116,16 +116,20 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
     assert_same_training_state(last, torch.load(fresh, weights_only=False))
 
 
-def test_the_sbatch_scripts_ship_as_package_data():
-    """autonat's SLURM launcher submits a script found through the package, not through the repository layout."""
-    import tomllib
-
-    from lit_nat.search.launchers import SBATCH_SCRIPT
-    from lit_nat.slurm import sbatch_script
+def test_the_sbatch_scripts_live_in_scripts_slurm_and_nowhere_else(tmp_path):
+    """One home for the scripts users edit: the launcher finds them in scripts/slurm/, or takes the path of a copy."""
+    from lit_nat.search.launchers import SlurmLauncher
+    from lit_nat.slurm import SLURM_SCRIPTS, sbatch_script
 
     names = {"fit.sbatch", "tokenize.sbatch", "autonat_candidate.sbatch"}
-    assert {sbatch_script(name).name for name in names} == names and SBATCH_SCRIPT.is_file()
-    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert all(sbatch_script(name).match(f"lit_nat/{pattern}") for name in names for pattern in package_data["lit_nat"])
-    with pytest.raises(FileNotFoundError, match="no sbatch script 'nope.sbatch'.*shipped: \\['autonat_candidate"):
+    assert SLURM_SCRIPTS == REPO / "scripts" / "slurm"
+    assert {p.name for p in SLURM_SCRIPTS.glob("*.sbatch")} == names
+    assert not list((REPO / "lit_nat").rglob("*.sbatch"))  # no second, hand-kept copy inside the package
+    assert SlurmLauncher("cfg.yaml").script == str(SLURM_SCRIPTS / "autonat_candidate.sbatch")
+    copy = tmp_path / "my_candidate.sbatch"
+    copy.write_text("#!/bin/bash\n")
+    assert SlurmLauncher("cfg.yaml", script=copy).script == str(copy)
+    with pytest.raises(FileNotFoundError, match="--sbatch_script .*nope.sbatch: no such file"):
+        SlurmLauncher("cfg.yaml", script=tmp_path / "nope.sbatch")
+    with pytest.raises(FileNotFoundError, match=r"'nope.sbatch' in .*scripts/slurm .*found: \['autonat"):
         sbatch_script("nope.sbatch")

@@ -343,7 +343,7 @@ def test_slurm_tokenize_script_passes_options_the_commands_accept(tmp_path):
         "TOKENIZER_CKPT": "/ckpt/vqgan.pth",
         "RESOLUTION": "512",
     }
-    script = str(REPO / "lit_nat/sbatch/tokenize.sbatch")
+    script = str(REPO / "scripts/slurm/tokenize.sbatch")
     text = Path(script).read_text()
     assert "#SBATCH --array=" in text and "#SBATCH --gres=gpu:1" in text and "afterok" in text
 

@@ -27,7 +27,7 @@ Finalisation (adding the split to ``meta.json``) is a separate, single step: ``t
 every shard first and publishes only a verified split, under a file lock, merging with splits already listed. A
 run with ``--num_tasks 1`` does it itself when it completes the split; array tasks never do (deciding which task is
 last needs a lock that works across nodes, which NFS/Lustre do not promise), so run it after the array, e.g. as a
-job with ``--dependency=afterok:<array job id>`` (see ``lit_nat/sbatch/tokenize.sbatch``).
+job with ``--dependency=afterok:<array job id>`` (see ``scripts/slurm/tokenize.sbatch``).
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ from typing import Any
 from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, atomic_write_json, json_safe
 from lit_nat.search.launchers import (
-    SBATCH_SCRIPT,
     LocalLauncher,
     SearchStep,
     SlurmLauncher,
@@ -243,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=("local", "slurm"), default="local")
     p.add_argument("--sbatch", default="sbatch", help="slurm: submit command")
     p.add_argument("--sbatch_args", default="", help="slurm: sbatch options (one string), e.g. '--gres=gpu:8'")
-    p.add_argument("--sbatch_script", default=str(SBATCH_SCRIPT), help="slurm: the candidate script")
+    p.add_argument("--sbatch_script", default=None,
+        help="slurm: the candidate script (default: the repository's scripts/slurm/autonat_candidate.sbatch)")
     p.add_argument("--poll", type=float, default=60.0, help="slurm: seconds between checks of a candidate job")
     p.add_argument("--timeout", type=float, default=None, help="slurm: cancel a candidate job after this many seconds "
                    "and stop (rerunning resumes it); default: no limit (a job that ends unfinished is still reported)")

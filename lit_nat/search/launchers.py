@@ -10,7 +10,7 @@ Local children get the driver's SIGTERM/SIGINT forwarded (a fit then saves its c
 with :class:`~lit_nat.errors.Stopped` once the child has exited; rerunning the command resumes.
 
 Why not submitit: it pickles a Python callable into its own job folder and script, while a candidate here is a plain
-``lit_nat fit`` command line run by an editable sbatch script (``lit_nat/sbatch/autonat_candidate.sbatch``) that
+``lit_nat fit`` command line run by an editable sbatch script (``scripts/slurm/autonat_candidate.sbatch``) that
 users tune for their cluster; the job-state checks it would bring are the ``squeue``/``sacct`` calls of
 :mod:`lit_nat.slurm`.
 """
@@ -39,7 +39,7 @@ REPORT_FILE = "eval_report.json"
 DONE_FILE = "DONE"  # written by the launcher (local) or the sbatch script (slurm) once the fit exited with status 0
 FAILED_FILE = "FAILED"  # written by the sbatch script when the fit failed (its content: the exit status)
 SUBMITTED_FILE = "SUBMITTED"  # the SLURM job id of the candidate's latest submission (JSON)
-SBATCH_SCRIPT = slurm.sbatch_script("autonat_candidate.sbatch")
+SBATCH_SCRIPT = "autonat_candidate.sbatch"  # in scripts/slurm/ (found when a launcher is made, not at import)
 
 
 @dataclass
@@ -179,7 +179,7 @@ class SlurmLauncher(LocalLauncher):
         fit_args: Sequence[str] = (),
         sbatch: Sequence[str] | str = "sbatch",
         sbatch_args: Sequence[str] = (),
-        script: str | Path = SBATCH_SCRIPT,
+        script: str | Path | None = None,
         poll: float = 60.0,
         timeout: float | None = None,
         squeue: str = "squeue",
@@ -189,7 +189,11 @@ class SlurmLauncher(LocalLauncher):
     ) -> None:
         super().__init__(config, fit_args)
         self.sbatch = shlex.split(sbatch) if isinstance(sbatch, str) else list(sbatch)
-        self.sbatch_args, self.script = list(sbatch_args), str(script)
+        self.sbatch_args = list(sbatch_args)
+        script = Path(script) if script is not None else slurm.sbatch_script(SBATCH_SCRIPT)
+        if not script.is_file():
+            raise FileNotFoundError(f"--sbatch_script {script}: no such file (the candidate's sbatch script)")
+        self.script = str(script)
         self.poll, self.timeout = float(poll), timeout
         self.squeue, self.sacct, self.scancel = [squeue], [sacct], [scancel]
         self.unknown_grace = unknown_grace  # polls without any word of the job before it counts as lost
