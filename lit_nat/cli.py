@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_nat.checkpointing import is_remote, read_checkpoint
 from lit_nat.data import TokenShardDataModule
 from lit_nat.errors import CheckpointError, LitNatError, UsageError
+from lit_nat.flags import one_line_parse_errors
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
 from lit_nat.loading import module_from_hparams
 from lit_nat.models import resolve_arch
@@ -143,7 +144,7 @@ def _reference_stats(argv: list[str]) -> None:
 
     from lit_nat.metrics.reference import write_reference_stats
 
-    CLI(write_reference_stats, args=argv, as_positional=False)
+    CLI(write_reference_stats, args=argv, as_positional=False, exit_on_error=False)
 
 
 def _autonat(argv: list[str]) -> None:
@@ -243,7 +244,7 @@ def run_from_checkpoint(argv: list[str]) -> Any:
     by default: nothing is trained)."""
 
     command = argv[0]
-    parser = LightningArgumentParser(prog=f"python -m lit_nat {command}",
+    parser = LightningArgumentParser(prog=f"python -m lit_nat {command}", exit_on_error=False,
                                      description=f"{command} from a checkpoint alone (no --config)")  # fmt: skip
     parser.add_class_arguments(NATTrainer, "trainer", fail_untyped=False, sub_configs=True)
     parser.set_defaults({"trainer.logger": False})
@@ -302,7 +303,8 @@ def main(args: ArgsType = None) -> None:
     if argv[0] not in COMMANDS:
         raise UsageError(f"unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} (see --help)")
     if COMMANDS[argv[0]].run is not None:
-        COMMANDS[argv[0]].run(argv[1:])
+        with one_line_parse_errors():
+            COMMANDS[argv[0]].run(argv[1:])
         return
     # The EMA backbone is in eval mode on purpose (it is only evaluated); Lightning would warn at every fit start.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -312,6 +314,13 @@ def main(args: ArgsType = None) -> None:
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
     # Tensor cores on Ampere+ for the transformer; no effect on CPU.
     torch.set_float32_matmul_precision("high")
+    with one_line_parse_errors(plain_argparse=False):
+        run_trainer_command(argv, args is not None)
+
+
+def run_trainer_command(argv: list[str], given: bool) -> None:
+    """A Trainer command: from a checkpoint alone, or LightningCLI over the config (``given``: ``argv`` came as
+    ``args``, else LightningCLI reads ``sys.argv`` itself)."""
     if is_checkpoint_only(argv):
         run_from_checkpoint(argv)
         return
@@ -324,7 +333,8 @@ def main(args: ArgsType = None) -> None:
         # the recipe (AdamW, warm-up, decay) is the module's (--model.lr, --model.weight_decay, ...): no --optimizer or
         # --lr_scheduler that would silently replace it
         auto_configure_optimizers=False,
-        args=argv if args is not None else None,
+        parser_kwargs={"exit_on_error": False},  # a mistake in a flag is one line (one_line_parse_errors), not a usage
+        args=argv if given else None,
     )
 
 
@@ -345,15 +355,25 @@ def entry() -> None:
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from lit_nat.callbacks.reliability import stop_signal_name
+
     if sys.argv[1:2] == ["--debug"]:
         del sys.argv[1]
         os.environ["LIT_NAT_DEBUG"] = "1"  # also for the processes a DDP launcher starts
     debug = os.environ.get("LIT_NAT_DEBUG", "") not in ("", "0")
     try:
         main()
-    except SIGTERMException:
-        print("lit_nat: stopped by SIGTERM; what was finished is saved, rerun to resume", file=sys.stderr)
-        sys.exit(143)
+    except SIGTERMException:  # (a Ctrl-C during fit takes this path too: Preemption saves the current step)
+        name = stop_signal_name()
+        print(f"lit_nat: stopped by {name}; what was finished is saved, rerun to resume", file=sys.stderr)
+        sys.exit(130 if name == "SIGINT" else 143)
+    except SystemExit as stop:
+        # Lightning catches a Ctrl-C itself (sample, search, a second Ctrl-C in fit), tears the run down and exits 1
+        # from its handler: the KeyboardInterrupt is the exit's context. Every file written so far is whole (atomic).
+        if isinstance(stop.__context__, KeyboardInterrupt):
+            print("lit_nat: stopped by SIGINT; what was finished is saved, rerun to resume", file=sys.stderr)
+            sys.exit(130)
+        raise
     except LitNatError as err:
         if debug:
             traceback.print_exc()
@@ -367,5 +387,5 @@ def entry() -> None:
         print(f"lit_nat: error: {type(err).__name__}: {first_line}{hint}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("lit_nat: interrupted; what was finished is saved, rerun to resume", file=sys.stderr)
+        print("lit_nat: stopped by SIGINT; what was finished is saved, rerun to resume", file=sys.stderr)
         sys.exit(130)
