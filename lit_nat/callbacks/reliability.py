@@ -8,7 +8,10 @@ raises ``SIGTERMException`` there; by itself it then exits with status 0 and sav
 that into: a checkpoint of the current step (written atomically), a requeue of the job under SLURM, and a non-zero
 exit (143) from the command line. SIGUSR1 takes the same path: its handler only re-raises SIGTERM, so the checkpoint is
 taken at a batch boundary on every rank (Lightning's own SIGUSR1 handler saves from inside the signal handler, i.e.
-possibly in the middle of an optimiser step, and keeps training). Resuming from that checkpoint is exact (see
+possibly in the middle of an optimiser step, and keeps training). Ctrl-C (SIGINT) during ``fit`` takes it too, so it
+saves the current step like SIGTERM (Lightning would otherwise catch the ``KeyboardInterrupt`` wherever it lands, even
+in the middle of a step, save nothing and exit 1); the command line then exits 130, and a second Ctrl-C interrupts at
+once. Resuming from that checkpoint is exact (see
 :class:`~lit_nat.data.TokenShardDataModule` and :func:`~lit_nat.objective.seed_training_step`).
 """
 
@@ -77,17 +80,33 @@ class Preemption(L.Callback):
         self.scontrol = scontrol
         self.saved: Path | None = None
         self._previous_usr1: Any = None
+        self._previous_int: Any = None
 
     # SIGUSR1 -> SIGTERM: one path, synchronised by Lightning at a batch boundary on every rank
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and hasattr(signal, "SIGUSR1"):
             # Installed before Lightning registers its handlers, which then leaves SIGUSR1 to us.
             self._previous_usr1 = signal.signal(signal.SIGUSR1, _usr1_to_sigterm)
+        if stage == "fit":
+            self._previous_int = signal.signal(signal.SIGINT, self._sigint_to_sigterm)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
+        if stage == "fit" and self._previous_int is not None:
+            signal.signal(signal.SIGINT, self._previous_int)
+            self._previous_int = None
+
+    def _sigint_to_sigterm(self, signum: int, frame: Any) -> None:
+        """The first Ctrl-C of a fit: the SIGTERM path (stop at a batch boundary, save, exit 130); the handler before
+        ours is put back, so a second Ctrl-C raises KeyboardInterrupt at once."""
+        global _stop_signal
+        _stop_signal = "SIGINT"
+        previous = self._previous_int if self._previous_int is not None else signal.default_int_handler
+        signal.signal(signal.SIGINT, previous)
+        self._previous_int = None
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         if SLURMEnvironment.detect():
@@ -108,9 +127,19 @@ class Preemption(L.Callback):
         if trainer.is_global_zero and self.requeue and job is not None:
             requeued = slurm.requeue(job, (self.scontrol,))
         rank_zero_info(
-            f"lit_nat: stopped by SIGTERM after step {trainer.global_step}: saved {path}"
+            f"lit_nat: stopped by {stop_signal_name()} after step {trainer.global_step}: saved {path}"
             + (f"; requeued SLURM job {job}" if requeued else "; resume with --ckpt_path " + str(path))
         )
+
+
+#: the signal that stopped this process's run: a Ctrl-C turned into the SIGTERM path says SIGINT (signal handlers are
+#: per process, so is this record); read by the command line for its last line and exit status
+_stop_signal = "SIGTERM"
+
+
+def stop_signal_name() -> str:
+    """``"SIGINT"`` if a Ctrl-C stopped the run through the SIGTERM path, else ``"SIGTERM"``."""
+    return _stop_signal
 
 
 def raise_if_stopped(trainer: L.Trainer, synced: bool = True) -> None:
