@@ -187,7 +187,7 @@ def test_any_meta_json_value_is_accepted_or_one_line_naming_it(tokenized, tmp_pa
     except LitNatError as err:  # one line naming meta.json (and the key) or the shard it lists
         message = str(err)
         shard = str(root / value) if key == "shard.name" and isinstance(value, str) else "val-000000.tar"
-        assert "\n" not in message and message.startswith((f"{root / 'meta.json'}: ", shard)), message
+        assert "\n" not in message and message.startswith((str(root / "meta.json"), shard)), message
 
 
 # ---------------------------------------------------------------------------------------------- shard integrity

@@ -30,6 +30,7 @@ from lit_nat.data.shards import (
     read_metadata,
 )
 from lit_nat.data.split import TrainPosition, resume_point
+from lit_nat.errors import UsageError
 from lit_nat.tokenizers import token_space
 
 
@@ -64,16 +65,16 @@ def resolve_preparation(name: str) -> Preparation:
     path = PREPARATIONS.get(name, name)
     module, _, attribute = path.partition(":")
     if not module or not attribute:
-        raise ValueError(f"unknown preparation {name!r}; built-in ones are {sorted(PREPARATIONS)} (or 'module:name')")
+        raise UsageError(f"unknown preparation {name!r}; built-in ones are {sorted(PREPARATIONS)} (or 'module:name')")
     try:
         found = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"--data.prepare {name!r}: cannot import {path} ({err})") from err
+        raise UsageError(f"--data.prepare {name!r}: cannot import {path} ({err})") from err
     if isinstance(found, Preparation):
         return found
     if callable(found):
         return Preparation(found)
-    raise ValueError(f"--data.prepare {name!r}: {path} is neither a Preparation nor a function of the root")
+    raise UsageError(f"--data.prepare {name!r}: {path} is neither a Preparation nor a function of the root")
 
 
 def _silence_len_warning() -> None:
@@ -205,9 +206,9 @@ class TokenShardDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {val_batch_size}")
+            raise UsageError(f"batch sizes must be >= 1, got {batch_size} and {val_batch_size}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise UsageError(f"num_workers must be >= 0, got {num_workers}")
         root = str(root)  # a Path in the checkpoint's hyper-parameters would not load with weights_only=True
         meta = ensure_prepared(root, prepare)
         text_encoder = resolve_text_encoder(meta, text_encoder, Path(root))
@@ -252,7 +253,7 @@ class TokenShardDataModule(L.LightningDataModule):
 
     def _dataset(self, split: str, mode: str, batch_size: int, option: str) -> TokenShardDataset:
         if split not in self.meta.splits:
-            raise ValueError(
+            raise UsageError(
                 f"{self.root / META_FILE} has no split {split!r} (it has {sorted(self.meta.splits)}); "
                 f"choose one with --data.{option}"
             )

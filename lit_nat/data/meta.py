@@ -86,7 +86,7 @@ class DatasetMeta:
     def split(self, name: str) -> SplitInfo:
         """The split ``name``, or a clear error listing the splits there are."""
         if name not in self.splits:
-            raise ValueError(f"the data set has no split {name!r}; it has {sorted(self.splits)}")
+            raise MetadataError(f"the data set has no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
 
     def with_split(self, name: str, info: SplitInfo | None) -> DatasetMeta:
