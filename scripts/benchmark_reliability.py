@@ -3,15 +3,22 @@
 - resume: how fast a resumed epoch skips the batches consumed before the kill (raw tar reading, no decoding), in
   samples/s, on synthetic shards of the ImageNet-256 token format (256 uint16 ids + label, 2,560 B per sample);
 - the non-finite guard: the fused gradient norm + one host read per optimiser step, for a backbone of the registry;
-- checkpoints: writing one (online + EMA weights + AdamW moments) atomically with lit_nat vs Lightning's own writer.
+- checkpoints: writing one (online + EMA weights + AdamW moments) atomically with lit_nat vs Lightning's own writer;
+- shard integrity: what checking a shard against its tokenize record (sha256, once per shard per process) costs next
+  to reading it, on one shard of ``--shard_mb`` MB of the same format, from the page cache ("warm") and with the
+  shard's pages evicted first ("cold": ``posix_fadvise(DONTNEED)`` on that file only).
 
-    python scripts/benchmark_reliability.py [--arch autonat-s] [--samples 20000] [--device cpu]
+    python scripts/benchmark_reliability.py [--arch autonat-s] [--samples 20000] [--device cpu] [--shard_mb 1024]
+        [--cases resume guard checkpoint shard]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +29,9 @@ from lightning.fabric.utilities.cloud_io import _atomic_save
 
 from lit_nat.checkpointing import save_checkpoint_file
 from lit_nat.data import ShardWriter, TokenShardDataset, read_metadata
+from lit_nat.data.integrity import _VERIFIED, CHUNK, file_sha256, record_of
+from lit_nat.data.samples import read_range
+from lit_nat.data.shards import make_sample
 from lit_nat.models import build_backbone
 
 
@@ -80,17 +90,90 @@ def checkpoint_write(arch: str, folder: Path) -> dict[str, float]:
     return out
 
 
+def _tar_sample(sample: dict) -> bytes:
+    """One sample's members as raw tar blocks (USTAR header, data padded to 512 B), as the shard format stores them."""
+    out = b""
+    for field, data in sample.items():
+        if field != "__key__":
+            info = tarfile.TarInfo(f"{sample['__key__']}.{field}")
+            info.size, info.mtime = len(data), 0
+            out += info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape") + data + bytes(-len(data) % 512)
+    return out
+
+
+def _evict(path: Path) -> None:
+    """Drop one file's pages from the page cache (only this file's: nothing else on the machine is disturbed)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def shard_integrity_cost(root: Path, megabytes: int) -> dict[str, float]:
+    """MB/s of sha256 over a shard against reading it (raw bytes and the reader's tar parse), warm and cold."""
+    rng = np.random.default_rng(0)
+    space = {"num_tokens": 256, "codebook_size": 1024, "num_classes": 1000}
+    block = b"".join(_tar_sample(make_sample(f"{i:09d}", rng.integers(0, 1024, 256), int(rng.integers(1000)), **space))
+                     for i in range(4096))  # fmt: skip
+    samples = megabytes * 2**20 // len(block) * 4096
+    root.mkdir(parents=True)
+    shard = root / "train-000000.tar"
+    with open(shard, "wb") as f:  # a block of 4,096 samples again and again (a Python tar writer would take minutes)
+        for _ in range(samples // 4096):
+            f.write(block)
+        f.write(bytes(1024))  # the end-of-archive blocks
+    size, digest = file_sha256(shard)
+    record = {"name": shard.name, "bytes": size, "sha256": digest, "num_images": samples, "num_samples": samples,
+              "skipped": []}  # fmt: skip
+    record_of(shard).write_text(json.dumps(record))
+    mb = size / 2**20
+
+    def raw_read() -> None:
+        with open(shard, "rb") as f:
+            while f.read(CHUNK):
+                pass
+
+    def read() -> None:  # the reader's pass over every sample (tar parse, no decoding); checks the shard first
+        for _ in read_range(shard, 0, samples):
+            pass
+
+    out: dict[str, float] = {"shard_mb": round(mb)}
+    for cache in ("warm", "cold"):
+        for label, fn in (("sha256", lambda: file_sha256(shard)), ("raw_read", raw_read)):
+            _evict(shard) if cache == "cold" else raw_read()  # (warm: in the page cache)
+            out[f"{cache}_{label}_mb_per_s"] = round(mb / _timed(fn))
+    _evict(shard)
+    _VERIFIED.clear()
+    first = _timed(read)  # checked, then read: a process's first pass over the shard
+    later = _timed(read)  # the verdict is cached: no second hash
+    out.update(cold_first_read_with_check_s=round(first, 2), warm_later_read_s=round(later, 2),
+               tar_read_mb_per_s=round(mb / later))  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="autonat-s")
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shard_mb", type=int, default=1024, help="size of the shard of the integrity case")
+    parser.add_argument("--cases", nargs="+", default=["resume", "guard", "checkpoint", "shard"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         tmp = Path(tmp)
-        print({"resume": resume_skip_rate(tmp / "shards", args.samples)})
-        print({"guard": {"arch": args.arch, "device": args.device, **guard_cost(args.arch, args.device)}})
-        print({"checkpoint": {"arch": args.arch, **checkpoint_write(args.arch, tmp)}})
+        if "resume" in args.cases:
+            print({"resume": resume_skip_rate(tmp / "shards", args.samples)})
+        if "guard" in args.cases:
+            print({"guard": {"arch": args.arch, "device": args.device, **guard_cost(args.arch, args.device)}})
+        if "checkpoint" in args.cases:
+            print({"checkpoint": {"arch": args.arch, **checkpoint_write(args.arch, tmp)}})
+        if "shard" in args.cases:
+            print({"shard_integrity": shard_integrity_cost(tmp / "integrity", args.shard_mb)})
 
 
 if __name__ == "__main__":

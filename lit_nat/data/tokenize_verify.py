@@ -1,7 +1,8 @@
 """``python -m lit_nat tokenize-verify``: check a tokenised split, report on its tokens, and finalise it.
 
 Every shard of the plan must exist with its record; its bytes must match the record's sha256 (a truncated or edited
-tar is caught here); it must parse, hold the planned number of samples (images minus skipped files, doubled with
+tar is caught here); it must parse, name every member plainly (no separators or '..': a key never becomes a path,
+:func:`lit_nat.io.check_name`), hold the planned number of samples (images minus skipped files, doubled with
 flips; every ``<key>`` followed by ``<key>_flip``), ids of the right length inside the codebook and labels inside
 the class range. The report (``tokenize_<split>_report.json``) adds a token histogram summary (codes used out of K,
 entropy, the most frequent codes) and the samples per class; ``tokenize_<split>_skipped.txt`` lists the files that
