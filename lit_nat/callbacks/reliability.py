@@ -87,8 +87,10 @@ class Preemption(L.Callback):
         if stage == "fit" and hasattr(signal, "SIGUSR1"):
             # Installed before Lightning registers its handlers, which then leaves SIGUSR1 to us.
             self._previous_usr1 = signal.signal(signal.SIGUSR1, _usr1_to_sigterm)
-        if stage == "fit":
-            self._previous_int = signal.signal(signal.SIGINT, self._sigint_to_sigterm)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Ctrl-C -> the SIGTERM path only once Lightning's SIGTERM handler is in place (it is registered after setup)
+        self._previous_int = signal.signal(signal.SIGINT, self._sigint_to_sigterm)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._previous_usr1 is not None:
@@ -102,10 +104,12 @@ class Preemption(L.Callback):
         """The first Ctrl-C of a fit: the SIGTERM path (stop at a batch boundary, save, exit 130); the handler before
         ours is put back, so a second Ctrl-C raises KeyboardInterrupt at once."""
         global _stop_signal
-        _stop_signal = "SIGINT"
         previous = self._previous_int if self._previous_int is not None else signal.default_int_handler
         signal.signal(signal.SIGINT, previous)
         self._previous_int = None
+        if not callable(signal.getsignal(signal.SIGTERM)):  # Lightning's handler is gone (the run is ending): a
+            raise KeyboardInterrupt  # SIGTERM would kill the process; interrupt as a plain Ctrl-C does
+        _stop_signal = "SIGINT"
         os.kill(os.getpid(), signal.SIGTERM)
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
