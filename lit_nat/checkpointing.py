@@ -66,25 +66,27 @@ def read_checkpoint(
     mmap: bool = False,
     require_finite: bool = False,
     verify: bool | None = None,
+    legacy_format: bool = False,
 ) -> dict[str, Any]:
     """``torch.load`` of a checkpoint file, or a one-line :class:`CheckpointError` that names the file and the fault.
 
     ``verify`` (default: unless ``mmap``, which is a look at the hyper-parameters, not a load of the weights) checks
-    the archive's CRCs first (:func:`verify_archive`).
+    the archive's CRCs first (:func:`verify_archive`). ``legacy_format`` also reads torch's pre-1.6 (non-zip) format,
+    which has no CRCs, for third-party weights of that age (Inception, VQGAN); lit_nat never writes it.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes): a write was cut off; use another one")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+    if not legacy_format and not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or damaged (not a torch.save archive)")
     if verify if verify is not None else not mmap:
         verify_archive(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as err:
-        if weights_only and "weights_only" in str(err):
+        if weights_only and "global" in str(err):  # "... was not an allowed global": a class or function inside
             raise CheckpointError(
                 f"{path}: holds Python objects that a weights-only load refuses ({_first_line(err)}); re-save it as "
                 "a plain state_dict"

@@ -342,7 +342,7 @@ def test_a_refused_pickle_as_the_search_extractor_weights_is_one_line(tmp_path, 
     torch.save({"state_dict": {}, "hook": Path("/")}, clf)  # a Path object: refused by a weights-only load
     code, err = run_entry(monkeypatch, capsys, "search", f"--config={config}", f"--ckpt_path={ckpt}",
                           f"--out={tmp_path / 'search'}", "--num_samples=4")  # fmt: skip
-    assert_one_line_error(code, err, f"{clf}: the digits extractor's weights_path holds Python objects")
+    assert_one_line_error(code, err, f"{clf}: holds Python objects that a weights-only load refuses")
 
 
 # ---------------------------------------------------------------------------------------------------- Ctrl-C

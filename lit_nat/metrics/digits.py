@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_nat.io import atomic_write, verify_archive
+from lit_nat.checkpointing import read_checkpoint
+from lit_nat.io import atomic_write
 
 FORMAT = "lit_nat.digits_classifier/1"
 IMAGE_SIZE = 8
@@ -110,8 +111,7 @@ def load_digits_classifier(path: str | os.PathLike) -> DigitsClassifier:
             f"digits classifier weights {path} do not exist; they are written by the digits preparation "
             "(`--data.prepare digits`, or `python data/prepare_digits.py`) as <data root>/digits_classifier.pt"
         )
-    verify_archive(path)  # torch.load does not check the zip's CRCs
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(path)  # CRCs checked; a damaged file or one holding Python objects is one line
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a digits classifier file (format {got!r}, expected {FORMAT!r})")

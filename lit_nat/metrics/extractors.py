@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_nat.io import verify_archive
+from lit_nat.checkpointing import read_checkpoint
 from lit_nat.metrics.digits import IMAGE_SIZE as DIGITS_SIZE
 from lit_nat.metrics.digits import load_digits_classifier
 
@@ -126,11 +126,7 @@ def load_inception_state_dict(path: str | os.PathLike | None) -> dict[str, torch
             f"Inception weights {path} do not exist. Expected one of: {'; '.join(INCEPTION_FILES)}. "
             "Download it once on a machine with internet access and point weights_path at it."
         )
-    verify_archive(path)  # torch.load does not check the zip's CRCs
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{path}: cannot read Inception weights ({type(err).__name__}: {err})") from None
+    state = read_checkpoint(path, legacy_format=True)  # CRCs checked; a damaged or pickled file is one line
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
 from lit_nat.checkpointing import weights_digest
-from lit_nat.errors import CheckpointError, UsageError
+from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, changed_entries
 from lit_nat.progress import progress, trainer_shows_progress
 from lit_nat.schedule import GenerationSchedule
@@ -43,19 +42,6 @@ from lit_nat.search.gradient import StrategySearch
 from lit_nat.search.session import STATE_FILE, SearchSession, SearchSettings
 
 __all__ = ["STATE_FILE", "SearchRunner", "run_search"]
-
-
-def build_evaluator(evaluator: GenerativeEvaluation, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-    """Build the evaluator's extractor and statistics; a ``weights_path`` that a weights-only load refuses (a pickle
-    holding Python objects: torch raises ``UnpicklingError``, whose message names no file) is a one-line
-    :class:`CheckpointError` naming it, like a refused checkpoint."""
-    try:
-        evaluator.build(trainer, pl_module)
-    except pickle.UnpicklingError:
-        path = evaluator.resolve_path(trainer, evaluator.weights_path)
-        raise CheckpointError(f"{path}: the {evaluator.extractor_name} extractor's weights_path holds Python objects "
-                              "that a weights-only load refuses (no code from it is run); re-save it as a plain "
-                              "state_dict") from None  # fmt: skip
 
 
 class SearchRunner(L.Callback):
@@ -90,7 +76,7 @@ class SearchRunner(L.Callback):
         evaluation's settings."""
         ev = self.session.evaluator
         if ev.fid is None:
-            build_evaluator(ev, trainer, pl_module)
+            ev.build(trainer, pl_module)
         reference = hashlib.sha256()
         for array in (ev.reference.mu, ev.reference.sigma):
             reference.update(np.ascontiguousarray(array, np.float64).tobytes())

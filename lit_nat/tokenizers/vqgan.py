@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_nat.io import verify_archive
+from lit_nat.checkpointing import read_checkpoint
 from lit_nat.tokenizers.base import SquareConvTokenizer
 
 __all__ = [
@@ -308,23 +308,18 @@ class VQGANTokenizer(SquareConvTokenizer):
 
 
 def read_vqgan_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read ``path`` with ``torch.load(weights_only=True)`` and unwrap a ``"state_dict"`` entry.
+    """Read ``path`` (weights only, CRCs checked: :func:`lit_nat.checkpointing.read_checkpoint`) and unwrap a
+    ``"state_dict"`` entry.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not a torch checkpoint, or not a name -> tensor mapping.
+        ValueError: not a torch checkpoint (a :class:`~lit_nat.errors.CheckpointError`), or not a name -> tensor
+            mapping.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {path}")
-    verify_archive(path)  # torch.load does not check the zip's CRCs
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights_only errors alike
-        raise ValueError(
-            f"could not read VQGAN checkpoint {path} with torch.load(weights_only=True): {type(err).__name__}: {err}. "
-            "Expected a torch.save'd state_dict (tensors only), optionally under a 'state_dict' key."
-        ) from err
+    obj = read_checkpoint(path, legacy_format=True)  # taming's release predates torch's zip format
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
