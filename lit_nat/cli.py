@@ -32,6 +32,7 @@ from lit_nat.data import TokenShardDataModule
 from lit_nat.errors import CheckpointError, LitNatError, UsageError
 from lit_nat.flags import one_line_parse_errors
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
+from lit_nat.io import disk_full_cause, disk_full_error
 from lit_nat.loading import module_from_hparams
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
@@ -379,9 +380,15 @@ def entry() -> None:
             traceback.print_exc()
         print(f"lit_nat: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except USER_INPUT_ERRORS as err:
+    except Exception as err:
         if debug:
             traceback.print_exc()
+        full = disk_full_cause(err)  # a write that is not ours (a library's log, config or cache file) met a full disk
+        if full is not None:
+            print(f"lit_nat: error: {disk_full_error(full.filename, None, full)}", file=sys.stderr)
+            sys.exit(1)
+        if not isinstance(err, USER_INPUT_ERRORS):
+            raise
         first_line = (str(err).strip().splitlines() or [""])[0]
         hint = "" if debug else " (--debug for the traceback)"
         print(f"lit_nat: error: {type(err).__name__}: {first_line}{hint}", file=sys.stderr)

@@ -138,22 +138,39 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def disk_full_error(
-    path: str | os.PathLike, needed: int | None, cause: OSError | None = None, at_least: bool = False
+    path: str | os.PathLike | None, needed: int | None, cause: OSError | None = None, at_least: bool = False
 ) -> DiskFullError:
-    """The one message of a full disk: where, what was being written, how much it needed, how much is free."""
-    folder = Path(path).parent
-    try:
-        free = human_bytes(free_bytes(folder))
-    except OSError:
-        free = "unknown"
+    """The one message of a full disk: where, what was being written, how much it needed, how much is free
+    (``path`` None: a library's write that did not name its file)."""
     reason = "over quota" if cause is not None and cause.errno == errno.EDQUOT else "no space left"
-    need = "size unknown" if needed is None else f"{'at least ' if at_least else ''}{human_bytes(needed)} needed"
-    error = DiskFullError(
-        f"{reason} on {mount_point(folder)} while writing {path} ({need}, {free} free); the previous file is kept: "
-        "free space and rerun to resume"
-    )
+    if path is None:
+        error = DiskFullError(f"{reason} on a disk while writing a file the library did not name; free space and "
+                              "rerun to resume")  # fmt: skip
+    else:
+        folder = Path(path).parent
+        try:
+            free = human_bytes(free_bytes(folder))
+        except OSError:
+            free = "unknown"
+        need = "size unknown" if needed is None else f"{'at least ' if at_least else ''}{human_bytes(needed)} needed"
+        error = DiskFullError(
+            f"{reason} on {mount_point(folder)} while writing {path} ({need}, {free} free); the previous file is "
+            "kept: free space and rerun to resume"
+        )
     error.errno = errno.ENOSPC  # (set after: with it in the constructor the message would start with "[Errno 28]")
     return error
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The "no space" error behind ``err`` (itself, or in its chain of causes: libraries wrap it, as torch.save's
+    ``unexpected pos`` does), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if is_disk_full(err):
+            return err  # type: ignore[return-value]
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return None
 
 
 def ensure_space(folder: str | os.PathLike, needed: int, path: str | os.PathLike) -> None:
