@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lit_nat.cli import entry
-from lit_nat.data import TokenShardDataModule, TokenShardDataset, read_metadata
+from lit_nat.data import ShardWriter, TokenShardDataModule, TokenShardDataset, read_metadata
 from lit_nat.data.captioned import list_coco, list_img2dataset
 from lit_nat.data.imagefolder import read_class_list
 from lit_nat.data.integrity import check_shard
@@ -286,3 +286,17 @@ def test_an_exact_resume_says_so_instead_of_lightnings_not_resumable_warning(tok
         trainer(4).fit(Tiny(), data(), ckpt_path=tmp_path / "step=2.ckpt")
     assert not [w for w in caught if "not resumable" in str(w.message)]
     assert "data: resuming epoch 0 exactly after its first 2 batches" in caplog.text
+
+
+def test_a_shardwriter_overwriting_a_tokenized_split_drops_its_stale_records(tokenized, tmp_path):
+    """The records describe the shards tokenize wrote; once ShardWriter replaces them, the reader must not refuse
+    the new shards as 'modified'."""
+    root = _copy(tokenized, tmp_path)
+    meta = read_metadata(root)
+    assert (root / "val-000000.json").exists()
+    space = dict(codebook_size=meta.codebook_size, grid_size=meta.grid_size, num_classes=meta.num_classes)
+    with ShardWriter(root, "val", tokenizer_config=meta.tokenizer, overwrite=True, **space) as writer:
+        for i in range(4):
+            writer.write([i % meta.codebook_size] * (meta.grid_size[0] * meta.grid_size[1]), i % meta.num_classes)
+    assert not list(root.glob("val-*.json"))
+    assert len([k for b in _dataset(root) for k in b["key"]]) == 4

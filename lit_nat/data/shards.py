@@ -254,6 +254,9 @@ class ShardWriter:
                 f"{', ...' if len(old) > 3 else ''}); refusing to overwrite it. Choose another root, remove those "
                 f"files, or pass overwrite=True."
             )
+        for record in self.root.glob(f"{self.split}-[0-9]*.json"):
+            # tokenize's records (sha256) of the shards about to be replaced: the reader would refuse the new ones
+            record.unlink()
         if listed:
             # The old entry would describe shards we are about to replace: drop it first, so meta.json never lists
             # a half-rewritten split.
