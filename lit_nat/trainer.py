@@ -107,8 +107,9 @@ class NATTrainer(L.Trainer):
             model: the NATModule of --config (used when no --ckpt_path is given).
             datamodule: unused (the token space comes with the checkpoint).
             ckpt_path: checkpoint to edit with (its EMA weights and schedule).
-            images: a folder of images, or an .npz (arr_0 uint8 N x H x W x C, as `sample` writes), at the
-                tokenizer's size.
+            images: an image, a folder of images or an .npz of N x H x W [x C] stacks (as `sample` writes), at the
+                tokenizer's size; any mode or dtype, by its true range (8-bit /255, 16-bit /65535, floats in [0, 1];
+                alpha over black).
             mask: what to regenerate: half[:top|bottom|left|right] (keep that half; default top), border[:width]
                 (outpaint: keep the centre), box:x0,y0,x1,y1 (pixels or fractions), or a mask PNG (white = regenerate).
             out: output folder (edited/*.png, grid.png, edits.json).
