@@ -3,7 +3,8 @@
 - resume: how fast a resumed epoch skips the batches consumed before the kill (raw tar reading, no decoding), in
   samples/s, on synthetic shards of the ImageNet-256 token format (256 uint16 ids + label, 2,560 B per sample);
 - the non-finite guard: the fused gradient norm + one host read per optimiser step, for a backbone of the registry;
-- checkpoints: writing one (online + EMA weights + AdamW moments) atomically with lit_nat vs Lightning's own writer;
+- checkpoints: writing one (online + EMA weights + AdamW moments) atomically with lit_nat vs Lightning's own writer,
+  and reading it back: torch.load alone, the zip CRC check alone, and read_checkpoint (both);
 - shard integrity: what checking a shard against its tokenize record (sha256, once per shard per process) costs next
   to reading it, on one shard of ``--shard_mb`` MB of the same format, from the page cache ("warm") and with the
   shard's pages evicted first ("cold": ``posix_fadvise(DONTNEED)`` on that file only).
@@ -27,11 +28,13 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.cloud_io import _atomic_save
 
-from lit_nat.checkpointing import save_checkpoint_file
+import lit_nat.io as io_module
+from lit_nat.checkpointing import read_checkpoint, save_checkpoint_file
 from lit_nat.data import ShardWriter, TokenShardDataset, read_metadata
 from lit_nat.data.integrity import _VERIFIED, CHUNK, file_sha256, record_of
 from lit_nat.data.samples import read_range
 from lit_nat.data.shards import make_sample
+from lit_nat.io import verify_archive
 from lit_nat.models import build_backbone
 
 
@@ -86,6 +89,22 @@ def checkpoint_write(arch: str, folder: Path) -> dict[str, float]:
         path = folder / f"{label}.ckpt"
         start = time.perf_counter()
         write(checkpoint, path)
+        out[label] = round(time.perf_counter() - start, 2)
+    out.update(checkpoint_read(folder / "lit_nat_atomic_s.ckpt"))
+    return out
+
+
+def checkpoint_read(path: Path) -> dict[str, float]:
+    """Reading it back, warm (page cache): torch.load alone, the CRC check alone, and read_checkpoint (both)."""
+    out = {}
+    for label, read in (("torch_load_s", lambda: torch.load(path, map_location="cpu", weights_only=True)),
+                        ("crc_check_s", lambda: verify_archive(path)),
+                        ("read_checkpoint_s", lambda: read_checkpoint(path))):  # fmt: skip
+        io_module._VERIFIED.clear()  # (the check is once per file per process: measure it every time)
+        read()  # warm the page cache, then time
+        io_module._VERIFIED.clear()
+        start = time.perf_counter()
+        read()
         out[label] = round(time.perf_counter() - start, 2)
     return out
 
