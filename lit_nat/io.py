@@ -216,17 +216,19 @@ class _SpaceCheckedFile:
         return getattr(self._raw, name)
 
 
-def allocate(path: str | os.PathLike, nbytes: int) -> None:
+def allocate(path: str | os.PathLike, nbytes: int, named: str | os.PathLike | None = None) -> None:
     """Allocate ``nbytes`` of an existing file's blocks now, so that no later write into it can meet a full disk. A
     memory-mapped file needs this: a page fault on a full disk is a SIGBUS that kills the process, not an error.
-    Refused at once with :class:`~lit_nat.errors.DiskFullError` where the space is not there."""
-    ensure_space(Path(path).parent, nbytes, path)
+    Refused at once with :class:`~lit_nat.errors.DiskFullError` where the space is not there (naming ``named``, the
+    file the user asked for, where ``path`` is a working file behind it)."""
+    named = path if named is None else named
+    ensure_space(Path(path).parent, nbytes, named)
     fd = os.open(path, os.O_RDWR)
     try:
         os.posix_fallocate(fd, 0, nbytes)
     except OSError as err:
         if is_disk_full(err):
-            raise disk_full_error(path, nbytes, err) from err
+            raise disk_full_error(named, nbytes, err) from err
         # EOPNOTSUPP/EINVAL: a filesystem that cannot allocate ahead; the free-space check above is what we have
     finally:
         os.close(fd)

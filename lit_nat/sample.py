@@ -136,9 +136,12 @@ def merge_parts(out: str | Path | SampleFiles, num_samples: int, keep_first: int
         bad = np.flatnonzero(seen != 1)[:10].tolist()
         raise RuntimeError(f"parts in {files.parts} do not cover each sample exactly once (e.g. {bad})")
     images.flush()
-    # numpy streams the memory map into the zip in chunks
-    path = atomic_write(files.npz, lambda f: np.savez(f, arr_0=images, arr_1=labels),
-                        reserve=images.nbytes + labels.nbytes)  # fmt: skip
+    try:  # numpy streams the memory map into the zip in chunks
+        path = atomic_write(files.npz, lambda f: np.savez(f, arr_0=images, arr_1=labels),
+                            reserve=images.nbytes + labels.nbytes)  # fmt: skip
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # (a full disk: give its space back; the rerun merges the parts again)
+        raise
     merged = MergedSamples(path, tuple(images.shape), np.array(images[:keep_first]))
     shutil.rmtree(files.parts)  # (the memory map's file may vanish while mapped: POSIX keeps it until unmapped)
     return merged
@@ -152,7 +155,7 @@ def merge_buffer(path: Path, shape: tuple[int, ...], npz: Path) -> np.ndarray:
     ensure_space(path.parent, 2 * nbytes, npz)
     images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
     try:
-        allocate(path, images.offset + nbytes)
+        allocate(path, images.offset + nbytes, named=npz)
     except BaseException:
         del images
         path.unlink(missing_ok=True)

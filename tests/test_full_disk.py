@@ -19,11 +19,13 @@ import torch
 import yaml
 
 import lit_nat.io as io_module
+import lit_nat.sample as sample_module
 from lit_nat.checkpointing import read_checkpoint, save_checkpoint_file
+from lit_nat.cli import main
 from lit_nat.errors import DiskFullError
 from lit_nat.io import atomic_write, atomic_write_bytes, atomic_write_json, free_bytes
-from lit_nat.sample import SampleFiles, merge_parts, write_part
-from tests.conftest import write_random_shards
+from lit_nat.sample import SampleFiles, done_batches, merge_parts, write_part
+from tests.conftest import fit_tiny_checkpoint, write_random_shards
 from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,16 +124,22 @@ def test_injected_enospc_inside_torch_save_is_named_and_cleaned_up(tmp_path, mon
 
 
 # ------------------------------------------------------------------------------------------------------ sample merge
-def test_sample_merge_on_a_full_disk_is_one_line_keeps_the_parts_and_resumes(small_disk):
-    """The merge used a sparse memory map: a full disk was a SIGBUS (rc 135). Now its blocks are allocated first."""
+@pytest.mark.parametrize("stage,room_kib", [("free-space check", 100), ("allocation", 40), ("npz write", 100)])
+def test_sample_merge_on_a_full_disk_is_one_line_keeps_the_parts_and_resumes(small_disk, monkeypatch, stage, room_kib):
+    """The merge used a sparse memory map: a full disk was a SIGBUS (rc 135). Now the free space is checked and the
+    map's blocks are allocated first. Without the check (as when another writer takes the space between the two),
+    posix_fallocate itself refuses ("allocation"), or the .npz write does ("npz write")."""
     folder, resize = small_disk
+    if stage != "free-space check":
+        monkeypatch.setattr(sample_module, "ensure_space", lambda *args: None)
+        monkeypatch.setattr(io_module, "ensure_space", lambda *args: None)
     out = SampleFiles.at(folder / "run")
     rng = np.random.default_rng(0)
     for batch in range(3):  # 3 x 8 images of 32x32x3: 72 KiB of parts; the merge needs 2 x 72 KiB more
         images = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
         write_part(out, batch, images, np.zeros(8, np.int64), np.arange(8 * batch, 8 * batch + 8))
     filler = folder / "filler"
-    filler.write_bytes(b"\0" * (free_bytes(folder) - 100 * 1024))
+    filler.write_bytes(b"\0" * (free_bytes(folder) - room_kib * 1024))
     with pytest.raises(DiskFullError) as caught:
         merge_parts(out, 24)
     assert_one_line(caught.value, folder, out.npz)
@@ -142,6 +150,30 @@ def test_sample_merge_on_a_full_disk_is_one_line_keeps_the_parts_and_resumes(sma
     merged = merge_parts(out, 24)  # the rerun merges the same parts
     with np.load(merged.path) as data:
         assert data["arr_0"].shape == (24, 32, 32, 3)
+
+
+def test_the_sample_command_whose_merge_meets_a_full_disk_says_so_and_the_rerun_merges(small_disk, tmp_path):
+    folder, _ = small_disk
+    config, ckpt = fit_tiny_checkpoint(tmp_path, write_random_shards(tmp_path / "shards", 12, 4, 3), steps=2)
+    out, args = folder / "samples", ["--num_samples=64", "--batch_size=16", "--seed=0"]
+    sample = ["sample", f"--config={config}", f"--ckpt_path={ckpt}", f"--out={out}", *args]
+    merge = sample_module.merge_parts
+    sample_module.merge_parts = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop"))  # once the parts exist
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            main(sample)
+    finally:
+        sample_module.merge_parts = merge
+    assert done_batches(out) == {0, 1, 2, 3}
+    filler = folder / "filler"
+    filler.write_bytes(b"\0" * (free_bytes(folder) - 4096))  # the merge needs 2 x 64 x 4 x 4 x 3 B = 6 KiB
+    with pytest.raises(DiskFullError, match=rf"^no space left on {folder} while writing {out / 'samples.npz'}"):
+        main(sample)
+    assert done_batches(out) == {0, 1, 2, 3} and leftovers(folder) == [] and not (out / "samples.npz").exists()
+    filler.unlink()
+    main(sample)  # every part is kept: only the merge runs again
+    with np.load(out / "samples.npz") as data:
+        assert data["arr_0"].shape == (64, 4, 4, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------- fit
