@@ -1,6 +1,7 @@
 """aMUSEd's local diffusers folders: read one into lit_nat's model arguments, or write a random one for tests.
 
-A folder (``amused/amused-256`` or ``-512`` downloaded beforehand; nothing is fetched) holds ``transformer/``
+A folder (a local copy of ``amused/amused-256`` or ``-512``, or the hub id itself, fetched into and read from
+huggingface_hub's cache: :mod:`lit_nat.assets`) holds ``transformer/``
 (``UVit2DModel``), ``vqvae/`` (``VQModel``), ``text_encoder/`` (``CLIPTextModelWithProjection``, CLIP-L/14),
 ``tokenizer/`` and ``scheduler/`` (``AmusedScheduler``). :func:`read_amused_folder` checks it and turns it into the
 NATModule's arguments; the backbone is :class:`lit_nat.models.amused.AmusedBackbone`, the VQ-GAN
@@ -10,12 +11,14 @@ NATModule's arguments; the backbone is :class:`lit_nat.models.amused.AmusedBackb
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lit_nat.assets import hub_folder, hub_uri, sha256_of
 from lit_nat.conditioning.text import save_random_clip
 from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_json
@@ -48,12 +51,31 @@ def _config(folder: Path, name: str) -> dict[str, Any]:
         raise UsageError(f"{path}: not valid JSON ({err})") from None
 
 
-def read_amused_folder(src: str | Path) -> dict[str, Any]:
-    """Check a local aMUSEd diffusers folder and return the NATModule arguments it implies (token space, backbone,
-    tokenizer, text encoder, the ``amused`` schedule preset). A folder of another pipeline is an error naming it."""
+def amused_location(src: str | os.PathLike) -> tuple[Path, str]:
+    """``(local folder, what its sub-folders are recorded under)`` of an aMUSEd location: a local folder (recorded by
+    its absolute path), or a hub id such as ``amused/amused-256`` (through huggingface_hub's cache; recorded as
+    ``hf://amused/amused-256``, so another machine resolves it from its own cache)."""
+    src = os.fspath(src)
+    uri = None if Path(src).exists() else hub_uri(src)
+    if uri is None:
+        folder = Path(src)
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such folder (an aMUSEd diffusers folder: {', '.join(SUBFOLDERS)}, or a "
+                             "hub id such as amused/amused-256)")  # fmt: skip
+        return folder, str(folder.resolve())
+    revision = f"@{uri.revision}" if uri.revision else ""
+    inner = f"/{uri.path_in_repo.strip('/')}" if uri.path_in_repo.strip("/") else ""
+    return hub_folder(uri, "the aMUSEd pipeline", "--src"), f"hf://{uri.id}{revision}{inner}"
+
+
+def read_amused_folder(src: str | os.PathLike, recorded_as: str | None = None) -> dict[str, Any]:
+    """Check an aMUSEd diffusers folder (a local folder or a hub id: :func:`amused_location`) and return the NATModule
+    arguments it implies (token space, backbone, tokenizer, text encoder, the ``amused`` schedule preset). The VQ-GAN
+    and text encoder are recorded under ``recorded_as`` (default: the folder's absolute path or ``hf://`` id), each
+    sub-folder with its sha256. A folder of another pipeline is an error naming it."""
+    if recorded_as is None:
+        src, recorded_as = amused_location(src)
     folder = Path(src)
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: no such folder (an aMUSEd diffusers folder: {', '.join(SUBFOLDERS)})")
     index = folder / "model_index.json"
     if index.is_file():
         pipeline = json.loads(index.read_text()).get("_class_name")
@@ -75,10 +97,11 @@ def read_amused_folder(src: str | Path) -> dict[str, Any]:
         "codebook_size": int(transformer["codebook_size"]),
         "grid_size": (side, side),
         "num_classes": 1,
-        "tokenizer": {"name": "amused_vq", "checkpoint": str((folder / "vqvae").resolve()),
+        "tokenizer": {"name": "amused_vq", "checkpoint": f"{recorded_as}/vqvae", "sha256": sha256_of(folder / "vqvae"),
                       "image_size": side * factor},  # fmt: skip
-        "text_encoder": {"name": "clip", "path": str((folder / "text_encoder").resolve()),
-                         "tokenizer_path": str((folder / "tokenizer").resolve()), "layer": "penultimate",
+        "text_encoder": {"name": "clip", "path": f"{recorded_as}/text_encoder",
+                         "sha256": sha256_of(folder / "text_encoder"), "tokenizer_path": f"{recorded_as}/tokenizer",
+                         "tokenizer_sha256": sha256_of(folder / "tokenizer"), "layer": "penultimate",
                          "pooled": "projection", "max_length": 77},  # fmt: skip
         "schedule": "amused",
     }

@@ -33,7 +33,7 @@ from lit_nat.errors import CheckpointError, LitNatError, UsageError
 from lit_nat.flags import one_line_parse_errors
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
 from lit_nat.io import disk_full_cause, disk_full_error
-from lit_nat.loading import module_from_hparams
+from lit_nat.loading import module_from_checkpoint
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
 from lit_nat.trainer import NATTrainer
@@ -50,6 +50,8 @@ DATA_TO_MODEL_LINKS = {
 
 #: model arguments taken from the checkpoint's hyperparameters when --ckpt_path is given (see _parse_ckpt_path)
 STRUCTURE_ARGS = ("arch", "arch_overrides")
+#: saved by value (NATModule records the resolved schedule); on_load_checkpoint reports which schedule wins
+SCHEDULE_ARGS = ("schedule", "schedule_params")
 #: --ckpt_path values Lightning resolves itself
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 
@@ -92,7 +94,8 @@ class NATLightningCLI(LightningCLI):
         structure = {k: saved[k] for k in STRUCTURE_ARGS if k in saved}
         check_structure(ckpt_path, structure, current)
         differ = [f"{k}: {_plain(saved[k])!r} -> {_plain(current[k])!r}" for k in sorted(saved)
-                  if k in current and k not in structure and _plain(saved[k]) != _plain(current[k])]  # fmt: skip
+                  if k in current and k not in structure and k not in SCHEDULE_ARGS
+                  and _plain(saved[k]) != _plain(current[k])]  # fmt: skip
         if structure:
             self.config = self.parser.parse_object({subcommand: {"model": structure}}, self.config)
         if differ:
@@ -257,8 +260,9 @@ def run_from_checkpoint(argv: list[str]) -> Any:
     ckpt_path = str(args["ckpt_path"])
     # edit loads the checkpoint itself; sample's predict run restores the weights into this fresh module
     model = None
-    if command != "edit":
-        model = module_from_hparams(read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters"), ckpt_path)
+    if command != "edit":  # (built with the moved assets' new locations: a CLIP folder gives the backbone's width)
+        assets = {k: args.get(k) for k in ("tokenizer_checkpoint", "text_encoder")}
+        model = module_from_checkpoint(read_checkpoint(ckpt_path, mmap=True), ckpt_path, **assets)
     return getattr(trainer, command)(model, **args)
 
 

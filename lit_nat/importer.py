@@ -20,7 +20,8 @@ from typing import Any
 import lightning as L
 import yaml
 
-from lit_nat.amused import read_amused_folder
+from lit_nat.amused import amused_location, read_amused_folder
+from lit_nat.assets import is_url
 from lit_nat.checkpointing import read_checkpoint, save_checkpoint_file
 from lit_nat.data.shards import read_metadata
 from lit_nat.data.tokenize_plan import tokenizer_kwargs
@@ -30,7 +31,7 @@ from lit_nat.models import ARCHITECTURES
 from lit_nat.models.amused import load_amused_transformer
 from lit_nat.models.convert import CONVERTERS, load_official
 from lit_nat.module import NATModule
-from lit_nat.tokenizers import TOKENIZERS, token_space
+from lit_nat.tokenizers import TOKENIZERS, pinned, resolve_checkpoint, token_space
 
 #: model arguments that come from the weights (or the data's meta.json), never from the config's model section
 TOKEN_SPACE_ARGS = ("codebook_size", "grid_size", "num_classes", "tokenizer")
@@ -111,7 +112,9 @@ def import_checkpoint(
         overwrite: replace an existing ``dst`` (by default an existing file is never touched).
         tokenizer: the tokenizer to record in the checkpoint (e.g. ``vqgan``), so ``sample`` and ``edit`` decode images
             from the checkpoint alone; default: the one of the config's data ``meta.json``, if it exists.
-        tokenizer_checkpoint: that tokenizer's weights (e.g. ``assets/vqgan_jax_strongaug.ckpt``).
+        tokenizer_checkpoint: that tokenizer's weights: a local file (recorded by its absolute path and sha256, e.g.
+            ``assets/vqgan_jax_strongaug.ckpt``) or ``URL#sha256=<hex>`` (fetched into torch.hub's cache; recorded as
+            it is). ``sample``/``edit``/``search``/``validate --tokenizer_checkpoint`` point a moved copy elsewhere.
         tokenizer_arg: further tokenizer arguments as ``KEY=VALUE``; its ``image_size`` follows from the weights' grid.
     """
     if format == "amused":
@@ -173,10 +176,9 @@ def official_dims(format: str, official: dict, arch: str, overrides: dict, confi
 def tokenizer_record(name: str, checkpoint: str | None, args: list[str] | None, space: dict[str, Any]) -> dict:
     """The config of tokenizer ``name`` for the weights' token space (its ``image_size`` chosen so that its grid is the
     weights' grid), checked without loading it: a tokenizer of another codebook or grid is a one-line error."""
-    if checkpoint is not None and not Path(checkpoint).exists():
+    if checkpoint is not None and not (is_url(checkpoint) or Path(checkpoint).exists()):
         raise UsageError(f"--tokenizer_checkpoint {checkpoint}: no such file")
-    config = {"name": name, **tokenizer_kwargs(name, None if checkpoint is None else str(Path(checkpoint).resolve()),
-                                               args)}  # fmt: skip
+    config = {"name": name, **tokenizer_kwargs(name, checkpoint, args)}
     grid = tuple(space["grid_size"]) if isinstance(space["grid_size"], (list, tuple)) else (space["grid_size"],) * 2
     if "image_size" not in config and "image_size" in inspect.signature(TOKENIZERS[name]).parameters:
         probe = token_space({**config, "image_size": 1024})[1][0]  # the tokenizer's downsampling: 1024 / probe
@@ -185,35 +187,41 @@ def tokenizer_record(name: str, checkpoint: str | None, args: list[str] | None, 
     if (codes, tuple(tokens)) != (space["codebook_size"], grid):
         raise UsageError(f"tokenizer {name} gives {codes} codes on a {tokens} grid, the weights expect "
                          f"{space['codebook_size']} codes on {grid}")  # fmt: skip
-    return config
+    if checkpoint is not None:
+        resolve_checkpoint(name, config)  # a URL: fetched into torch.hub's cache and checked against its sha256 now
+    return pinned(config)  # a local file: absolute, with its sha256
 
 
 def amused_module(src: str | Path, config: Path | None = None, **model_args: Any) -> NATModule:
     """A NATModule holding aMUSEd from a local diffusers folder (weights loaded strictly into the online and EMA
     backbones; the VQ-GAN and CLIP text encoder are referenced by their sub-folders, loaded on first use). Other
     model arguments come from ``config``'s model section and ``model_args`` (e.g. ``schedule_params``)."""
-    args = read_amused_folder(src)
+    folder, recorded_as = amused_location(src)
+    args = read_amused_folder(folder, recorded_as)
     extra = read_model_section(config) if config is not None else {}
     extra.update(model_args)
     fixed = sorted(set(extra) & (set(args) - {"schedule"}))
     if fixed:
         raise UsageError(f"aMUSEd folder {src} fixes {fixed}; leave them out of the config / arguments")
     module = NATModule(**{**args, **extra})
-    load_amused_transformer(module.backbone, src)
+    load_amused_transformer(module.backbone, folder)
     module.ema_backbone.load_state_dict(module.backbone.state_dict())
     return module.eval()
 
 
-def import_amused(src: Path, dst: Path, config: Path | None = None, overwrite: bool = False) -> Path:
-    """``import-checkpoint --format amused``: a local aMUSEd diffusers folder -> a lit_nat checkpoint at step 0 with
-    the ``amused`` schedule preset (aMUSEd's own 12-step strategy), for ``sample``, ``edit``, ``search`` and
-    ``validate``. The checkpoint holds the transformer twice (online and EMA: about 4.8 GB for aMUSEd-256 in fp32);
-    the VQ-GAN and the text encoder stay in the folder, which must remain where it is."""
-    src, dst = Path(src), Path(dst)
+def import_amused(src: Path | str, dst: Path, config: Path | None = None, overwrite: bool = False) -> Path:
+    """``import-checkpoint --format amused``: an aMUSEd diffusers folder, or its hub id (``amused/amused-256``, through
+    huggingface_hub's cache) -> a lit_nat checkpoint at step 0 with the ``amused`` schedule preset (aMUSEd's own
+    12-step strategy), for ``sample``, ``edit``, ``search`` and ``validate``. The checkpoint holds the transformer
+    twice (online and EMA: about 4.8 GB for aMUSEd-256 in fp32); the VQ-GAN and the text encoder are recorded by
+    location (absolute path or ``hf://`` id) and sha256: a moved folder is given to ``sample`` with
+    ``--tokenizer_checkpoint FOLDER/vqvae --text_encoder FOLDER/text_encoder``."""
+    dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
     module = amused_module(src, config)
-    checkpoint = build_checkpoint(module, {"imported_from": str(src.resolve()), "format": "amused"})
+    source = str(Path(src).resolve()) if Path(src).exists() else str(src)
+    checkpoint = build_checkpoint(module, {"imported_from": source, "format": "amused"})
     save_checkpoint_file(checkpoint, dst)
     params = sum(p.numel() for p in module.backbone.parameters())
     print(f"import-checkpoint: {src} -> {dst}\naMUSEd transformer: {params:,} parameters, all keys loaded strictly")
@@ -232,7 +240,8 @@ def import_checkpoint_parser() -> argparse.ArgumentParser:
         "checkpoint that fit, validate, test, predict, sample, edit and search accept with --ckpt_path.",
     )
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="layout of the source")
-    parser.add_argument("--src", required=True, type=Path, help="the official state_dict file (amused: the folder)")
+    parser.add_argument("--src", required=True, help="the official state_dict file (amused: the folder, or a hub id "
+                        "such as amused/amused-256)")  # fmt: skip
     parser.add_argument("--config", type=Path, default=None,
                         help="lit_nat config whose model section is used (required but for amused)")  # fmt: skip
     parser.add_argument("--dst", required=True, type=Path, help="the lit_nat checkpoint to write")

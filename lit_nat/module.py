@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.conditioning import Condition, Conditioner, batch_size, select, text_space
+from lit_nat.conditioning.text import pinned as pinned_text_encoder
+from lit_nat.conditioning.text import relocate as relocate_text_encoder
 from lit_nat.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.finite import NonFiniteGuard, gradient_norm_and_finite
 from lit_nat.models import build_backbone
@@ -30,6 +32,8 @@ from lit_nat.objective import (
 from lit_nat.sampling import GenerationResult, generate, make_generator, rows_by_unknown_count
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.tokenizers import Tokenizer, tokenizer_from_config
+from lit_nat.tokenizers import pinned as pinned_tokenizer
+from lit_nat.tokenizers import relocate as relocate_tokenizer
 
 
 class NATModule(L.LightningModule):
@@ -58,8 +62,10 @@ class NATModule(L.LightningModule):
         warmup_steps: linear warmup steps, then constant.
         ema_decay: EMA decay per optimiser step.
         ema_warmup: ramp the EMA decay as min(decay, (1+n)/(10+n)) (for short runs; the papers do not).
-        schedule: initial generation schedule: ``heuristic``, ``enat`` or a path to a schedule YAML (ours or the
-            official AutoNAT format). A checkpoint carries the current (possibly searched) schedule.
+        schedule: initial generation schedule: ``heuristic``, ``enat``, ``amused``, a path to a schedule YAML (ours or
+            the official AutoNAT format), or the schedule itself (``GenerationSchedule.to_dict()``). The hparams hold
+            it by value once resolved, and a checkpoint the current (possibly searched) one, so no checkpoint needs
+            the file.
         schedule_params: keyword parameters of the schedule preset, e.g. ``{steps: 8, guidance: 2.0}``.
         schedule_source: which schedule wins when a checkpoint is loaded (``--ckpt_path`` of fit/validate/test/
             predict): ``checkpoint`` (default: the schedule the model was trained or searched with, as saved) or
@@ -98,7 +104,7 @@ class NATModule(L.LightningModule):
         warmup_steps: int = 5000,
         ema_decay: float = 0.9999,
         ema_warmup: bool = False,
-        schedule: str = "heuristic",
+        schedule: str | dict[str, Any] = "heuristic",
         schedule_params: dict[str, Any] | None = None,
         schedule_source: str = "checkpoint",
         reuse_prob: float = 0.0,
@@ -123,6 +129,7 @@ class NATModule(L.LightningModule):
             raise ValueError(f"backbone {arch!r} needs mask_ratio_per_sample: false (one mask ratio per batch)")
         self.mask_ratio_law = build_mask_ratio_law(mask_ratio_law, mask_ratio_params)
         self.schedule = GenerationSchedule.preset(schedule, **(schedule_params or {}))
+        self.hparams.update(schedule=self.schedule.to_dict(), schedule_params=None)  # by value: no file needed later
         if schedule_source not in ("checkpoint", "config"):
             raise ValueError(f"schedule_source must be 'checkpoint' or 'config', got {schedule_source!r}")
         self.schedule_source = schedule_source
@@ -165,6 +172,17 @@ class NATModule(L.LightningModule):
         if self._tokenizer is not None:
             self._tokenizer.to(self.device)  # a no-op unless the module moved since
         return self._tokenizer
+
+    def relocate_assets(self, tokenizer_checkpoint: str | None = None, text_encoder: str | None = None) -> None:
+        """Point the recorded tokenizer weights and text encoder elsewhere (``--tokenizer_checkpoint``,
+        ``--text_encoder``: a moved file or folder, a hub id); what they resolve to is checked against the recorded
+        digests when first loaded."""
+        if tokenizer_checkpoint is not None:
+            self._tokenizer_config = relocate_tokenizer(self._tokenizer_config, tokenizer_checkpoint)
+            object.__setattr__(self, "_tokenizer", None)
+        if text_encoder is not None:
+            moved = relocate_text_encoder(self.conditioner.config, text_encoder)
+            self.conditioner = Conditioner(moved, self.null_class)
 
     def train(self, mode: bool = True) -> NATModule:
         super().train(mode)
@@ -387,6 +405,11 @@ class NATModule(L.LightningModule):
     # Checkpoints carry the current generation schedule
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["generation_schedule"] = self.schedule.to_dict()
+        if isinstance(checkpoint.get("hyper_parameters"), dict):  # portable: schedule by value, assets with digests
+            hyper = checkpoint["hyper_parameters"]
+            hyper.update(schedule=self.schedule.to_dict(), schedule_params=None)
+            hyper.update(tokenizer=pinned_tokenizer(hyper.get("tokenizer")),
+                         text_encoder=pinned_text_encoder(hyper.get("text_encoder")))  # fmt: skip
         checkpoint["lit_nat_training"] = {"train_seed": self._train_seed, "bad_samples": self.bad_samples,
                                           "nonfinite": self.nonfinite_guard.state_dict()}  # fmt: skip
 

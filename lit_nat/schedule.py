@@ -192,8 +192,13 @@ class GenerationSchedule:
         )
 
     @classmethod
-    def preset(cls, name: str, **params: Any) -> GenerationSchedule:
-        """A named constructor (``heuristic``, ``enat`` or ``amused``) with keyword parameters, or a YAML file path."""
+    def preset(cls, name: str | dict[str, Any], **params: Any) -> GenerationSchedule:
+        """A named constructor (``heuristic``, ``enat`` or ``amused``) with keyword parameters, a YAML file path, or
+        the schedule itself as a mapping (:meth:`to_dict`'s, as checkpoints record it)."""
+        if isinstance(name, dict):
+            if params:
+                raise ValueError(f"schedule_params {params} cannot be combined with a schedule given by value")
+            return cls.from_dict(dict(name), source="schedule")
         presets = {"heuristic": cls.heuristic, "enat": cls.enat, "amused": cls.amused}
         if name in presets:
             try:

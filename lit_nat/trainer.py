@@ -14,10 +14,19 @@ from lightning.fabric.plugins import CheckpointIO
 from lit_nat.callbacks.reliability import Preemption, RunDirectoryLock
 from lit_nat.checkpointing import DurableCheckpointIO
 from lit_nat.edit_command import run_edit
+from lit_nat.errors import UsageError
 from lit_nat.loading import load_model
 from lit_nat.sample import SampleRequest, run_sample
 from lit_nat.search.session import SearchSettings
 from lit_nat.search.standalone import run_search
+
+
+def relocate_assets(model: Any, tokenizer_checkpoint: str | None = None, text_encoder: str | None = None) -> None:
+    """``--tokenizer_checkpoint`` / ``--text_encoder`` of sample, edit, search and validate, applied to the model."""
+    if tokenizer_checkpoint is not None or text_encoder is not None:
+        if not hasattr(model, "relocate_assets"):
+            raise UsageError("--tokenizer_checkpoint / --text_encoder need a lit_nat NATModule")
+        model.relocate_assets(tokenizer_checkpoint, text_encoder)
 
 
 class NATTrainer(L.Trainer):
@@ -42,6 +51,35 @@ class NATTrainer(L.Trainer):
         kwargs["callbacks"] = [*defaults, *callbacks]
         super().__init__(*args, **kwargs)
 
+    def validate(
+        self,
+        model: L.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: L.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        tokenizer_checkpoint: str | None = None,
+        text_encoder: str | None = None,
+    ) -> list[Any]:
+        """Lightning's validate (loss, and the config's FID / CLIP score callbacks), with the assets recorded by the
+        model pointed elsewhere.
+
+        Args:
+            model: the model to validate.
+            dataloaders: validation dataloaders (default: the data module's).
+            ckpt_path: checkpoint whose weights and schedule are validated.
+            verbose: print the results.
+            datamodule: the data module.
+            weights_only: torch.load's weights_only for the checkpoint.
+            tokenizer_checkpoint: where the tokenizer's weights recorded in the checkpoint are now (a moved file or
+                folder, a URL#sha256=<hex>, a hub location); checked against the recorded sha256.
+            text_encoder: where the recorded text encoder is now (a moved folder or a hub id such as
+                openai/clip-vit-large-patch14); checked against the recorded sha256.
+        """
+        relocate_assets(model, tokenizer_checkpoint, text_encoder)
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
     def sample(
         self,
         model: L.LightningModule,
@@ -58,6 +96,8 @@ class NATTrainer(L.Trainer):
         overwrite: bool = False,
         prompts: list[str] | None = None,
         prompts_file: str | None = None,
+        tokenizer_checkpoint: str | None = None,
+        text_encoder: str | None = None,
     ) -> Path:
         """Generate images on every device and write samples.npz (ADM layout), grid.png and samples.json.
 
@@ -79,7 +119,12 @@ class NATTrainer(L.Trainer):
                 resuming it.
             prompts: for a text-conditioned model, the prompts, cycled (sample i gets prompts[i mod P]).
             prompts_file: a UTF-8 file with one prompt per line (blank lines skipped), instead of --prompts.
+            tokenizer_checkpoint: where the tokenizer's weights recorded in the checkpoint are now (a moved file or
+                folder, a URL#sha256=<hex>, a hub location); checked against the recorded sha256.
+            text_encoder: where the recorded text encoder is now (a moved folder or a hub id such as
+                openai/clip-vit-large-patch14); checked against the recorded sha256.
         """
+        relocate_assets(model, tokenizer_checkpoint, text_encoder)
         request = SampleRequest(num_samples=num_samples, batch_size=batch_size, labels=labels, schedule=schedule,
                                 seed=seed, out=out, save_png=save_png, grid_samples=grid_samples, overwrite=overwrite,
                                 prompts=prompts, prompts_file=prompts_file)  # fmt: skip
@@ -100,6 +145,8 @@ class NATTrainer(L.Trainer):
         fraction: float | None = None,
         schedule: str | None = None,
         overwrite: bool = False,
+        tokenizer_checkpoint: str | None = None,
+        text_encoder: str | None = None,
     ) -> Path:
         """Inpaint, outpaint or re-generate regions of images: keep the tokens of the kept region and decode the rest.
 
@@ -120,8 +167,14 @@ class NATTrainer(L.Trainer):
             fraction: img2img instead of --mask: regenerate this random share of all tokens.
             schedule: a schedule YAML or preset; default: the checkpoint's.
             overwrite: replace an existing out/edits.json.
+            tokenizer_checkpoint: where the tokenizer's weights recorded in the checkpoint are now (a moved file or
+                folder, a URL#sha256=<hex>, a hub location); checked against the recorded sha256.
+            text_encoder: where the recorded text encoder is now (a moved folder or a hub id such as
+                openai/clip-vit-large-patch14); checked against the recorded sha256.
         """
-        editor = load_model(ckpt_path) if ckpt_path else model.eval()
+        assets = {"tokenizer_checkpoint": tokenizer_checkpoint, "text_encoder": text_encoder}
+        editor = load_model(ckpt_path, **assets) if ckpt_path else model.eval()
+        relocate_assets(editor, **assets)
         editor = editor.to(self.strategy.root_device)
         if labels is None and prompts is None and not editor.conditioner.is_text:
             labels = [editor.null_class]  # unconditional
@@ -142,6 +195,8 @@ class NATTrainer(L.Trainer):
         other_step: float = 0.1,
         other_lr: float = 0.1,
         out: str = "search",
+        tokenizer_checkpoint: str | None = None,
+        text_encoder: str | None = None,
     ) -> dict[str, Any]:
         """Generation-strategy search (AutoNAT Sec. 4.2, the official ``--mode search``) on a trained checkpoint.
 
@@ -164,6 +219,11 @@ class NATTrainer(L.Trainer):
             other_step: forward-difference step of temperatures and guidance (official 0.1).
             other_lr: learning rate of temperatures and guidance (official 0.1).
             out: output folder (state and strategy files).
+            tokenizer_checkpoint: where the tokenizer's weights recorded in the checkpoint are now (a moved file or
+                folder, a URL#sha256=<hex>, a hub location); checked against the recorded sha256.
+            text_encoder: where the recorded text encoder is now (a moved folder or a hub id such as
+                openai/clip-vit-large-patch14); checked against the recorded sha256.
         """
+        relocate_assets(model, tokenizer_checkpoint, text_encoder)
         settings = SearchSettings(momentum, ratio_step, ratio_lr, other_step, other_lr, num_samples)
         return run_search(self, model, datamodule, ckpt_path, updates, schedule, settings, out)

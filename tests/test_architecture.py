@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_nat"
 
 #: lowest first; a unit is a top-level module or sub-package of lit_nat (the README lists the same order)
 LAYERS = [
-    {"errors", "io", "flags", "progress", "finite", "slurm"},  # foundations
+    {"errors", "io", "flags", "progress", "finite", "slurm", "assets"},  # foundations
     {"schedule", "objective", "ema", "visuals"},  # the algorithm's pure parts
     {"conditioning", "checkpointing", "tokenizers", "amused"},  # conditions, checkpoint files, tokenizers
     {"sampling", "models", "editing"},  # the decoding loop, the backbones, edit inputs

@@ -85,8 +85,11 @@ def test_clip_encoder_from_a_local_folder(tmp_path):
     assert not torch.allclose(penultimate.tokens, out.tokens[:1])
     with pytest.warns(UserWarning, match="truncated"):
         encoder.encode("a very long prompt that does not fit")
-    with pytest.raises(UsageError, match="no CLIP text encoder folder"):
+    with pytest.raises(UsageError, match=r"text encoder .*missing does not exist .*with --text_encoder$"):
         CLIPTextEncoder(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no CLIP text encoder folder"):
+        CLIPTextEncoder(str(tmp_path / "empty"))
     model = text_model("autonat-tiny", encoder.config())  # a backbone sized from the folder's config
     assert model.generate(prompts=["a cat"], seed=0).ids.shape == (1, 16)
 

@@ -4,7 +4,8 @@ Registry (:data:`TEXT_ENCODERS`, built from a JSON-able config with :func:`text_
 metadata and checkpoints record them):
 
 - ``clip``: a CLIP text tower through ``transformers`` (``CLIPTokenizer`` + ``CLIPTextModel``, or
-  ``CLIPTextModelWithProjection`` with ``pooled: projection``) from a **local** folder (nothing is downloaded), frozen,
+  ``CLIPTextModelWithProjection`` with ``pooled: projection``) from a local folder or a hub id
+  (``openai/clip-vit-large-patch14``, through huggingface_hub's cache: :mod:`lit_nat.assets`), frozen,
   in fp32 or bf16; ``layer: last`` is U-ViT's ``last_hidden_state``, ``penultimate`` Muse/aMUSEd's. Prompts are padded
   to ``max_length`` (77) as U-ViT and aMUSEd do; longer ones are truncated with a warning, as CLIP does.
 - ``words``: a small encoder that needs no files, for the digits demo and tests: each lower-cased word of a fixed
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import posixpath
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_nat.assets import pin, resolve
 from lit_nat.conditioning.condition import TextCondition, masked_mean
 from lit_nat.errors import UsageError
 from lit_nat.io import atomic_write_json, atomic_write_text
@@ -126,13 +130,21 @@ class WordsEncoder(TextEncoder):
 TEXT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+#: the option of sample, edit, search and validate that points a recorded text encoder elsewhere
+OVERRIDE_FLAG = "--text_encoder"
+
+
 class CLIPTextEncoder(TextEncoder):
-    """A CLIP text tower from a local ``transformers`` folder (``config.json``, weights, tokenizer files), frozen.
+    """A CLIP text tower from a ``transformers`` folder (``config.json``, weights, tokenizer files), frozen.
 
     Args:
-        path: the folder (e.g. a download of ``openai/clip-vit-large-patch14`` or its ``text_encoder`` +
-            ``tokenizer`` sub-folders); never fetched from the network.
-        tokenizer_path: the tokenizer's folder, if not ``path`` (diffusers layouts keep it in ``tokenizer/``).
+        path: the folder (e.g. a download of ``openai/clip-vit-large-patch14`` or aMUSEd's ``text_encoder/``), or a
+            hub location (``openai/clip-vit-large-patch14``, ``hf://amused/amused-256/text_encoder``) resolved through
+            huggingface_hub's cache (:func:`lit_nat.assets.resolve`; ``HF_HUB_OFFLINE=1``: the cache alone).
+        tokenizer_path: the tokenizer's folder or hub location, if not ``path`` (diffusers layouts keep it in
+            ``tokenizer/``).
+        sha256, tokenizer_sha256: the recorded digests of the two folders (:func:`lit_nat.assets.sha256_of`); what
+            the locations resolve to must match them.
         layer: ``last`` (``last_hidden_state``: U-ViT's COCO recipe) or ``penultimate`` (Muse/aMUSEd).
         pooled: ``pooler`` (the EOS token's final state), ``projection`` (``text_embeds`` of
             ``CLIPTextModelWithProjection``, as aMUSEd) or ``mean`` (masked mean of the token states).
@@ -150,6 +162,8 @@ class CLIPTextEncoder(TextEncoder):
         pooled: str = "pooler",
         dtype: str = "fp32",
         max_length: int = 77,
+        sha256: str | None = None,
+        tokenizer_sha256: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -160,17 +174,19 @@ class CLIPTextEncoder(TextEncoder):
         if dtype not in TEXT_DTYPES:
             raise ValueError(f"clip encoder: dtype must be one of {sorted(TEXT_DTYPES)}, got {dtype!r}")
         self.path, self.tokenizer_path = str(path), str(tokenizer_path or path)
-        for folder, what in ((self.path, "text encoder"), (self.tokenizer_path, "tokenizer")):
-            if not (Path(folder) / ("config.json" if what == "text encoder" else "")).exists():
-                raise UsageError(f"{folder}: no CLIP {what} folder here (a local transformers folder is needed; "
-                                 "nothing is downloaded)")  # fmt: skip
+        self.sha256, self.tokenizer_sha256 = sha256, tokenizer_sha256
+        folder = resolve(self.path, "the CLIP text encoder", OVERRIDE_FLAG, sha256, kinds=("path", "hub"))
+        tokenizer_folder = resolve(self.tokenizer_path, "the CLIP tokenizer", OVERRIDE_FLAG, tokenizer_sha256,
+                                   kinds=("path", "hub"))  # fmt: skip
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"{folder}: no CLIP text encoder folder here (config.json is missing)")
         self.layer, self.pooled_kind, self.dtype_name, self.max_length = layer, pooled, dtype, int(max_length)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # its per-load bars would interleave with training logs
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+        self.tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
         model_class = CLIPTextModelWithProjection if pooled == "projection" else CLIPTextModel
-        self.model = model_class.from_pretrained(self.path, local_files_only=True, dtype=TEXT_DTYPES[dtype])
+        self.model = model_class.from_pretrained(folder, local_files_only=True, dtype=TEXT_DTYPES[dtype])
         self.model.requires_grad_(False).eval()
         self.dim = int(self.model.config.hidden_size)
 
@@ -197,6 +213,7 @@ class CLIPTextEncoder(TextEncoder):
                   "dtype": self.dtype_name, "max_length": self.max_length}  # fmt: skip
         if self.tokenizer_path != self.path:
             config["tokenizer_path"] = self.tokenizer_path
+        config.update({k: v for k, v in (("sha256", self.sha256), ("tokenizer_sha256", self.tokenizer_sha256)) if v})
         return config
 
 
@@ -222,11 +239,11 @@ def text_space(config: dict[str, Any]) -> tuple[int, int]:
     name = config.get("name")
     if name == "words":
         return int(config.get("dim", 64)), int(config.get("max_length", 16))
-    if name == "clip":
-        path = Path(str(config.get("path"))) / "config.json"
+    if name == "clip":  # (its config.json only; the hash is checked when the encoder is loaded)
+        path = resolve(str(config.get("path")), "the CLIP text encoder", OVERRIDE_FLAG, kinds=("path", "hub"))
+        path = path / "config.json"
         if not path.is_file():
-            raise UsageError(f"{path.parent}: no CLIP text encoder folder here (config.json is missing; nothing is "
-                             "downloaded)")  # fmt: skip
+            raise UsageError(f"{path.parent}: no CLIP text encoder folder here (config.json is missing)")
         data = json.loads(path.read_text())
         data = data.get("text_config", data)  # a whole CLIPModel folder nests the text tower's config
         return int(data["hidden_size"]), int(config.get("max_length", 77))
@@ -261,5 +278,49 @@ def save_random_clip(path: str | Path, hidden: int = 768, layers: int = 12, head
 
 
 def encoder_identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What makes two encoder configs give the same embeddings (all but the dtype, which changes precision only)."""
-    return None if config is None else {k: v for k, v in config.items() if k != "dtype"}
+    """What makes two encoder configs give the same embeddings (all but the dtype, which changes precision only, and
+    the recorded digests, which only check the files)."""
+    ignored = ("dtype", "sha256", "tokenizer_sha256")
+    return None if config is None else {k: v for k, v in config.items() if k not in ignored}
+
+
+def pinned(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A text encoder config as a checkpoint records it: CLIP's local folders absolute and with their digests
+    (:func:`lit_nat.assets.pin`); hub locations as they are."""
+    if not config or config.get("name") != "clip":
+        return config
+    out = dict(config)
+    for key, digest in (("path", "sha256"), ("tokenizer_path", "tokenizer_sha256")):
+        if out.get(key) is not None:
+            out[key], sha256 = pin(out[key], out.get(digest))
+            if sha256:
+                out[digest] = sha256
+    return out
+
+
+def relocate(config: dict[str, Any] | None, location: str | os.PathLike | None) -> dict[str, Any] | None:
+    """A recorded text encoder config pointed at ``location`` (``--text_encoder``: a folder or hub id). A tokenizer
+    recorded apart (aMUSEd's ``tokenizer/`` beside ``text_encoder/``) keeps its place relative to the encoder. The
+    recorded digests stay, so the new folders are checked against them when the encoder is loaded."""
+    if location is None:
+        return config
+    if config is None:
+        raise UsageError(f"{OVERRIDE_FLAG} {location}: the model has no text encoder (it is class-conditional)")
+    if config.get("name") != "clip":
+        raise UsageError(f"{OVERRIDE_FLAG} {location}: the model's text encoder {config.get('name')!r} reads no files")
+    new, old = os.fspath(location), str(config["path"])
+    moved = {**config, "path": new}
+    tokenizer = config.get("tokenizer_path")
+    if tokenizer is not None and str(tokenizer) != old:
+        moved["tokenizer_path"] = _beside(new, old, str(tokenizer))
+    return moved
+
+
+def _beside(new: str, old: str, target: str) -> str:
+    """``target``, recorded relative to ``old``, at the same place relative to ``new`` (``hf://`` or paths)."""
+    hub = "hf://"
+    if old.startswith(hub) != target.startswith(hub):
+        return target
+    relative = posixpath.relpath(target.removeprefix(hub), old.removeprefix(hub))
+    joined = posixpath.normpath(posixpath.join(new.removeprefix(hub), relative))
+    return f"{hub}{joined}" if new.startswith(hub) else joined

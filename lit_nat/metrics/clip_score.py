@@ -1,4 +1,5 @@
-"""CLIP score of generated images against their prompts, with a CLIP model from a local folder (never downloaded).
+"""CLIP score of generated images against their prompts, with a CLIP model from a local folder or a hub id
+(``openai/clip-vit-large-patch14``, through huggingface_hub's cache: :mod:`lit_nat.assets`).
 
 ``CLIPScore`` = mean over images of ``max(100 * cos(image embedding, prompt embedding), 0)`` (Hessel et al. 2021, as
 torchmetrics defines it). It is written here, on torchmetrics' ``Metric`` (sums synced across ranks), because
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
+from lit_nat.assets import resolve
 from lit_nat.conditioning.text import save_random_clip
 from lit_nat.errors import UsageError
 
@@ -32,7 +34,8 @@ class LocalCLIPScore(Metric):
     """CLIP score with ``transformers``' ``CLIPModel`` + ``CLIPProcessor`` from ``path``.
 
     Args:
-        path: a local folder holding a whole CLIP model (vision and text towers) and its processor files.
+        path: a folder holding a whole CLIP model (vision and text towers) and its processor files, or its hub id
+            (``openai/clip-vit-large-patch14``; ``HF_HUB_OFFLINE=1``: from the cache alone).
     """
 
     higher_is_better = True
@@ -42,8 +45,9 @@ class LocalCLIPScore(Metric):
         super().__init__(**kwargs)
         from transformers import CLIPModel, CLIPProcessor
 
-        if not (Path(path) / "config.json").is_file():
-            raise UsageError(f"{path}: no CLIP model folder here (config.json is missing; nothing is downloaded)")
+        path = resolve(path, "the CLIP score model", "clip_score_model", kinds=("path", "hub"))
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{path}: no CLIP model folder here (config.json is missing)")
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
         self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
         self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

@@ -1,4 +1,4 @@
-"""Pluggable feature extractors for FID/IS, built from local weight files only (never a download).
+"""Pluggable feature extractors for FID/IS, built from a local weights file or, for Inception, torch.hub's cache.
 
 Every extractor maps images ``(B, C, H, W)`` float in [0, 1] to ``(features (B, D), logits (B, K) or None)`` in float32
 and declares ``num_features``, ``num_logits`` (None: no Inception Score), ``metric_prefix`` (logged names are
@@ -10,7 +10,9 @@ Built in (:data:`EXTRACTORS`; add one with :func:`register_extractor`):
 - ``inception``: the FID Inception v3 (TF 2015-12-05 graph, 2048-d pool features, 1008 logits) with the weights of
   torch-fidelity (``weights-inception-2015-12-05-6726825d.pth``, the file torchmetrics downloads) or of pytorch-fid
   (``pt_inception-2015-12-05-6726825d.pth``, the file of the official AutoNAT/ENAT code): both are torchvision-layout
-  state dicts with the same keys (``module.`` prefixes and ``AuxLogits.*`` are dropped). Protocols:
+  state dicts with the same keys (``module.`` prefixes and ``AuxLogits.*`` are dropped). Without ``weights_path``,
+  torch-fidelity's file comes from torch.hub's cache (``$TORCH_HOME/hub/checkpoints/``), where torch-fidelity and
+  torchmetrics keep it too, downloaded there by ``torch.hub`` when missing (:func:`inception_weights`). Protocols:
   ``official`` (default; the AutoNAT/ENAT evaluation): float images, bilinear resize to 299 without antialias
   (align_corners=False), then ``2x - 1``. ``torch-fidelity``: images rounded to uint8 levels, TF1-style bilinear
   resize, ``(x - 128) / 128``: the features of torch-fidelity and of torchmetrics with ``antialias=False``.
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_nat.assets import resolve
 from lit_nat.checkpointing import read_checkpoint
 from lit_nat.metrics.digits import IMAGE_SIZE as DIGITS_SIZE
 from lit_nat.metrics.digits import load_digits_classifier
@@ -113,14 +116,24 @@ _INCEPTION_BLOCKS = (
 PROTOCOLS = ("official", "torch-fidelity")
 
 
+#: the first hex digits of the sha256 of torch-fidelity's file, as its name carries them (torch.hub's convention)
+INCEPTION_SHA256_PREFIX = "6726825d"
+
+
+def inception_weights() -> Path:
+    """torch-fidelity's Inception weights from torch.hub's cache (``$TORCH_HOME/hub/checkpoints/``, the file and place
+    torch-fidelity's own ``load_state_dict_from_url`` uses), downloaded there by torch.hub when missing and checked
+    against the sha256 prefix of its name; offline with an empty cache, one line naming the URL and the place."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return resolve(f"{URL_INCEPTION_V3}#sha256={INCEPTION_SHA256_PREFIX}", "the FID Inception weights", "weights_path",
+                   kinds=("url",))  # fmt: skip
+
+
 def load_inception_state_dict(path: str | os.PathLike | None) -> dict[str, torch.Tensor]:
-    """Read FID Inception weights (torch-fidelity or pytorch-fid file) safely (``weights_only``), keys normalised."""
-    if path is None:
-        raise ValueError(
-            "the inception extractor needs a local weights file (weights_path); nothing is downloaded. "
-            f"Expected one of: {'; '.join(INCEPTION_FILES)}"
-        )
-    path = Path(path)
+    """Read FID Inception weights (torch-fidelity or pytorch-fid file) safely (``weights_only``), keys normalised;
+    ``None``: torch-fidelity's file from torch.hub's cache (:func:`inception_weights`)."""
+    path = inception_weights() if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"Inception weights {path} do not exist. Expected one of: {'; '.join(INCEPTION_FILES)}. "
@@ -143,7 +156,8 @@ class InceptionV3Extractor(FeatureExtractor):
     """The FID Inception v3: 2048-d pool features and 1008 unbiased logits (for IS, as in the original IS code).
 
     Args:
-        weights_path: local weights file (torch-fidelity's or pytorch-fid's 2015-12-05 conversion).
+        weights_path: local weights file (torch-fidelity's or pytorch-fid's 2015-12-05 conversion); None:
+            torch-fidelity's, from torch.hub's cache (:func:`inception_weights`).
         protocol: ``official`` (float, bilinear without antialias, 2x-1) or ``torch-fidelity`` (uint8 levels,
             TF1 bilinear, (x-128)/128).
     """
@@ -159,6 +173,7 @@ class InceptionV3Extractor(FeatureExtractor):
             raise ValueError(f"inception: unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+        weights_path = inception_weights() if weights_path is None else weights_path
         state = load_inception_state_dict(weights_path)
         buffer = io.BytesIO()
         torch.save(state, buffer)  # torch-fidelity's constructor loads from a path or file object, strictly

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_nat.assets import resolve
 from lit_nat.checkpointing import load_strict, read_diffusers_weights
 from lit_nat.errors import UsageError
 from lit_nat.tokenizers.base import SquareConvTokenizer
@@ -53,7 +54,8 @@ class AmusedVQTokenizer(SquareConvTokenizer):
     """aMUSEd's VQ-GAN, frozen, from a local diffusers ``vqvae/`` folder.
 
     Args:
-        checkpoint: the ``vqvae/`` folder of an aMUSEd download (``config.json`` + weights). ``None`` builds random
+        checkpoint: the ``vqvae/`` folder of an aMUSEd download (``config.json`` + weights; through
+            :func:`lit_nat.tokenizers.load_tokenizer` also ``hf://amused/amused-256/vqvae``). ``None`` builds random
             weights from ``vq_config`` and ``seed`` (tests, benchmarks).
         image_size: side of the square images (fully convolutional: 256 px gives 16x16 tokens, 512 px 32x32).
         dtype: ``fp32`` or ``bf16`` (``fp16`` gives NaNs and is refused).
@@ -63,6 +65,7 @@ class AmusedVQTokenizer(SquareConvTokenizer):
     """
 
     name = "amused_vq"
+    checkpoint_kinds = ("path", "hub")  # a folder: a local path, or hf://amused/amused-256/vqvae
 
     def __init__(
         self,
@@ -106,6 +109,8 @@ class AmusedVQTokenizer(SquareConvTokenizer):
     # ------------------------------------------------------------------------------------------ Tokenizer interface
     @classmethod
     def space_of(cls, checkpoint: Any = None, image_size: int = 256, vq_config: dict | None = None, **_: Any):
+        if checkpoint is not None:  # (a hub location: its config.json from huggingface_hub's cache)
+            checkpoint = resolve(checkpoint, "aMUSEd's VQ-GAN", "--tokenizer_checkpoint", kinds=cls.checkpoint_kinds)
         config = read_vq_config(checkpoint) if checkpoint is not None else dict(vq_config or {})
         side = int(image_size) // downsampling_factor(config)
         return int(config.get("num_vq_embeddings", 256)), (side, side)

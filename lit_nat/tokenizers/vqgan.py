@@ -165,7 +165,8 @@ class VQGANTokenizer(SquareConvTokenizer):
     samplers' fp16 decoding), and returns float32 images clamped to [0, 1].
 
     Args:
-        checkpoint: Local path of the official checkpoint (a flat state_dict or one under ``"state_dict"``), loaded
+        checkpoint: Local path of the official checkpoint (:func:`lit_nat.tokenizers.load_tokenizer` also takes a
+            ``URL#sha256=<hex>`` through torch.hub's cache) (a flat state_dict or one under ``"state_dict"``), loaded
             strictly: every one of the 168 keys with its shape, nothing else. ``None`` builds *random* weights from
             ``seed`` (for tests and benchmarks; tokens are meaningless) -- it must be given explicitly.
         image_size: Side of the square images; a multiple of ``2**(len(ch_mult) - 1)`` (16). The weights are fully
@@ -180,6 +181,7 @@ class VQGANTokenizer(SquareConvTokenizer):
     """
 
     name = "vqgan"
+    checkpoint_kinds = ("path", "url")  # a file: a local path, or a URL#sha256= through torch.hub's cache
 
     def __init__(
         self,
