@@ -285,10 +285,19 @@ class GenerationSchedule:
         if not path.is_file():
             raise FileNotFoundError(f"schedule file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
+            raise ValueError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
         return cls.from_dict(data, source=str(path))
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error (several lines, with a caret drawing) as one clause: what and where."""
+    problem = getattr(err, "problem", None) or (str(err).strip().splitlines() or ["unreadable"])[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _as_list(value: Any, where: str) -> list[float]:
