@@ -196,10 +196,12 @@ def test_inception_from_local_weights_matches_torch_fidelity(inception_weights, 
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), official.state_dict().values()))
 
 
-def test_extractor_weight_errors(tmp_path):
+def test_extractor_weight_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"missing.pth do not exist.*weights-inception-2015-12-05"):
         build_extractor("inception", tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="needs a local weights file"):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache, offline: no weights, no download
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"not in the torch.hub cache .*weights-inception-2015-12-05"):
         build_extractor("inception", None)
     save_digits_classifier(DigitsClassifier(), tmp_path / "digits_classifier.pt")
     with pytest.raises(ValueError, match=r"digits_classifier.pt: cannot read Inception weights|not FID Inception"):
