@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_nat.callbacks.evaluation import GenerativeEvaluation
 from lit_nat.checkpointing import is_remote, read_checkpoint
 from lit_nat.data import TokenShardDataModule
 from lit_nat.errors import CheckpointError, LitNatError, UsageError
@@ -36,6 +37,7 @@ from lit_nat.io import disk_full_cause, disk_full_error
 from lit_nat.loading import module_from_checkpoint
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule
+from lit_nat.search.callback import ScheduleSearch
 from lit_nat.trainer import NATTrainer
 
 #: data attribute -> model argument, resolved after the DataModule has read meta.json
@@ -68,6 +70,13 @@ class NATLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+        # A config's top-level `evaluation:` (FID in validation) and `schedule_search:` (the schedule's gradient steps
+        # between epochs) sections: Lightning adds both callbacks to the Trainer's. Off unless a config says
+        # `enabled: true` (the paper configs do); `--evaluation.enabled false` / `--schedule_search.enabled false`
+        # turn them off for one run.
+        parser.add_lightning_class_args(GenerativeEvaluation, "evaluation")
+        parser.add_lightning_class_args(ScheduleSearch, "schedule_search")
+        parser.set_defaults({"evaluation.enabled": False, "schedule_search.enabled": False})
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``: the checkpoint decides what the network *is*, the config how it is trained and sampled.

@@ -11,6 +11,7 @@ arrives with the VQGAN tokenizer); ENAT's paper adds it separately.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,24 @@ def count_flops(fn, *args: Any, **kwargs: Any) -> tuple[int, Any]:
     with counter, torch.no_grad():
         result = fn(*args, **kwargs)
     return counter.get_total_flops(), result
+
+
+def pipeline_gflops(stages: dict[str, Callable[[Any], Any]], value: Any = None) -> dict[str, float]:
+    """GFLOPs of each stage of a pipeline run once, in order, each stage called with the previous stage's result (the
+    first with ``value``). Measured like :func:`count_flops`, so a stage is counted as it really runs: guidance rows,
+    ENAT's reuse, a text encoder, the VQ decoder, the feature extractor. (A run of the training's FID evaluation uses
+    it for the cost it prints at the start: :mod:`lit_nat.callbacks.cost`.)"""
+    out = {}
+    for name, stage in stages.items():
+        flops, value = count_flops(stage, value)
+        out[name] = flops / 1e9
+    return out
+
+
+def format_gflops(parts: dict[str, float]) -> str:
+    """``{"generation": 300.1, "decode": 106.0}`` -> ``'406.1 GFLOPs (generation 300.1 + decode 106.0)'``."""
+    detail = " + ".join(f"{name} {value:,.1f}" for name, value in parts.items())
+    return f"{sum(parts.values()):,.1f} GFLOPs ({detail})"
 
 
 def generation_flops(backbone: nn.Module, schedule: GenerationSchedule, guided: bool) -> list[int]:

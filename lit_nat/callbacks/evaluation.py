@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_nat.callbacks.cost import measure_image_gflops, print_evaluation_cost
 from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.data.labels import plan_generation
 from lit_nat.errors import UsageError
@@ -48,6 +49,25 @@ def count_label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
+def check_settings(num_samples: int, batch_size: int, every_n_validations: int, reference_stats: str | None,
+                   reference_split: str | None) -> None:  # fmt: skip
+    if num_samples < 2:
+        raise ValueError(f"GenerativeEvaluation: num_samples must be >= 2 (a covariance), got {num_samples}")
+    if batch_size < 1 or every_n_validations < 1:
+        raise ValueError(
+            f"GenerativeEvaluation: batch_size and every_n_validations must be >= 1, "
+            f"got {batch_size} and {every_n_validations}"
+        )
+    if reference_stats is None and reference_split is None:
+        raise ValueError("GenerativeEvaluation: give reference_stats (an .npz) and/or reference_split")
+
+
+def find_evaluation(callbacks: list[L.Callback]) -> GenerativeEvaluation | None:
+    """The first enabled :class:`GenerativeEvaluation` of a Trainer's callbacks (a config's ``evaluation:`` section
+    or one in ``trainer.callbacks``), or None."""
+    return next((cb for cb in callbacks if isinstance(cb, GenerativeEvaluation) and cb.enabled), None)
+
+
 class GenerativeEvaluation(L.Callback):
     """FID/IS of ``num_samples`` generated images against reference statistics, logged as ``val/<prefix>fid`` and
     ``val/<prefix>is`` (prefix ``digits_`` for the digits extractor) and written to a JSON report.
@@ -65,10 +85,17 @@ class GenerativeEvaluation(L.Callback):
         seed: base seed of the decoding loops.
         every_n_validations: evaluate at every n-th validation of fit (``validate`` always evaluates).
         inception_score: also compute the Inception Score (needs an extractor with class logits).
-        clip_score_model: for text-conditioned models, a local folder with a whole CLIP model (vision + text, e.g.
-            ``openai/clip-vit-large-patch14`` downloaded beforehand): the CLIP score of the images against their prompts
-            is logged as ``val/clip_score`` beside the FID. Optional: a missing folder is skipped with a message.
+        clip_score_model: for text-conditioned models, the whole CLIP model (vision + text) that scores the images
+            against their prompts, logged as ``val/clip_score`` beside the FID (e.g. ``openai/clip-vit-large-patch14``;
+            resolved by :class:`~lit_nat.metrics.clip_score.LocalCLIPScore`). One that cannot be loaded stops the run
+            at its start.
         report: JSON file written into the run's log directory after each evaluation (None: none).
+        enabled: False turns the callback off (``--evaluation.enabled false`` for the ``evaluation:`` section of a
+            config): no files are read, nothing is generated or logged, and a ``ScheduleSearch`` has no FID to minimise.
+
+    Everything the evaluation reads (the reference statistics, the extractor's weights, the CLIP model, a text model's
+    captions) is loaded in ``setup``, so a missing file stops ``fit``/``validate`` before the first training step;
+    the cost of one evaluation is printed when training starts.
     """
 
     def __init__(
@@ -85,17 +112,12 @@ class GenerativeEvaluation(L.Callback):
         inception_score: bool = True,
         report: str | None = "eval_report.json",
         clip_score_model: str | None = None,
+        enabled: bool = True,
     ) -> None:
         super().__init__()
-        if num_samples < 2:
-            raise ValueError(f"GenerativeEvaluation: num_samples must be >= 2 (a covariance), got {num_samples}")
-        if batch_size < 1 or every_n_validations < 1:
-            raise ValueError(
-                f"GenerativeEvaluation: batch_size and every_n_validations must be >= 1, "
-                f"got {batch_size} and {every_n_validations}"
-            )
-        if reference_stats is None and reference_split is None:
-            raise ValueError("GenerativeEvaluation: give reference_stats (an .npz) and/or reference_split")
+        self.enabled = enabled
+        if enabled:
+            check_settings(num_samples, batch_size, every_n_validations, reference_stats, reference_split)
         self.extractor_name = extractor
         self.weights_path = weights_path
         self.extractor_options = dict(extractor_options or {})
@@ -119,6 +141,7 @@ class GenerativeEvaluation(L.Callback):
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, Any] | None = None
         self.checkpoint_progress: tuple[int | None, int | None] = (None, None)  # (global_step, epoch) of a loaded ckpt
+        self._image_gflops: dict[str, float] | None = None  # one evaluated image's cost by part, measured once
         # The value is synced by the metric itself (identical on every rank); Lightning's generic advice does not apply.
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/(digits_)?(fid|is)'")
 
@@ -129,7 +152,7 @@ class GenerativeEvaluation(L.Callback):
     # ------------------------------------------------------------------------------------------------------------------
     # Set-up: extractor, reference statistics, metrics (on every rank; may all-gather when computing the reference)
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage in ("fit", "validate") and self.fid is None:
+        if self.enabled and stage in ("fit", "validate") and self.fid is None:
             self.build(trainer, pl_module)
 
     def resolve_path(self, trainer: L.Trainer, path: str | None) -> str | None:
@@ -154,21 +177,42 @@ class GenerativeEvaluation(L.Callback):
         if tokenizer is None:
             raise ValueError("GenerativeEvaluation: the model has no tokenizer config, so samples cannot be decoded")
         device = trainer.strategy.root_device
-        weights = self.resolve_path(trainer, self.weights_path)
-        extractor = build_extractor(self.extractor_name, weights, **self.extractor_options).to(device)
         reference_stats = self.resolve_path(trainer, self.reference_stats)
         path = Path(reference_stats) if reference_stats else None
-        if path is not None and (path.exists() or self.reference_split is None):
+        if path is not None and not path.exists() and self.reference_split is None:
+            raise FileNotFoundError(self.missing_reference(trainer, pl_module, path))
+        weights = self.resolve_path(trainer, self.weights_path)
+        extractor = build_extractor(self.extractor_name, weights, **self.extractor_options).to(device)
+        if path is not None and path.exists():
             reference = load_reference_stats(path, extractor.num_features, extractor.identity)
         else:
             reference = self._compute_reference(trainer, pl_module, extractor, path)
         self.extractor, self.reference = extractor, reference
+        if pl_module.conditioner.is_text:  # the captions and the CLIP model, read now rather than at a validation
+            self.prompts(trainer, pl_module)
+            self.clip_metric(trainer, pl_module)
         self.fid = ReferenceFID(reference.mu, reference.sigma, source=reference.path or "computed").to(device)
         self.inception = None
         if self.inception_score and extractor.num_logits:
             self.inception = InceptionScore(extractor.num_logits).to(device)
         elif self.inception_score:
             rank_zero_info(f"GenerativeEvaluation: extractor {self.extractor_name!r} has no class logits; no IS")
+
+    def missing_reference(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path) -> str:
+        """The one-line error of a missing reference file: its name and the command that makes it."""
+        options = "" if self.extractor_name == "inception" else f" --extractor {self.extractor_name}"
+        options += "".join(f" --{key} {value}" for key, value in self.extractor_options.items())
+        if self.weights_path:
+            options += f" --weights_path {self.resolve_path(trainer, self.weights_path)}"
+        size = getattr(pl_module.tokenizer, "image_size", None)
+        side = f" --resolution {size[0] if isinstance(size, tuple) else size}" if size else ""
+        root = getattr(trainer.datamodule, "root", None)
+        shards = f" (or --data_root {root} --split val for the data's own tokenised images)" if root else ""
+        return (
+            f"GenerativeEvaluation: reference statistics {path} (reference_stats) does not exist; make them once with "
+            f"`python -m lit_nat reference-stats --out {path} --image_folder <the real images>{side}{options}`{shards}"
+            ", or point reference_stats at the ADM/U-ViT fid_stats .npz"
+        )
 
     def _compute_reference(
         self, trainer: L.Trainer, pl_module: L.LightningModule, extractor: FeatureExtractor, path: Path | None
@@ -192,8 +236,21 @@ class GenerativeEvaluation(L.Callback):
         return ReferenceStats(mu.numpy(), sigma.numpy(), str(path or ""), meta)
 
     # ------------------------------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            print_evaluation_cost(self, trainer, pl_module)
+
+    def image_gflops(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """GFLOPs of one evaluated image by part, measured once (rank 0; {} elsewhere): see
+        :func:`lit_nat.callbacks.cost.measure_image_gflops`."""
+        if self._image_gflops is None and trainer.is_global_zero:
+            if self.fid is None:  # (an evaluator given to a ScheduleSearch directly, not in trainer.callbacks)
+                self.build(trainer, pl_module)
+            self._image_gflops = measure_image_gflops(self, trainer, pl_module)
+        return self._image_gflops or {}
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not self.enabled:
             return
         if trainer.state.fn == "fit":
             self.validations += 1
@@ -279,11 +336,7 @@ class GenerativeEvaluation(L.Callback):
         """The CLIP score metric (built once) for a text model with ``clip_score_model``; None otherwise."""
         if self.clip_score is None and self.clip_score_model and pl_module.conditioner.is_text:
             path = self.resolve_path(trainer, self.clip_score_model)
-            if not (Path(path) / "config.json").is_file():
-                rank_zero_info(f"GenerativeEvaluation: no CLIP model at {path}; the CLIP score is skipped")
-                self.clip_score_model = None
-                return None
-            self.clip_score = LocalCLIPScore(path).to(trainer.strategy.root_device)
+            self.clip_score = LocalCLIPScore(path).to(trainer.strategy.root_device)  # an error names what is missing
         return self.clip_score
 
     def prompts(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[str] | None:

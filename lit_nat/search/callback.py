@@ -13,6 +13,11 @@ search evaluation (each update costs up to 4T - 1 evaluations) without changing 
 
 The search itself (objective, update, files) is a :class:`~lit_nat.search.session.SearchSession`, the same object the
 ``search`` command uses; this callback only decides when it steps and logs what it did.
+
+At the start of ``fit`` (``setup``) it finds its evaluator, so a config without one fails before training; with the
+evaluation switched off (``--evaluation.enabled false``) the search is off too, and says so. When training starts it
+prints what one update costs (:func:`lit_nat.callbacks.cost.print_search_cost`). ``enabled: false``
+(``--schedule_search.enabled false``) turns it off alone.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_nat.callbacks.evaluation import GenerativeEvaluation
+from lit_nat.callbacks.cost import print_search_cost
+from lit_nat.callbacks.evaluation import GenerativeEvaluation, find_evaluation
 from lit_nat.progress import trainer_shows_progress
 from lit_nat.search.gradient import StrategySearch, UpdateRecord
 from lit_nat.search.session import SearchSession, SearchSettings
@@ -44,6 +50,8 @@ class ScheduleSearch(L.Callback):
         num_samples: images per search evaluation (None: the evaluator's own ``num_samples``).
         evaluation: the evaluator to use (None: the ``GenerativeEvaluation`` found in ``trainer.callbacks``).
         output_dir: folder, relative to the run's log directory, for the strategy files and ``state.json``.
+        enabled: False turns the callback off (``--schedule_search.enabled false`` for a config's ``schedule_search:``
+            section): the schedule stays the config's (or the checkpoint's).
     """
 
     def __init__(
@@ -58,8 +66,10 @@ class ScheduleSearch(L.Callback):
         num_samples: int | None = None,
         evaluation: GenerativeEvaluation | None = None,
         output_dir: str = "searched_strategies",
+        enabled: bool = True,
     ) -> None:
         super().__init__()
+        self.enabled = enabled
         if every_n_epochs < 1:
             raise ValueError(f"ScheduleSearch: every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
@@ -76,14 +86,33 @@ class ScheduleSearch(L.Callback):
         return self.session.search
 
     # ------------------------------------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.enabled or stage != "fit" or self.session.evaluator is not None:
+            return
+        self.session.evaluator = find_evaluation(trainer.callbacks)
+        if self.session.evaluator is not None:
+            return
+        if any(isinstance(cb, GenerativeEvaluation) for cb in trainer.callbacks):
+            self.enabled = False
+            rank_zero_info("ScheduleSearch: off, because the evaluation whose FID it minimises is off "
+                           "(evaluation.enabled false)")  # fmt: skip
+            return
+        raise ValueError("ScheduleSearch needs a GenerativeEvaluation (a config's evaluation: section, one in "
+                         "trainer.callbacks, or evaluation=...) for the FID it minimises")  # fmt: skip
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            images = self.session.images_per_evaluation()
+            print_search_cost(self.session.evaluator, trainer, pl_module, images, self.every_n_epochs,
+                              self.max_updates)  # fmt: skip
+
     def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> SearchSession:
         """The session, bound to this run: its evaluator, output folder, progress setting and (restored) search."""
         session = self.session
         if session.evaluator is None:
-            found = [cb for cb in trainer.callbacks if isinstance(cb, GenerativeEvaluation)]
-            if not found:
+            session.evaluator = find_evaluation(trainer.callbacks)
+            if session.evaluator is None:
                 raise ValueError("ScheduleSearch needs a GenerativeEvaluation callback (or evaluation=...) for FID")
-            session.evaluator = found[0]
         # every rank: log_dir broadcasts; only rank 0 writes
         session.out_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.output_dir
         session.show_progress = trainer_shows_progress(trainer)
@@ -97,7 +126,7 @@ class ScheduleSearch(L.Callback):
 
     # ------------------------------------------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not self.enabled or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         session = self.prepare(trainer, pl_module)
         search = session.search

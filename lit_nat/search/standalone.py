@@ -32,7 +32,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_nat.callbacks.evaluation import GenerativeEvaluation
+from lit_nat.callbacks.evaluation import GenerativeEvaluation, find_evaluation
 from lit_nat.checkpointing import weights_digest
 from lit_nat.errors import UsageError
 from lit_nat.io import DirectoryLock, changed_entries
@@ -151,15 +151,14 @@ def run_search(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Light
     if datamodule is None:
         raise ValueError("search: needs the data module of the config (the validate run that loads the checkpoint)")
     parsed = GenerationSchedule.preset(schedule) if schedule else None  # bad files fail before any work
-    found = [cb for cb in trainer.callbacks if isinstance(cb, GenerativeEvaluation)]
-    if not found:
+    evaluator = find_evaluation(trainer.callbacks)  # a config's evaluation: section or one in trainer.callbacks
+    if evaluator is None:
         raise ValueError(
-            "search: no GenerativeEvaluation in trainer.callbacks; add one to the config (e.g. "
-            "--trainer.callbacks+=lit_nat.callbacks.GenerativeEvaluation ...) to define the FID it minimises"
+            "search: no GenerativeEvaluation enabled; the config needs one (its evaluation: section with enabled: "
+            "true, or one in trainer.callbacks) to define the FID it minimises"
         )
     if ckpt_path is None:
         rank_zero_warn("search: no --ckpt_path; searching on the model's initial (untrained) weights")
-    evaluator = found[0]
     runner = SearchRunner(evaluator, out, updates, parsed, settings, ckpt_path)
     index = trainer.callbacks.index(evaluator)
     trainer.callbacks.remove(evaluator)  # its own end-of-validation FID would be one wasted evaluation
