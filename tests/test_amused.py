@@ -232,11 +232,11 @@ def test_the_shipped_cc3m_config_searches_amused_deterministically_and_moves_the
     torch.manual_seed(1)
     tiny = [f"--data.root={root}", "--data.num_workers=0", "--data.batch_size=2", "--trainer.accelerator=cpu",
             "--trainer.precision=32-true", "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.callbacks.extractor=digits",
-            f"--trainer.callbacks.weights_path={save_digits_classifier(DigitsClassifier(), tmp_path / 'clf.pt')}",
-            f"--trainer.callbacks.reference_stats={tmp_path / 'ref.npz'}", "--trainer.callbacks.reference_split=val",
-            "--trainer.callbacks.num_samples=6", "--trainer.callbacks.batch_size=6",
-            f"--trainer.callbacks.clip_score_model={save_random_clip_model(tmp_path / 'clip')}"]  # fmt: skip
+            f"--trainer.default_root_dir={tmp_path / 'run'}", "--evaluation.extractor=digits",
+            f"--evaluation.weights_path={save_digits_classifier(DigitsClassifier(), tmp_path / 'clf.pt')}",
+            f"--evaluation.reference_stats={tmp_path / 'ref.npz'}", "--evaluation.reference_split=val",
+            "--evaluation.num_samples=6", "--evaluation.batch_size=6",
+            f"--evaluation.clip_score_model={save_random_clip_model(tmp_path / 'clip')}"]  # fmt: skip
     config = REPO / "configs" / "amused_cc3m.yaml"
     states = []
     for out in ("s1", "s2"):
