@@ -26,8 +26,11 @@ from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shipped configs that train (every one is fitted a few steps by tests/test_cli.py); configs/amused_cc3m.yaml
-#: trains nothing (a search/validate config for an imported aMUSEd) and runs in tests/test_amused.py
+#: trains nothing by default (a search/validate config for an imported aMUSEd) and runs in tests/test_amused.py
 FIT_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.stem != "amused_cc3m")
+#: the paper configs (ImageNet, COCO, CC3M): FID in validation and the schedule search, fitted with both by
+#: tests/test_paper_configs.py; the others (the digits demos) by tests/test_cli.py
+PAPER_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if "digits" not in c.stem)
 
 
 def write_random_shards(
@@ -39,13 +42,15 @@ def write_random_shards(
     samples_per_shard: int = 16,
     seed: int = 0,
     text_encoder: dict | None = None,
+    tokenizer: dict | None = None,
 ) -> Path:
     """Token shards (train/val) in the given token space: token i = (i + label) mod K, 20% replaced at random, so a
     model can learn them and a test can see the loss fall. With ``text_encoder``, every sample also has two captions
-    naming its label, and ``meta.json`` names that encoder."""
+    naming its label, and ``meta.json`` names that encoder. ``tokenizer``: the config ``meta.json`` records (default:
+    a pixel tokenizer of the grid)."""
     rng = np.random.default_rng(seed)
     sizes = sizes or {"train": 64, "val": 16}
-    tokenizer = {"name": "pixel", "levels": codebook_size, "image_size": grid, "channels": 1}
+    tokenizer = tokenizer or {"name": "pixel", "levels": codebook_size, "image_size": grid, "channels": 1}
     for split, count in sizes.items():
         with ShardWriter(
             root,

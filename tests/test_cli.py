@@ -1,4 +1,5 @@
-"""The command line: every shipped config runs at tiny size on CPU; import-checkpoint; Trainer subcommands."""
+"""The command line: every demo config runs at tiny size on CPU (the paper configs: tests/test_paper_configs.py);
+import-checkpoint; Trainer subcommands."""
 
 from __future__ import annotations
 
@@ -12,56 +13,24 @@ import yaml
 
 from lit_nat import load_model
 from lit_nat.cli import main
-from lit_nat.conditioning import save_random_clip
-from lit_nat.demos.digits import prepare_digits
 from lit_nat.errors import UsageError
 from lit_nat.module import NATModule
-from tests.conftest import FIT_CONFIGS, write_random_shards
+from tests.conftest import FIT_CONFIGS, PAPER_CONFIGS, write_random_shards
 from tests.helpers.official import random_official_autonat_state_dict, reference_autonat, tiny_autonat_inputs
-from tests.helpers.tiny import H, tiny_overrides
+from tests.helpers.paper import cpu_overrides, shards_for
+from tests.helpers.tiny import H
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cpu_overrides(tmp_path: Path, steps: int = 2, arch: str = "autonat-s") -> list[str]:
-    return [
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.num_nodes=1",
-        "--trainer.strategy=auto",
-        "--trainer.precision=32-true",
-        f"--trainer.max_steps={steps}",
-        "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path / 'run'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
-        f"--model.arch_overrides={tiny_overrides(arch)}",
-        "--data.num_workers=0",
-        "--data.batch_size=4",
-    ]
-
-
-def data_for(config: Path, tmp_path: Path) -> Path:
-    """Tiny shards in the config's token space (ImageNet-256: 1024 codes, 16x16, 1000 classes; captioned data: one
-    class, captions and a tiny random CLIP in place of CLIP-L), or the real digits (with captions for the text demo)."""
-    data = yaml.safe_load(config.read_text())["data"]
-    if data.get("prepare") in ("digits", "digits_text"):
-        root = tmp_path / data["prepare"]
-        return prepare_digits(root, captions=data["prepare"] == "digits_text") and root
-    grid = 32 if "512" in config.name else 16
-    text = None
-    if "prompts:" in config.read_text():  # a text-to-image config
-        clip = save_random_clip(tmp_path / "clip", hidden=32, layers=2, heads=2, max_length=64)
-        text = {"name": "clip", "path": str(clip), "max_length": 64}
-    return write_random_shards(tmp_path / "shards", codebook_size=1024, grid=grid, num_classes=1 if text else 1000,
-                               sizes={"train": 32, "val": 8}, text_encoder=text)  # fmt: skip
+#: the digits demos; the paper configs fit with FID and the schedule search in tests/test_paper_configs.py
+DEMO_CONFIGS = [c for c in FIT_CONFIGS if c not in PAPER_CONFIGS]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", FIT_CONFIGS, ids=[c.stem for c in FIT_CONFIGS])
-def test_every_config_fits_a_few_steps_on_cpu(config, tmp_path):
-    root = data_for(config, tmp_path)
+@pytest.mark.parametrize("config", DEMO_CONFIGS, ids=[c.stem for c in DEMO_CONFIGS])
+def test_every_demo_config_fits_a_few_steps_on_cpu(config, tmp_path):
+    root = shards_for(config, tmp_path)
     arch = yaml.safe_load(config.read_text())["model"]["arch"]
     args = [
         "fit",

@@ -142,7 +142,9 @@ def test_missing_files_are_clear_errors_at_start(tiny_shards, classifier, tmp_pa
     with pytest.raises(FileNotFoundError, match="missing.pt do not exist"):
         eval_trainer(tmp_path, [bad_weights]).validate(model, datamodule=dm, verbose=False)
     no_stats = evaluation(classifier, tmp_path, reference_stats=str(tmp_path / "none.npz"), reference_split=None)
-    with pytest.raises(FileNotFoundError, match="none.npz does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"none.npz \(reference_stats\) does not exist; make them once with "
+                       r"`python -m lit_nat reference-stats --out .*none.npz --image_folder <the real images> "
+                       r"--resolution 4 --extractor digits --weights_path .*clf.pt`"):  # fmt: skip
         eval_trainer(tmp_path, [no_stats]).validate(model, datamodule=dm, verbose=False)
     np.savez(tmp_path / "d8.npz", mu=np.zeros(8), sigma=np.eye(8))
     wrong_size = evaluation(classifier, tmp_path, reference_stats=str(tmp_path / "d8.npz"), reference_split=None)
