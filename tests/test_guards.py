@@ -313,6 +313,23 @@ def test_a_directory_in_use_by_a_live_process_is_refused_and_freed_when_it_dies(
             DirectoryLock(run_dir, "twice").acquire()
 
 
+def test_a_fit_that_fails_in_process_frees_its_run_directory_for_the_next(tiny, tmp_path, monkeypatch):
+    """A notebook or a test lives on after a failed fit; the failure must not leave the directory locked by it."""
+    from lit_nat.module import NATModule
+
+    _, config, _ = tiny
+    run_dir = tmp_path / "again"
+
+    def fail(self, batch, batch_idx):
+        raise RuntimeError("a bug in a training step")
+
+    monkeypatch.setattr(NATModule, "training_step", fail)
+    with pytest.raises(RuntimeError, match="a bug in a training step"):
+        main(["fit", f"--config={config}", "--trainer.max_steps=2", f"--trainer.default_root_dir={run_dir}"])
+    monkeypatch.undo()
+    main(["fit", f"--config={config}", "--trainer.max_steps=2", f"--trainer.default_root_dir={run_dir}"])
+
+
 def test_a_folder_sweep_removes_only_dead_writers_temps_of_matching_files_of_this_host(tmp_path):
     """``remove_stale_temps(folder, "*.png")`` (one listing before writing many images) spares live writers, other
     hosts (also one whose name ends with ours) and other files."""

@@ -54,6 +54,11 @@ class RunDirectoryLock(L.Callback):
             self.lock.release()
             self.lock = None
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A failed fit does not reach the teardown hooks; in a notebook or a test the process lives on, and its
+        # next fit in the same directory would find the directory "in use by this process".
+        self.teardown(trainer, pl_module, "fit")
+
 
 def hpc_checkpoint_path(directory: str | os.PathLike) -> Path:
     """The next ``hpc_ckpt_N.ckpt`` in ``directory``: the file Lightning resumes a requeued SLURM job from."""
