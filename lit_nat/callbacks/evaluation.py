@@ -74,8 +74,9 @@ class GenerativeEvaluation(L.Callback):
 
     Args:
         extractor: registered feature extractor (``inception``, ``digits``; see ``lit_nat.metrics.EXTRACTORS``).
-        weights_path: local weights file of the extractor (nothing is ever downloaded). ``{data_root}`` in this path or
-            in ``reference_stats`` stands for the data module's root (the digits files live beside the shards).
+        weights_path: weights file of the extractor (None: the Inception weights through torch.hub's cache).
+            ``{data_root}`` in this path or in ``reference_stats`` stands for the data module's root (the digits files
+            live beside the shards).
         extractor_options: extra keyword arguments of the extractor, e.g. ``{protocol: torch-fidelity}``.
         reference_stats: ``.npz`` with ``mu`` and ``sigma`` of the real data (ADM / U-ViT files work as they are).
         reference_split: if ``reference_stats`` does not exist, compute the statistics from this split of the data's

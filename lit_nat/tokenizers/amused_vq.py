@@ -35,7 +35,7 @@ def read_vq_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a diffusers ``VQModel`` folder, checked to be one."""
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise UsageError(f"{Path(folder)}: no VQModel folder here (config.json is missing; nothing is downloaded)")
+        raise UsageError(f"{Path(folder)}: no VQModel folder here (config.json is missing)")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
