@@ -26,6 +26,7 @@ from lit_nat.errors import DiskFullError
 from lit_nat.io import atomic_write, atomic_write_bytes, atomic_write_json, free_bytes
 from lit_nat.sample import SampleFiles, done_batches, merge_parts, write_part
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
+from tests.helpers.cli import run_lit_nat
 from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,9 +195,7 @@ def _fit_config(root: Path, shards: Path, run: Path, steps: int) -> Path:
 
 
 def _fit(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "lit_nat", "fit", f"--config={config}", *extra], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_lit_nat("fit", f"--config={config}", *extra)
 
 
 @pytest.mark.slow

@@ -9,9 +9,7 @@ conversions here are written out per mode, independently of :mod:`lit_nat.editin
 from __future__ import annotations
 
 import io
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +28,7 @@ from lit_nat.editing import load_images, parse_mask, read_image_file, to_unit_fl
 from lit_nat.errors import LitNatError, UnsafeNameError, UsageError
 from lit_nat.io import check_name
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
+from tests.helpers.cli import run_lit_nat
 from tests.helpers.tiny import UVIT_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,9 +385,7 @@ def test_ctrl_c_during_fit_saves_the_current_step_like_sigterm_and_exits_130(tmp
         "model": {"arch": "autonat-tiny", "arch_overrides": UVIT_ARCH},
         "data": {"root": str(shards), "batch_size": 4, "num_workers": 0},
     }))  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "lit_nat", "fit", f"--config={config}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = run_lit_nat("fit", f"--config={config}")
     last = run / "checkpoints" / "last.ckpt"
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert f"lit_nat: stopped by SIGINT after step 3: saved {last}" in done.stderr

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from lit_nat.metrics.clip_score import save_random_clip_model
 from lit_nat.schedule import GenerationSchedule
 from tests.conftest import PAPER_CONFIGS, REPO
 from tests.helpers.checks import assert_same_training_state
+from tests.helpers.cli import run_lit_nat
 from tests.helpers.paper import (
     CLIP_L_TEXT,
     cpu_overrides,
@@ -131,11 +130,10 @@ def flagship_config(tmp_path: Path, name: str, kill_at: int | None) -> Path:
 def fit_process(args: list[str], config: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
     """``python -m lit_nat fit`` of ``config`` with the overrides of ``args`` (its own config and run folder)."""
     rest = [a for a in args[2:] if not a.startswith(("--trainer.default_root_dir", "--trainer.logger"))]
-    command = [sys.executable, "-m", "lit_nat", "fit", f"--config={config}", *rest,
+    command = ["fit", f"--config={config}", *rest,
                f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}",
                "--trainer.logger.init_args.version=0", *extra]  # fmt: skip (a resumed run logs where it left off)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_lit_nat(*command)
 
 
 @pytest.mark.slow

@@ -9,9 +9,7 @@ every step's batch (hash of ids and labels) is the one the uninterrupted run tra
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from lit_nat.data import ShardLoader, TokenShardDataset, read_metadata
 from lit_nat.data.split import TrainPosition, resume_point, worker_skip
 from tests.conftest import write_random_shards
 from tests.helpers.checks import assert_same_training_state
+from tests.helpers.cli import run_lit_nat
 from tests.helpers.tiny import UVIT_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,9 +50,7 @@ def fit_config(root: Path, shards: Path, name: str, kills: list[tuple[int, str]]
 
 
 def fit(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "lit_nat", "fit", f"--config={config}", *extra], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_lit_nat("fit", f"--config={config}", *extra)
 
 
 def batches(path: Path) -> dict[int, str]:
