@@ -30,10 +30,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
 from lit_nat.checkpointing import is_remote, read_checkpoint
 from lit_nat.data import TokenShardDataModule
+from lit_nat.diskspace import disk_full_cause, disk_full_error
 from lit_nat.errors import CheckpointError, LitNatError, UsageError
 from lit_nat.flags import one_line_parse_errors
 from lit_nat.importer import import_checkpoint, import_checkpoint_parser
-from lit_nat.io import disk_full_cause, disk_full_error
 from lit_nat.loading import module_from_checkpoint
 from lit_nat.models import resolve_arch
 from lit_nat.module import NATModule

@@ -39,16 +39,9 @@ from torchvision.utils import make_grid
 from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.checkpointing import weights_digest
 from lit_nat.data.datamodule import generation_loader
+from lit_nat.diskspace import allocate, ensure_space
 from lit_nat.errors import UsageError
-from lit_nat.io import (
-    DirectoryLock,
-    allocate,
-    atomic_write,
-    atomic_write_json,
-    changed_entries,
-    ensure_space,
-    remove_stale_temps,
-)
+from lit_nat.io import DirectoryLock, atomic_write, atomic_write_json, changed_entries, remove_stale_temps
 from lit_nat.schedule import GenerationSchedule
 from lit_nat.visuals import label_rows, upscale_nearest, write_png
 

@@ -12,16 +12,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_nat"
 
 #: lowest first; a unit is a top-level module or sub-package of lit_nat (the README lists the same order)
 LAYERS = [
-    {"errors", "io", "flags", "progress", "finite", "slurm", "assets"},  # foundations
+    {"errors", "diskspace", "io", "flags", "progress", "finite", "slurm", "assets"},  # foundations
     {"schedule", "objective", "ema", "visuals"},  # the algorithm's pure parts
     {"conditioning", "checkpointing", "tokenizers", "amused"},  # conditions, checkpoint files, tokenizers
-    {"sampling", "models", "editing"},  # the decoding loop, the backbones, edit inputs
+    {"sampling", "models", "editing", "flops"},  # the decoding loop, the backbones, edit inputs, their FLOPs
     {"data"},
     {"metrics"},
     {"module", "loading"},
     {"callbacks"},
     {"search"},
-    {"demos", "importer", "flops"},
+    {"demos", "importer"},
     {"sample", "edit_command", "trainer", "cli", "__main__", "__init__"},  # commands
 ]
 LAYER = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
