@@ -418,6 +418,7 @@ class NATModule(L.LightningModule):
         self._train_seed = training.get("train_seed", self._train_seed)
         self.bad_samples = int(training.get("bad_samples", 0))
         self.nonfinite_guard.load_state_dict(training.get("nonfinite", {}))
+        self._adopt_tokenizer_digest((checkpoint.get("hyper_parameters") or {}).get("tokenizer"))
         if "generation_schedule" not in checkpoint:
             return
         saved = GenerationSchedule.from_dict(checkpoint["generation_schedule"], source="checkpoint")
@@ -431,6 +432,17 @@ class NATModule(L.LightningModule):
                 f"{self.schedule.name!r}; --model.schedule_source=config keeps the config's"
             )
         self.schedule = saved
+
+    def _adopt_tokenizer_digest(self, recorded: dict[str, Any] | None) -> None:
+        """A run from a config builds its tokenizer from the data's ``meta.json``, which records no digest; the
+        checkpoint being restored does. Adopt it, so the file the tokenizer is built from (the data's, or
+        ``--tokenizer_checkpoint``) is checked against the one these weights were trained with."""
+        mine = self._tokenizer_config
+        if not mine or not isinstance(recorded, dict) or not recorded.get("sha256") or mine.get("sha256"):
+            return
+        if mine.get("name") == recorded.get("name") and mine.get("checkpoint") is not None:
+            self._tokenizer_config = {**mine, "sha256": recorded["sha256"]}
+            object.__setattr__(self, "_tokenizer", None)  # built again, and checked, on first use
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         ids = batch["ids"]

@@ -273,3 +273,26 @@ def test_amused_from_a_hub_id_through_the_hugging_face_cache(amused_folder, offl
     with pytest.raises(MissingAssetError) as err:
         main(["sample", f"--ckpt_path={dst}", "--num_samples=2", "--prompts", "a cat", "--out=t", *CPU])
     assert one_line(err).startswith(f"the CLIP text encoder {hub}/text_encoder is not in the Hugging Face cache")
+
+
+def test_a_config_run_checks_the_datas_tokenizer_against_the_restored_checkpoints_digest(tmp_path):
+    """validate/search/sample with --config build the tokenizer from meta.json (no digest there); restoring a
+    checkpoint that recorded one makes the tokenizer's file be checked against it."""
+    from lit_nat.module import NATModule
+
+    save_random_checkpoint(tmp_path / "vq.ckpt", **VQ_ARCH)
+    shutil.copy(tmp_path / "vq.ckpt", tmp_path / "other.ckpt")
+    flip_one_byte(tmp_path / "other.ckpt")
+    recorded = {"name": "vqgan", "checkpoint": str(tmp_path / "vq.ckpt"), "sha256": sha256_of(tmp_path / "vq.ckpt"),
+                "image_size": 8, **VQ_ARCH}  # fmt: skip
+
+    def model_of(data_tokenizer: Path) -> NATModule:
+        meta = {"name": "vqgan", "checkpoint": str(data_tokenizer), "image_size": 8, **VQ_ARCH}
+        model = NATModule(arch="autonat-tiny", arch_overrides={"width": 32, "num_layers": 1, "num_heads": 2},
+                          codebook_size=16, grid_size=4, num_classes=3, tokenizer=meta)  # fmt: skip
+        model.on_load_checkpoint({"hyper_parameters": {"tokenizer": recorded}})
+        return model
+
+    assert model_of(tmp_path / "vq.ckpt").tokenizer is not None  # the same file: built
+    with pytest.raises(CheckpointError, match=r"other\.ckpt has sha256 .* was recorded"):
+        model_of(tmp_path / "other.ckpt").tokenizer
