@@ -245,3 +245,39 @@ def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards
     grad = np.array(state["momentum_buffer"]) - 0.5 * np.array(saved["momentum_buffer"])
     assert np.linalg.norm(grad) == pytest.approx(further.last.grad_norm, rel=1e-9)
     assert model.schedule.to_official() == further.search.schedule.to_official()
+
+
+class SaveAtLastBatch(__import__("lightning").Callback):
+    """Saves a checkpoint at the end of the first epoch's last batch, as ModelCheckpoint(every_n_train_steps) or a
+    preemption does: before that epoch's end hooks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx + 1 == trainer.num_training_batches:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_checkpoint_from_an_epochs_last_batch_resumes_with_that_epochs_update(tiny_shards, evaluator, tmp_path):
+    """Lightning resumes such a checkpoint at the next epoch without calling the end of the one it was saved in;
+    the search takes the update it missed at the next epoch's start, so the resumed run ends like the uninterrupted
+    one (two updates, the same strategy and momentum)."""
+    fit_args = dict(limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False, max_epochs=2)
+    options = dict(num_samples=6, ratio_step=0.2, other_step=1.0)
+    whole = ScheduleSearch(**options)
+    eval_trainer(tmp_path / "whole", [evaluator, whole], **fit_args).fit(
+        two_step_module(), datamodule=shards_datamodule(str(tiny_shards)))
+    ckpt = tmp_path / "last_batch.ckpt"
+    cut = ScheduleSearch(**options)
+    first = eval_trainer(tmp_path / "cut", [evaluator, cut, SaveAtLastBatch(ckpt)], **{**fit_args, "max_epochs": 1})
+    first.fit(two_step_module(), datamodule=shards_datamodule(str(tiny_shards)))
+    assert torch.load(ckpt, weights_only=False)["callbacks"]  # saved before epoch 0's update
+    resumed = ScheduleSearch(**options)
+    eval_trainer(tmp_path / "resumed", [evaluator, resumed], **fit_args).fit(
+        two_step_module(seed=5), datamodule=shards_datamodule(str(tiny_shards)), ckpt_path=ckpt)
+    state, expected = resumed.state_dict(), whole.state_dict()
+    assert state["updates"] == expected["updates"] == 2
+    assert [h["epoch"] for h in state["history"]] == [h["epoch"] for h in expected["history"]] == [0, 1]
+    np.testing.assert_array_equal(state["xi"], expected["xi"])
+    np.testing.assert_array_equal(state["momentum_buffer"], expected["momentum_buffer"])

@@ -35,6 +35,8 @@ from lit_nat.progress import trainer_shows_progress
 from lit_nat.search.gradient import StrategySearch, UpdateRecord
 from lit_nat.search.session import SearchSession, SearchSettings
 
+#: the callback's own key beside the search state in a checkpoint
+EPOCHS_ENDED = "epochs_ended"
 
 class ScheduleSearch(L.Callback):
     """Every ``every_n_epochs`` epochs: one projected-SGD update of the generation schedule by FD gradients of FID.
@@ -79,6 +81,7 @@ class ScheduleSearch(L.Callback):
         self.session = SearchSession(settings, evaluator=evaluation)
         self.output_dir = output_dir
         self._pending_state: dict[str, Any] | None = None  # loaded before the module's schedule (T) is known
+        self.epochs_ended: int | None = 0  # epochs whose end this search has seen (checkpointed)
         self.last: UpdateRecord | None = None
 
     @property
@@ -105,6 +108,11 @@ class ScheduleSearch(L.Callback):
             images = self.session.images_per_evaluation()
             print_search_cost(self.session.evaluator, trainer, pl_module, images, self.every_n_epochs,
                               self.max_updates)  # fmt: skip
+        # A checkpoint saved at an epoch's last batch (ModelCheckpoint's every_n_train_steps, a preemption) comes
+        # before that epoch's end; Lightning resumes it inside the next epoch without calling the end (or the next
+        # start). Take the update it missed now: the weights are those the uninterrupted run updated with.
+        if self.epochs_ended is not None and self.epochs_ended < trainer.current_epoch:
+            self.end_epoch(trainer, pl_module, trainer.current_epoch - 1)
 
     def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> SearchSession:
         """The session, bound to this run: its evaluator, output folder, progress setting and (restored) search."""
@@ -126,14 +134,19 @@ class ScheduleSearch(L.Callback):
 
     # ------------------------------------------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or (trainer.current_epoch + 1) % self.every_n_epochs:
+        self.end_epoch(trainer, pl_module, trainer.current_epoch)
+
+    def end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
+        """The end of ``epoch``: every ``every_n_epochs``-th, one update (until ``max_updates``)."""
+        self.epochs_ended = epoch + 1
+        if not self.enabled or (epoch + 1) % self.every_n_epochs:
             return
         session = self.prepare(trainer, pl_module)
         search = session.search
         if self.max_updates is not None and search.updates >= self.max_updates:
             return
         record, _ = session.step(trainer, pl_module)
-        search.history[-1].update(epoch=trainer.current_epoch, global_step=trainer.global_step)
+        search.history[-1].update(epoch=epoch, global_step=trainer.global_step)
         self.last = record
         if record.skipped:
             rank_zero_warn(f"ScheduleSearch: update skipped, schedule unchanged ({record.reason})")
@@ -158,10 +171,11 @@ class ScheduleSearch(L.Callback):
 
     # ------------------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self.search is None:
-            return dict(self._pending_state or {})
-        return self.search.state_dict()
+        state = dict(self._pending_state or {}) if self.search is None else self.search.state_dict()
+        return state if self.epochs_ended is None else {**state, EPOCHS_ENDED: self.epochs_ended}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # T comes from the module's schedule, known only once the fit starts: keep the state until then
-        self.session.search, self._pending_state = None, dict(state_dict) if state_dict else None
+        state = dict(state_dict or {})
+        self.epochs_ended = state.pop(EPOCHS_ENDED, None)  # None (an older checkpoint): nothing is taken again
+        self.session.search, self._pending_state = None, state or None
