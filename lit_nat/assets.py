@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lit_nat.errors import CheckpointError, UsageError
+from lit_nat.io import file_sha256, file_version
 
 #: the files of a folder that its digest covers: weights, configs and tokenizer vocabularies (not READMEs, not the
 #: TF/Flax weights torch never reads, not hidden folders such as ``.cache``)
@@ -49,11 +50,9 @@ _DIGESTS: dict[tuple, str] = {}  # (path, inode, size, mtime) of a file, or of e
 # ----------------------------------------------------------------------------------------------------------------------
 # Hashes
 def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = file_version(path)
     if key not in _DIGESTS:
-        with open(path, "rb") as f:
-            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+        _DIGESTS[key] = file_sha256(path)[1]
     return _DIGESTS[key]
 
 

@@ -18,6 +18,7 @@ Standard library only: every other module may depend on this one.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -281,7 +282,26 @@ class DirectoryLock:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-#: (path, inode, size, mtime) of the files whose CRCs were checked by this process: a file is read whole once
+# What we read is what was written: one notion of "this version of a file", one hasher
+def file_version(path: str | os.PathLike) -> tuple[str, int, int, int]:
+    """``(resolved path, inode, size, mtime)``: the key under which a check of a file's content is remembered for
+    the life of the process (a rewrite, a copy over it or a touch makes a new version)."""
+    path = Path(path)
+    stat = path.stat()
+    return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[int, str]:
+    """``(size, hex sha256)`` of a file, read ``chunk`` bytes at a time (never whole in memory); not cached."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+#: file versions (:func:`file_version`) whose CRCs were checked by this process: a file is read whole once
 _VERIFIED: set[tuple[str, int, int, int]] = set()
 
 
@@ -298,8 +318,7 @@ def verify_archive(path: str | os.PathLike) -> None:
     path = Path(path)
     if not zipfile.is_zipfile(path):  # torch's legacy format (before 1.6) has no CRCs to check
         return
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = file_version(path)
     if key in _VERIFIED:
         return
     try:

@@ -15,7 +15,6 @@ same but could only refuse a shard after its samples were used, and a partial ra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_nat.errors import DataError
+from lit_nat.io import file_sha256
 
-CHUNK = 1 << 20  # hashing reads 1 MiB at a time: a shard of any size never sits in memory whole
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 #: str(shard path) -> (size, mtime_ns, record mtime_ns) of a shard this process found equal to its record
@@ -76,16 +75,6 @@ def digest_problem(shard: str | os.PathLike, size: int, sha256: str, record: dic
         return (f"{shard}: {size} bytes whose sha256 differs from its record {record_of(shard).name} "
                 f"({record['bytes']} bytes): truncated, bit-rotted or modified since tokenize wrote it")  # fmt: skip
     return None
-
-
-def file_sha256(path: str | os.PathLike) -> tuple[int, str]:
-    """``(size, hex sha256)`` of a file, read in :data:`CHUNK` pieces."""
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 def check_shard(shard: str | os.PathLike) -> None:
