@@ -8,8 +8,8 @@ __all__ = ["__version__", "load_amused", "load_model", "load_tokenizer"]
 
 
 def load_model(ckpt_path: str, map_location: str = "cpu"):
-    """Load a lit_nat checkpoint in eval mode; its ``backbone`` holds the EMA weights. See ``lit_nat.module``."""
-    from lit_nat.loading import load_model as _load_model
+    """Load a lit_nat checkpoint in eval mode; its ``backbone`` holds the EMA weights. See ``lit_nat.training.module``."""
+    from lit_nat.training.loading import load_model as _load_model
 
     return _load_model(ckpt_path, map_location=map_location)
 
@@ -24,7 +24,7 @@ def load_tokenizer(name: str, **kwargs):
 def load_amused(folder: str, **model_args):
     """aMUSEd from a local diffusers folder (``amused/amused-256`` or ``-512`` downloaded beforehand) as a lit_nat
     model in eval mode, with aMUSEd's own schedule (preset ``amused``); needs the ``amused`` extra. See
-    ``lit_nat.importer.amused_module``."""
-    from lit_nat.importer import amused_module
+    ``lit_nat.training.importer.amused_module``."""
+    from lit_nat.training.importer import amused_module
 
     return amused_module(folder, **model_args)

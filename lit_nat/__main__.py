@@ -1,4 +1,4 @@
-from lit_nat.cli import entry
+from lit_nat.commands.cli import entry
 
 if __name__ == "__main__":
     entry()

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_nat.schedule import GenerationSchedule  # noqa: E402
+from lit_nat.generation.schedule import GenerationSchedule  # noqa: E402
 from lit_nat.search.report import line_plot, search_curve  # noqa: E402
 
 CONFIG = ROOT / "configs" / "autonat_digits.yaml"

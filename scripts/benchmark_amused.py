@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_nat.amused import save_random_amused  # noqa: E402
-from lit_nat.importer import amused_module  # noqa: E402
+from lit_nat.models.amused_folder import save_random_amused  # noqa: E402
+from lit_nat.training.importer import amused_module  # noqa: E402
 
 PROMPT = "a red double decker bus driving down a city street next to a tall building"
 #: aMUSEd-256's conditioning sizes (CLIP-L pooled 768, micro-conditions 5 x 256 -> 1280) and token space

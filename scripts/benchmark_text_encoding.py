@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_nat.conditioning import CLIPTextEncoder, save_random_clip  # noqa: E402
 from lit_nat.data.shards import encode_text_states  # noqa: E402
-from lit_nat.module import NATModule  # noqa: E402
+from lit_nat.training.module import NATModule  # noqa: E402
 
 PROMPT = "a red double decker bus driving down a city street next to a tall building"
 

@@ -19,7 +19,7 @@ for name in demo_digits demo_digits_enat; do
     --trainer.logger.init_args.version=validate >> "$run.log" 2>&1
   "$PY" - "$run" "$name" <<'PY'
 import json, sys, torch, yaml
-from lit_nat.flops import report_for
+from lit_nat.models.flops import report_for
 run, name = sys.argv[1], sys.argv[2]
 report = json.load(open(f"{run}/tensorboard/validate/eval_report.json"))
 ckpt = torch.load(f"{run}/tensorboard/fit/checkpoints/last.ckpt", map_location="cpu", weights_only=False)

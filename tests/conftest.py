@@ -33,11 +33,11 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
-#: the shipped configs that train (every one is fitted a few steps by tests/test_cli.py); configs/amused_cc3m.yaml
-#: trains nothing by default (a search/validate config for an imported aMUSEd) and runs in tests/test_amused.py
+#: the shipped configs that train (every one is fitted a few steps by tests/commands/test_cli.py); configs/amused_cc3m.yaml
+#: trains nothing by default (a search/validate config for an imported aMUSEd) and runs in tests/models/test_amused.py
 FIT_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.stem != "amused_cc3m")
 #: the paper configs (ImageNet, COCO, CC3M): FID in validation and the schedule search, fitted with both by
-#: tests/test_paper_configs.py; the others (the digits demos) by tests/test_cli.py
+#: tests/commands/test_paper_configs.py; the others (the digits demos) by tests/commands/test_cli.py
 PAPER_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if "digits" not in c.stem)
 
 
@@ -83,7 +83,7 @@ def write_random_shards(
 def fit_tiny_checkpoint(tmp_path: Path, root: Path, steps: int, callbacks: list | None = None) -> tuple[Path, Path]:
     """A tiny U-ViT config over the shards at ``root`` (a ``steps``-step schedule, optional trainer callbacks) and the
     checkpoint of one training step: ``(config, checkpoint)``."""
-    from lit_nat.cli import main
+    from lit_nat.commands.cli import main
 
     trainer = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
                "enable_model_summary": False, "default_root_dir": str(tmp_path / "run")}  # fmt: skip

@@ -12,17 +12,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_nat"
 
 #: lowest first; a unit is a top-level module or sub-package of lit_nat (the README lists the same order)
 LAYERS = [
-    {"errors", "diskspace", "io", "flags", "progress", "finite", "slurm", "assets"},  # foundations
-    {"schedule", "objective", "ema", "visuals"},  # the algorithm's pure parts
-    {"conditioning", "checkpointing", "tokenizers", "amused"},  # conditions, checkpoint files, tokenizers
-    {"sampling", "models", "editing", "flops"},  # the decoding loop, the backbones, edit inputs, their FLOPs
-    {"data"},
-    {"metrics"},
-    {"module", "loading"},
-    {"callbacks"},
-    {"search"},
-    {"demos", "importer"},
-    {"sample", "edit_command", "trainer", "cli", "__main__", "__init__"},  # commands
+    {"core"},  # errors, whole-or-nothing files, checked checkpoint files, the finite guard, assets, progress, SLURM
+    {"conditioning", "tokenizers"},  # class and text conditions; images <-> tokens
+    {"generation"},  # the schedule, the decoding loop, editing inputs, pictures of a run
+    {"models"},  # the backbones (U-ViT, ENAT, aMUSEd), their registry, official layouts, FLOPs
+    {"data"},  # token shards, meta.json, tokenize
+    {"metrics"},  # FID, IS, CLIP score, reference statistics
+    {"search"},  # AutoNAT's strategy search and line search (pure, Lightning-free sessions)
+    {"callbacks"},  # every Lightning Callback: evaluation, sample grids, the schedule search, reliability
+    {"training"},  # objective, EMA, NATModule, NATTrainer, loading and importing checkpoints
+    {"demos"},
+    {"commands", "__main__", "__init__"},  # the command line
 ]
 LAYER = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 

@@ -28,8 +28,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_nat.callbacks.cost import measure_image_gflops, print_evaluation_cost
 from lit_nat.callbacks.reliability import raise_if_stopped
 from lit_nat.data.labels import plan_generation
-from lit_nat.errors import UsageError
-from lit_nat.io import atomic_write_json
+from lit_nat.core.errors import UsageError
+from lit_nat.core.io import atomic_write_json
 from lit_nat.metrics.clip_score import LocalCLIPScore
 from lit_nat.metrics.extractors import FeatureExtractor, build_extractor, full_precision
 from lit_nat.metrics.fid import InceptionScore, ReferenceFID
@@ -40,8 +40,8 @@ from lit_nat.metrics.reference import (
     save_reference_stats,
     shard_images,
 )
-from lit_nat.progress import progress, trainer_shows_progress
-from lit_nat.schedule import GenerationSchedule
+from lit_nat.core.progress import progress, trainer_shows_progress
+from lit_nat.generation.schedule import GenerationSchedule
 
 
 def count_label(n: int) -> str:

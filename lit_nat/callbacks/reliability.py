@@ -12,7 +12,7 @@ possibly in the middle of an optimiser step, and keeps training). Ctrl-C (SIGINT
 saves the current step like SIGTERM (Lightning would otherwise catch the ``KeyboardInterrupt`` wherever it lands, even
 in the middle of a step, save nothing and exit 1); the command line then exits 130, and a second Ctrl-C interrupts at
 once. Resuming from that checkpoint is exact (see
-:class:`~lit_nat.data.TokenShardDataModule` and :func:`~lit_nat.objective.seed_training_step`).
+:class:`~lit_nat.data.TokenShardDataModule` and :func:`~lit_nat.training.objective.seed_training_step`).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_nat import slurm
-from lit_nat.io import DirectoryLock
+from lit_nat.core import slurm
+from lit_nat.core.io import DirectoryLock
 
 
 class RunDirectoryLock(L.Callback):
     """Refuse to ``fit`` into a run directory (``trainer.default_root_dir``) that another live fit is using.
 
     Two fits in one directory would interleave checkpoints and logs (last writer wins). The lock
-    (:class:`~lit_nat.io.DirectoryLock`) is taken by global rank 0 before anything is written and released at the end;
+    (:class:`~lit_nat.core.io.DirectoryLock`) is taken by global rank 0 before anything is written and released at the end;
     the kernel releases it if the process dies, so a killed run never blocks its own resume.
     """
 

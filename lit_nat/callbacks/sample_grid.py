@@ -13,8 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchvision.utils import make_grid
 
-from lit_nat.io import atomic_write
-from lit_nat.visuals import label_rows, reveal_strip, schedule_figure, schedule_scalars, write_png
+from lit_nat.core.io import atomic_write
+from lit_nat.generation.visuals import label_rows, reveal_strip, schedule_figure, schedule_scalars, write_png
 
 #: folder under the run directory for the pictures of loggers that cannot show images (all but TensorBoard)
 PICTURES_DIR = "pictures"

@@ -15,9 +15,16 @@ import torch
 
 from lit_nat.conditioning.condition import Condition, TextCondition
 from lit_nat.conditioning.text import TextEncoder, text_encoder_from_config
-from lit_nat.errors import DataError, UsageError
-from lit_nat.objective import drop_labels
+from lit_nat.core.errors import DataError, UsageError
 
+
+
+def drop_labels(labels: torch.Tensor, p_uncond: float, null_class: int) -> torch.Tensor:
+    """Classifier-free-guidance label dropout: each label becomes the null class with probability ``p_uncond``."""
+    if p_uncond <= 0:
+        return labels
+    drop = torch.rand(labels.shape, device=labels.device) < p_uncond
+    return labels.masked_fill(drop, null_class)
 
 class Conditioner:
     """Class ids or text, for one model.

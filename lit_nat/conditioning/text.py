@@ -5,7 +5,7 @@ metadata and checkpoints record them):
 
 - ``clip``: a CLIP text tower through ``transformers`` (``CLIPTokenizer`` + ``CLIPTextModel``, or
   ``CLIPTextModelWithProjection`` with ``pooled: projection``) from a local folder or a hub id
-  (``openai/clip-vit-large-patch14``, through huggingface_hub's cache: :mod:`lit_nat.assets`), frozen,
+  (``openai/clip-vit-large-patch14``, through huggingface_hub's cache: :mod:`lit_nat.core.assets`), frozen,
   in fp32 or bf16; ``layer: last`` is U-ViT's ``last_hidden_state``, ``penultimate`` Muse/aMUSEd's. Prompts are padded
   to ``max_length`` (77) as U-ViT and aMUSEd do; longer ones are truncated with a warning, as CLIP does.
 - ``words``: a small encoder that needs no files, for the digits demo and tests: each lower-cased word of a fixed
@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_nat.assets import pin, resolve
+from lit_nat.core.assets import pin, resolve
 from lit_nat.conditioning.condition import TextCondition, masked_mean
-from lit_nat.errors import UsageError
-from lit_nat.io import atomic_write_json, atomic_write_text
+from lit_nat.core.errors import UsageError
+from lit_nat.core.io import atomic_write_json, atomic_write_text
 
 
 class TextEncoder(nn.Module, ABC):
@@ -140,10 +140,10 @@ class CLIPTextEncoder(TextEncoder):
     Args:
         path: the folder (e.g. a download of ``openai/clip-vit-large-patch14`` or aMUSEd's ``text_encoder/``), or a
             hub location (``openai/clip-vit-large-patch14``, ``hf://amused/amused-256/text_encoder``) resolved through
-            huggingface_hub's cache (:func:`lit_nat.assets.resolve`; ``HF_HUB_OFFLINE=1``: the cache alone).
+            huggingface_hub's cache (:func:`lit_nat.core.assets.resolve`; ``HF_HUB_OFFLINE=1``: the cache alone).
         tokenizer_path: the tokenizer's folder or hub location, if not ``path`` (diffusers layouts keep it in
             ``tokenizer/``).
-        sha256, tokenizer_sha256: the recorded digests of the two folders (:func:`lit_nat.assets.sha256_of`); what
+        sha256, tokenizer_sha256: the recorded digests of the two folders (:func:`lit_nat.core.assets.sha256_of`); what
             the locations resolve to must match them.
         layer: ``last`` (``last_hidden_state``: U-ViT's COCO recipe) or ``penultimate`` (Muse/aMUSEd).
         pooled: ``pooler`` (the EOS token's final state), ``projection`` (``text_embeds`` of
@@ -286,7 +286,7 @@ def encoder_identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def pinned(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """A text encoder config as a checkpoint records it: CLIP's local folders absolute and with their digests
-    (:func:`lit_nat.assets.pin`); hub locations as they are."""
+    (:func:`lit_nat.core.assets.pin`); hub locations as they are."""
     if not config or config.get("name") != "clip":
         return config
     out = dict(config)

@@ -11,8 +11,8 @@ so :mod:`lit_nat.data.tokenize` tokenises them like an ImageNet folder (same pla
   read from inside the tars (``<shard>.tar::<member>``), never extracted.
 
 A name read from a file (a COCO ``file_name``, a tar member) must be a plain file name
-(:func:`lit_nat.io.check_name`): ``../x.jpg`` or ``a/b.jpg`` is a one-line
-:class:`~lit_nat.errors.UnsafeNameError` naming the json or tar, never a path to follow.
+(:func:`lit_nat.core.io.check_name`): ``../x.jpg`` or ``a/b.jpg`` is a one-line
+:class:`~lit_nat.core.errors.UnsafeNameError` naming the json or tar, never a path to follow.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lit_nat.data.imagefolder import TAR_INDEX, ImageList, is_image_file
-from lit_nat.io import check_name
+from lit_nat.core.io import check_name
 
 CAPTIONED_CLASSES = ("image",)  # captioned data has no classes: every sample has label 0
 

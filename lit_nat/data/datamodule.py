@@ -30,7 +30,7 @@ from lit_nat.data.shards import (
     read_metadata,
 )
 from lit_nat.data.split import TrainPosition, resume_point
-from lit_nat.errors import UsageError
+from lit_nat.core.errors import UsageError
 from lit_nat.tokenizers import token_space
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lit_nat.io import check_name
+from lit_nat.core.io import check_name
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif"})
 FLIP_SUFFIX = "_flip"

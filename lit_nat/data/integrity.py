@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lit_nat.errors import DataError
-from lit_nat.io import file_sha256
+from lit_nat.core.errors import DataError
+from lit_nat.core.io import file_sha256
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lit_nat.errors import LitNatError
-from lit_nat.io import atomic_write_json, check_name
+from lit_nat.core.errors import LitNatError
+from lit_nat.core.io import atomic_write_json, check_name
 
 FORMAT = "lit_nat.tokens/1"
 META_FILE = "meta.json"

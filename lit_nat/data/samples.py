@@ -28,17 +28,17 @@ from lit_nat.data.shards import (
     decode_text_states,
     decode_tokens,
 )
-from lit_nat.errors import DataError, UnsafeNameError
-from lit_nat.io import check_name
+from lit_nat.core.errors import DataError, UnsafeNameError
+from lit_nat.core.io import check_name
 
 
 def iter_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard's tar stream, as webdataset sample dicts (the one tar reader of shards: training,
     evaluation and ``tokenize-verify`` all read through it); ``name`` appears in webdataset's and our errors.
 
-    Every member must be a plain file name (:func:`lit_nat.io.check_name`): a sample's key comes from it and may
+    Every member must be a plain file name (:func:`lit_nat.core.io.check_name`): a sample's key comes from it and may
     become a path (``tokenize-verify --decode`` writes ``<key>.png``), so ``../../X.tokens.npy`` is an
-    :class:`~lit_nat.errors.UnsafeNameError` naming the shard, never a key."""
+    :class:`~lit_nat.core.errors.UnsafeNameError` naming the shard, never a key."""
     return group_by_keys(_plain_members(tar_file_expander([{"url": name, "stream": stream}]), name))
 
 
@@ -54,7 +54,7 @@ def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[
 
     Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached. A tar that differs
     from its record (:func:`lit_nat.data.integrity.check_shard`, once per process), cannot be parsed, has a member
-    that is not a plain name, or holds fewer samples than ``stop`` is a :class:`~lit_nat.errors.DataError` naming it.
+    that is not a plain name, or holds fewer samples than ``stop`` is a :class:`~lit_nat.core.errors.DataError` naming it.
     """
     check_shard(path)
     path = str(path)
@@ -92,7 +92,7 @@ class SampleLimits:
 
 def decode_sample(sample: dict[str, Any], shard: str = "?", limits: SampleLimits = SampleLimits()) -> dict[str, Any]:
     """webdataset sample dict -> ``{"ids": uint16 array, "label": int, "key": str[, "text": str]}``, checked against
-    ``limits``; a sample that breaks the format is a :class:`~lit_nat.errors.DataError` naming shard and key."""
+    ``limits``; a sample that breaks the format is a :class:`~lit_nat.core.errors.DataError` naming shard and key."""
     where = f"{shard}: sample {sample.get('__key__', '?')!r}"
     missing = [f for f in (TOKENS_FIELD, LABEL_FIELD) if f not in sample]
     if missing:

@@ -18,7 +18,7 @@ every image is followed by its horizontal flip, as its own sample (key ``<key>_f
 round-robin (shard ``i`` to task ``i mod num_tasks``).
 
 Crash ordering, per shard: the tar is built in memory; its record (with the tar's sha256) is written atomically;
-then the tar, atomically too (:func:`lit_nat.io.atomic_write`: a temporary file beside it, fsync, rename). So a
+then the tar, atomically too (:func:`lit_nat.core.io.atomic_write`: a temporary file beside it, fsync, rename). So a
 ``.tar`` always has its record and is whole; a crash leaves at most a record without tar (and a temporary file that
 the next write of that shard removes), and the shard is redone on restart. A ``.tar`` without a record is not ours:
 the run stops rather than touch it.
@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lit_nat.amused import read_amused_folder
+from lit_nat.models.amused_folder import read_amused_folder
 from lit_nat.conditioning.text import text_encoder_from_config
 from lit_nat.data.captioned import list_coco, list_img2dataset
 from lit_nat.data.imagefolder import (
@@ -66,8 +66,8 @@ from lit_nat.data.tokenize_plan import (
     write_shard,
 )
 from lit_nat.data.tokenize_verify import verify_split
-from lit_nat.flags import add_bool_flag
-from lit_nat.io import atomic_write_text
+from lit_nat.core.flags import add_bool_flag
+from lit_nat.core.io import atomic_write_text
 
 
 def _progress(msg: str) -> None:

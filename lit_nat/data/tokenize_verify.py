@@ -2,7 +2,7 @@
 
 Every shard of the plan must exist with its record; its bytes must match the record's sha256 (a truncated or edited
 tar is caught here); it must parse, name every member plainly (no separators or '..': a key never becomes a path,
-:func:`lit_nat.io.check_name`), hold the planned number of samples (images minus skipped files, doubled with
+:func:`lit_nat.core.io.check_name`), hold the planned number of samples (images minus skipped files, doubled with
 flips; every ``<key>`` followed by ``<key>_flip``), ids of the right length inside the codebook and labels inside
 the class range. The report (``tokenize_<split>_report.json``) adds a token histogram summary (codes used out of K,
 entropy, the most frequent codes) and the samples per class; ``tokenize_<split>_skipped.txt`` lists the files that
@@ -42,12 +42,12 @@ from lit_nat.data.meta import (
 from lit_nat.data.samples import SampleLimits, decode_sample, iter_samples
 from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
-from lit_nat.errors import DataError, UnsafeNameError
-from lit_nat.flags import add_bool_flag
-from lit_nat.io import atomic_write_json, atomic_write_text, child_path
-from lit_nat.progress import progress
+from lit_nat.core.errors import DataError, UnsafeNameError
+from lit_nat.core.flags import add_bool_flag
+from lit_nat.core.io import atomic_write_json, atomic_write_text, child_path
+from lit_nat.core.progress import progress
 from lit_nat.tokenizers import tokenizer_from_config
-from lit_nat.visuals import write_image_png
+from lit_nat.generation.visuals import write_image_png
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
 

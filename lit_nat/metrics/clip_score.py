@@ -1,5 +1,5 @@
 """CLIP score of generated images against their prompts, with a CLIP model from a local folder or a hub id
-(``openai/clip-vit-large-patch14``, through huggingface_hub's cache: :mod:`lit_nat.assets`).
+(``openai/clip-vit-large-patch14``, through huggingface_hub's cache: :mod:`lit_nat.core.assets`).
 
 ``CLIPScore`` = mean over images of ``max(100 * cos(image embedding, prompt embedding), 0)`` (Hessel et al. 2021, as
 torchmetrics defines it). It is written here, on torchmetrics' ``Metric`` (sums synced across ranks), because
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
-from lit_nat.assets import resolve
+from lit_nat.core.assets import resolve
 from lit_nat.conditioning.text import save_random_clip
-from lit_nat.errors import UsageError
+from lit_nat.core.errors import UsageError
 
 
 def _embeds(output: object) -> torch.Tensor:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_nat.checkpointing import read_checkpoint
-from lit_nat.io import atomic_write
+from lit_nat.core.checkpointing import read_checkpoint
+from lit_nat.core.io import atomic_write
 
 FORMAT = "lit_nat.digits_classifier/1"
 IMAGE_SIZE = 8

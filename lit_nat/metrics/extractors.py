@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_nat.assets import resolve
-from lit_nat.checkpointing import read_checkpoint
+from lit_nat.core.assets import resolve
+from lit_nat.core.checkpointing import read_checkpoint
 from lit_nat.metrics.digits import IMAGE_SIZE as DIGITS_SIZE
 from lit_nat.metrics.digits import load_digits_classifier
 

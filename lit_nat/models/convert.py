@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lit_nat.checkpointing import read_checkpoint
+from lit_nat.core.checkpointing import read_checkpoint
 
 __all__ = [
     "AUTONAT_RULES",

@@ -1,11 +1,10 @@
 """AutoNAT's generation-strategy search (Sec. 4.2): the xi vector and its feasible set, forward-difference
-gradients with projected momentum SGD, one search session (objective, update, files, state) shared by a Lightning
-callback that runs it between training epochs and the stand-alone ``search`` command;
+gradients with projected momentum SGD, one search session (objective, update, files, state) shared by the Lightning
+callback (lit_nat.callbacks.ScheduleSearch) that runs it between training epochs and the stand-alone ``search`` command;
 the training-strategy line search over Beta(alpha, beta) (Sec. 4.3); the
 alternating driver of Algorithm 1 (``autonat`` command, Sec. 4.1)."""
 
 from lit_nat.search.alternating import AutoNAT
-from lit_nat.search.callback import ScheduleSearch
 from lit_nat.search.gradient import GradientEstimate, StrategySearch, UpdateRecord, estimate_gradient
 from lit_nat.search.launchers import CandidateResult, LocalLauncher, SearchStep, SlurmLauncher
 from lit_nat.search.line_search import BetaLineSearch, LineSearchResult
@@ -22,7 +21,6 @@ __all__ = [
     "LineSearchResult",
     "GradientEstimate",
     "Group",
-    "ScheduleSearch",
     "SearchSession",
     "SearchSettings",
     "SearchSpace",

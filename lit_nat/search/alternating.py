@@ -3,7 +3,7 @@
 One *round* of Algorithm 1:
 
 1. **generation** (OptimizeGenerationStrategy(p(r))): the generation-strategy search (the ``search`` subcommand,
-   :func:`~lit_nat.search.standalone.run_search`) on the current best checkpoint, starting from the current schedule;
+   :func:`~lit_nat.commands.search.run_search`) on the current best checkpoint, starting from the current schedule;
    its ``best.yaml`` becomes the round's schedule.
 2. **training** (OptimizeTrainingStrategy(schedule)): :class:`~lit_nat.search.line_search.BetaLineSearch` over
    (alpha, beta), starting from the current point. Scoring a candidate = one fit with
@@ -39,8 +39,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lit_nat.errors import UsageError
-from lit_nat.io import DirectoryLock, atomic_write_json, json_safe
+from lit_nat.core.errors import UsageError
+from lit_nat.core.io import DirectoryLock, atomic_write_json, json_safe
 from lit_nat.search.launchers import (
     LocalLauncher,
     SearchStep,

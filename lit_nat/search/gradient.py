@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lit_nat.schedule import GenerationSchedule
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.search.strategy import SearchSpace
 
 Objective = Callable[[GenerationSchedule], float]

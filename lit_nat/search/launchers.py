@@ -3,16 +3,16 @@
 Every job runs in its own directory and is *resumed*, never deleted: a candidate that did not finish (the driver or
 the job was killed) is run again in the same directory from its last checkpoint, and a SLURM job that is still
 queued or running when the driver comes back is waited for, not resubmitted. A job that ends without its ``DONE``
-marker (time limit, ``scancel``, node failure, out of memory, failed fit) is a :class:`~lit_nat.errors.JobError`
+marker (time limit, ``scancel``, node failure, out of memory, failed fit) is a :class:`~lit_nat.core.errors.JobError`
 naming its state and log; a job that outlives ``timeout`` is cancelled.
 
 Local children get the driver's SIGTERM/SIGINT forwarded (a fit then saves its current step), and the driver stops
-with :class:`~lit_nat.errors.Stopped` once the child has exited; rerunning the command resumes.
+with :class:`~lit_nat.core.errors.Stopped` once the child has exited; rerunning the command resumes.
 
 Why not submitit: it pickles a Python callable into its own job folder and script, while a candidate here is a plain
 ``lit_nat fit`` command line run by an editable sbatch script (``scripts/slurm/autonat_candidate.sbatch``) that
 users tune for their cluster; the job-state checks it would bring are the ``squeue``/``sacct`` calls of
-:mod:`lit_nat.slurm`.
+:mod:`lit_nat.core.slurm`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from lit_nat import slurm
-from lit_nat.errors import JobError, Stopped
-from lit_nat.io import atomic_write_json, atomic_write_text
+from lit_nat.core import slurm
+from lit_nat.core.errors import JobError, Stopped
+from lit_nat.core.io import atomic_write_json, atomic_write_text
 from lit_nat.search.line_search import snap
 
 REPORT_FILE = "eval_report.json"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_nat.io import atomic_write_json
+from lit_nat.core.io import atomic_write_json
 
 Score = Callable[[float, float], float]
 PARAMETERS = ("alpha", "beta")

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from lit_nat.io import atomic_write_bytes
+from lit_nat.core.io import atomic_write_bytes
 from lit_nat.search.session import STATE_FILE
 
 Curve = list[tuple[float, float]]

@@ -25,9 +25,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from lit_nat.io import atomic_write_json
-from lit_nat.progress import progress
-from lit_nat.schedule import GenerationSchedule
+from lit_nat.core.io import atomic_write_json
+from lit_nat.core.progress import progress
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch, UpdateRecord
 from lit_nat.search.strategy import SearchSpace, default_groups
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.isotonic import isotonic_regression
 
-from lit_nat.schedule import GenerationSchedule
+from lit_nat.generation.schedule import GenerationSchedule
 
 RATIO_MAX = 0.99  # official clip: a step that keeps everything masked reveals nothing
 POSITIVE_MIN = 1e-4  # official clip of temperatures and guidance

@@ -6,8 +6,8 @@ import inspect
 import os
 from typing import Any
 
-from lit_nat.assets import hub_uri, is_url, pin, resolve
-from lit_nat.errors import UsageError
+from lit_nat.core.assets import hub_uri, is_url, pin, resolve
+from lit_nat.core.errors import UsageError
 from lit_nat.tokenizers.amused_vq import AmusedVQTokenizer
 from lit_nat.tokenizers.base import Tokenizer
 from lit_nat.tokenizers.pixel import PixelTokenizer
@@ -24,7 +24,7 @@ OVERRIDE_FLAG = "--tokenizer_checkpoint"
 
 def resolve_checkpoint(name: str, config: dict[str, Any], check: bool = True) -> dict[str, Any]:
     """``config`` with its ``checkpoint`` location (a path, a URL with ``#sha256=``, or for aMUSEd's VQ-GAN a hub
-    location: :mod:`lit_nat.assets`) resolved to a local path, checked against the recorded ``sha256`` (unless not
+    location: :mod:`lit_nat.core.assets`) resolved to a local path, checked against the recorded ``sha256`` (unless not
     ``check``) and without that key, ready for the tokenizer's constructor."""
     config = dict(config)
     sha256 = config.pop("sha256", None)
@@ -51,7 +51,7 @@ def relocate(config: dict[str, Any] | None, checkpoint: str | os.PathLike | None
 
 def pinned(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """A tokenizer config as a checkpoint records it: a local ``checkpoint`` absolute and with its ``sha256``
-    (:func:`lit_nat.assets.pin`), so another machine can point ``--tokenizer_checkpoint`` at a copy and have it
+    (:func:`lit_nat.core.assets.pin`), so another machine can point ``--tokenizer_checkpoint`` at a copy and have it
     checked; a URL or hub location as it is."""
     if not config or config.get("checkpoint") is None:
         return config
@@ -62,7 +62,7 @@ def pinned(config: dict[str, Any] | None) -> dict[str, Any] | None:
 def load_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
     """Build a tokenizer by registry name, e.g. ``load_tokenizer('pixel', levels=17, image_size=8)`` or
     ``load_tokenizer('vqgan', checkpoint='assets/vqgan_jax_strongaug.ckpt', image_size=512)``. ``checkpoint`` may be
-    any location :mod:`lit_nat.assets` resolves; a URL or hub location stays the tokenizer's recorded one."""
+    any location :mod:`lit_nat.core.assets` resolves; a URL or hub location stays the tokenizer's recorded one."""
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; expected one of {sorted(TOKENIZERS)}")
     location = kwargs.get("checkpoint")

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_nat.assets import resolve
-from lit_nat.checkpointing import load_strict, read_diffusers_weights
-from lit_nat.errors import UsageError
+from lit_nat.core.assets import resolve
+from lit_nat.core.checkpointing import load_strict, read_diffusers_weights
+from lit_nat.core.errors import UsageError
 from lit_nat.tokenizers.base import SquareConvTokenizer
 
 VQ_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

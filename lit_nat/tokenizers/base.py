@@ -18,7 +18,7 @@ class Tokenizer(nn.Module, ABC):
 
     #: registry name, written into shard metadata so a mismatch can be detected
     name: str = "abstract"
-    #: the kinds of ``checkpoint`` location it accepts (:func:`lit_nat.assets.resolve`); none: it reads no weights
+    #: the kinds of ``checkpoint`` location it accepts (:func:`lit_nat.core.assets.resolve`); none: it reads no weights
     checkpoint_kinds: tuple[str, ...] = ()
 
     @property

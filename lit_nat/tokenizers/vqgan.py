@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_nat.checkpointing import read_checkpoint
+from lit_nat.core.checkpointing import read_checkpoint
 from lit_nat.tokenizers.base import SquareConvTokenizer
 
 __all__ = [
@@ -310,12 +310,12 @@ class VQGANTokenizer(SquareConvTokenizer):
 
 
 def read_vqgan_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read ``path`` (weights only, CRCs checked: :func:`lit_nat.checkpointing.read_checkpoint`) and unwrap a
+    """Read ``path`` (weights only, CRCs checked: :func:`lit_nat.core.checkpointing.read_checkpoint`) and unwrap a
     ``"state_dict"`` entry.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not a torch checkpoint (a :class:`~lit_nat.errors.CheckpointError`), or not a name -> tensor
+        ValueError: not a torch checkpoint (a :class:`~lit_nat.core.errors.CheckpointError`), or not a name -> tensor
             mapping.
     """
     path = os.fspath(path)

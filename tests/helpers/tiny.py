@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import lightning as L
 
     from lit_nat.data import TokenShardDataModule
-    from lit_nat.module import NATModule
+    from lit_nat.training.module import NATModule
 
 # --------------------------------------------------------------------------------------- registry arch_overrides
 #: U-ViT with one skip pair (in-block, mid-block, out-block)
@@ -49,12 +49,12 @@ SHARDS_SPACE = dict(
     num_classes=3,
     tokenizer={"name": "pixel", "levels": 12, "image_size": 4, "channels": 1},
 )
-#: the U-ViT module of tests/test_module.py
+#: the U-ViT module of tests/training/test_module.py
 UVIT_MODULE = dict(arch="autonat-tiny", arch_overrides=UVIT_ARCH, **SHARDS_SPACE)
-#: the one-block U-ViT with a 4-step schedule that tests/test_evaluation.py and tests/test_search.py evaluate
+#: the one-block U-ViT with a 4-step schedule that tests/callbacks/test_evaluation.py and tests/search/test_search.py evaluate
 EVAL_MODULE = dict(arch="autonat-tiny", arch_overrides=UVIT_ONE_BLOCK_ARCH, **SHARDS_SPACE,
                    schedule_params={"steps": 4})  # fmt: skip
-#: the ENAT module of tests/test_enat_training.py
+#: the ENAT module of tests/training/test_enat_training.py
 ENAT_MODULE = dict(arch="enat-tiny", arch_overrides=ENAT_TWO_ENCODER_ARCH, **SHARDS_SPACE, **ENAT_OPTIONS)
 
 # ------------------------------------------------------------------------------------ backbones, official layout
@@ -82,7 +82,7 @@ def eval_module(seed: int = 0) -> NATModule:
     """A freshly seeded ``EVAL_MODULE``."""
     import torch
 
-    from lit_nat.module import NATModule
+    from lit_nat.training.module import NATModule
 
     torch.manual_seed(seed)
     return NATModule(**EVAL_MODULE)

@@ -1,0 +1,170 @@
+"""The NAT decoding loop: parallel decoding, confidence, Gumbel-top-k re-masking, batched classifier-free guidance.
+
+Works with any backbone that follows the call contract
+``backbone(ids, condition, state, num_masked=...) -> (logits, state)``
+(see :mod:`lit_nat.models`). Design choices, each for speed or reproducibility:
+
+- All randomness comes from one ``torch.Generator`` on the backbone's device, so a seed fixes the images.
+- Tokens are drawn with the Gumbel-max trick (``argmax(log p / tau + G)``), an exact categorical sample that needs
+  no host-side validation (``torch.distributions.Categorical`` checks its arguments on the host).
+- The number of tokens to re-mask at each step follows from the schedule alone
+  (:meth:`~lit_nat.generation.schedule.GenerationSchedule.masked_counts`), so the loop never reads a device value: no host-device
+  synchronisation inside the loop.
+- The conditional and unconditional passes run as one forward over the doubled batch. A reuse state (ENAT) is per
+  row, so each guidance branch keeps its own state automatically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_nat.conditioning import condition as conditions
+from lit_nat.conditioning.condition import Condition
+from lit_nat.generation.schedule import GenerationSchedule
+
+
+@dataclass
+class GenerationResult:
+    """Final token ids ``(B, N)`` and, if asked for, the ids after each step (list of T tensors, [MASK] = mask_id)."""
+
+    ids: torch.Tensor
+    history: list[torch.Tensor] | None = None
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise -log(E), E ~ Exp(1); E is floored so the noise stays finite."""
+    exponential = torch.empty(shape, device=device).exponential_(generator=generator)
+    return -exponential.clamp_min_(1e-30).log_()
+
+
+def guided_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """log_softmax of ``cond + scale * (cond - uncond)`` in float32 (the official 'w' convention: 0 = unguided)."""
+    logits = cond.float()
+    if uncond is not None and scale != 0.0:
+        logits = logits + scale * (logits - uncond.float())
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def generate(
+    backbone: nn.Module,
+    condition: Condition,
+    schedule: GenerationSchedule,
+    generator: torch.Generator,
+    *,
+    num_tokens: int,
+    mask_id: int,
+    null_condition: Condition | int,
+    return_history: bool = False,
+    init_ids: torch.Tensor | None = None,
+    keep_mask: torch.Tensor | None = None,
+) -> GenerationResult:
+    """Generate ``(B, N)`` token ids for ``condition`` (class ids ``(B,)`` or a text condition of ``B`` prompts).
+
+    ``null_condition`` is the unconditional branch of guidance: the null class id (an int) for class conditions, or
+    a condition of ``B`` rows (the empty prompt's encoding, repeated) for text.
+
+    Per step t: decode every position in parallel, draw tokens at masked positions with temperature tau1(t),
+    score each draw by its temperature-free guided log-probability (+inf for positions already visible, so they are
+    never re-masked), add tau2(t)-scaled Gumbel noise and re-mask the ``masked_counts[t]`` least confident positions.
+
+    Editing (a partial canvas): ``init_ids`` ``(B, N)`` with ``keep_mask`` ``(B, N)`` bool, True where a token is given
+    and kept. Kept tokens are visible from the first step and never re-masked (their confidence is +inf like any
+    visible token's); the schedule applies to each row's ``U`` unknown tokens
+    (:meth:`~lit_nat.generation.schedule.GenerationSchedule.counts_for`). ``U`` may differ between rows: the per-row counts are
+    computed once before the loop (the one host read of the mask), and each step re-masks the k_b lowest perturbed
+    confidences of row b by one sort instead of a top-k. With the same ``U`` in every row (e.g. an all-False mask)
+    the loop is exactly the plain one. A backbone that needs equal counts per row (ENAT) gets them from the caller
+    (:meth:`lit_nat.training.module.NATModule.generate` groups rows by ``U``).
+    """
+    device = generator.device
+    ids, table, start = initial_canvas(conditions.batch_size(condition), num_tokens, mask_id, schedule, device,
+                                       init_ids, keep_mask)  # fmt: skip
+    uniform = all(row == table[0] for row in table)
+    per_row = None if uniform else torch.tensor(table, device=device).T  # (T, B)
+    remasks = [max(row[t] for row in table) > 0 for t in range(schedule.steps)]  # a step that re-masks any token
+    guided = any(scale != 0.0 for scale in schedule.guidance)
+    if isinstance(null_condition, int):
+        null_condition = torch.full_like(condition, null_condition)
+    # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
+    condition = conditions.concat(condition, null_condition) if guided else condition
+
+    state = None
+    history: list[torch.Tensor] = []
+    for t in range(schedule.steps):
+        is_masked = ids == mask_id  # (B, N)
+        model_ids = torch.cat([ids, ids]) if guided else ids
+        masked_before = (start if t == 0 else table[0][t - 1]) if uniform else None
+        logits, state = backbone(model_ids, condition, state, num_masked=masked_before)  # (B or 2B, N, K)
+        cond, uncond = logits.chunk(2) if guided else (logits, None)
+        log_probs = guided_log_probs(cond, uncond, schedule.guidance[t])  # (B, N, K)
+
+        sampled, score = draw_tokens(log_probs, ids, is_masked, schedule.sample_temperature[t], generator)
+
+        if not remasks[t]:
+            ids = sampled
+        else:
+            # Gumbel-top-k: the k lowest perturbed confidences are a sample without replacement from
+            # softmax(-C / tau2) over positions; +inf (visible or kept) stays +inf and is never chosen.
+            confidence = score + schedule.remask_temperature[t] * gumbel_noise(score.shape, generator, device)
+            ids = remask_lowest(sampled, confidence, table[0][t] if uniform else per_row[t], mask_id)
+        if return_history:
+            history.append(ids.clone())
+    return GenerationResult(ids=ids, history=history if return_history else None)
+
+
+def initial_canvas(batch: int, num_tokens: int, mask_id: int, schedule: GenerationSchedule, device: torch.device,
+                   init_ids: torch.Tensor | None, keep_mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, list[list[int]], int]:  # fmt: skip
+    """The canvas before step 1 ``(B, N)`` (all [MASK], or the kept tokens of a partial canvas), the masked counts per
+    row and step (one row when every row has the same unknown count), and the masked count before step 1."""
+    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    if keep_mask is None:
+        return ids, [schedule.masked_counts(num_tokens)], num_tokens  # one count vector for every row
+    if init_ids is None or tuple(keep_mask.shape) != (batch, num_tokens) or init_ids.shape != keep_mask.shape:
+        raise ValueError(f"init_ids and keep_mask must both be ({batch}, {num_tokens})")
+    keep_mask = keep_mask.to(device).bool()
+    ids = torch.where(keep_mask, init_ids.to(device).long(), ids)
+    unknown = (~keep_mask).sum(dim=1).tolist()  # the one host read: counts for every step follow from it
+    return ids, [schedule.counts_for(u) for u in unknown], unknown[0]
+
+
+def draw_tokens(log_probs: torch.Tensor, ids: torch.Tensor, is_masked: torch.Tensor, temperature: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Parallel decoding: a categorical draw at ``temperature`` (tau1) at every position via Gumbel-max, and each
+    draw's temperature-free log-probability as its confidence; visible positions keep their token with confidence
+    +inf (never re-masked). Returns ``(sampled (B, N), confidence (B, N))``."""
+    noisy = log_probs / temperature + gumbel_noise(log_probs.shape, generator, generator.device)
+    sampled = noisy.argmax(dim=-1)  # (B, N)
+    score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
+    sampled = torch.where(is_masked, sampled, ids)
+    return sampled, score.masked_fill(~is_masked, float("inf"))
+
+
+def remask_lowest(ids: torch.Tensor, confidence: torch.Tensor, k: int | torch.Tensor, mask_id: int) -> torch.Tensor:
+    """``ids`` with the ``k`` lowest-confidence positions of each row set to ``mask_id``; ``k`` an int (every row) or a
+    ``(B,)`` tensor (per row: one sort and a rank comparison instead of a top-k)."""
+    if isinstance(k, int):
+        return ids.scatter(1, confidence.topk(k, dim=1, largest=False).indices, mask_id)
+    order = confidence.argsort(dim=1)  # (B, N) ascending
+    first_k = torch.arange(ids.shape[1], device=ids.device)[None] < k[:, None]  # (B, N) in rank space
+    remask = torch.zeros_like(first_k).scatter(1, order, first_k)  # back to positions
+    return ids.masked_fill(remask, mask_id)
+
+
+def rows_by_unknown_count(keep_mask: torch.Tensor) -> list[list[int]]:
+    """Row indices grouped by their number of unknown (not kept) tokens, groups in order of their first row."""
+    groups: dict[int, list[int]] = {}
+    for row, unknown in enumerate((~keep_mask.bool()).sum(dim=1).tolist()):
+        groups.setdefault(unknown, []).append(row)
+    return list(groups.values())
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (the loop's only source of randomness)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
