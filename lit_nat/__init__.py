@@ -8,7 +8,8 @@ __all__ = ["__version__", "load_amused", "load_model", "load_tokenizer"]
 
 
 def load_model(ckpt_path: str, map_location: str = "cpu"):
-    """Load a lit_nat checkpoint in eval mode; its ``backbone`` holds the EMA weights. See ``lit_nat.training.module``."""
+    """Load a lit_nat checkpoint in eval mode; its ``backbone`` holds the EMA weights. See
+    ``lit_nat.training.module``."""
     from lit_nat.training.loading import load_model as _load_model
 
     return _load_model(ckpt_path, map_location=map_location)

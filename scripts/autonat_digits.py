@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     base_ckpt = last_checkpoint(out / "baseline")
 
     def alternating() -> None:
-        run(["autonat", "--config", str(CONFIG), "--out", str(out / "autonat_t4"), "--ckpt_path", str(base_ckpt),
+        run(["autonat", "--fit_config", str(CONFIG), "--out", str(out / "autonat_t4"), "--ckpt_path", str(base_ckpt),
              "--schedule", str(heuristic[4]), "--alpha", str(START_BETA[0]), "--beta", str(START_BETA[1]),
              "--max_rounds", str(budget["rounds"]), "--epsilon", "0.1", "--max_evaluations", str(budget["candidates"]),
-             "--search_args", f"--updates {budget['updates'][4]} {budget['search']}", *budget["fit"]],
+             "--search_args", f"--updates {budget['updates'][4]} {budget['search']}",
+             "--fit_args", " ".join(budget["fit"])],
             logs / "autonat_t4.log")  # fmt: skip
 
     step("autonat_t4", out, timings, alternating)

@@ -30,11 +30,11 @@ from lightning.fabric.utilities.cloud_io import _atomic_save
 
 import lit_nat.core.io as io_module
 from lit_nat.core.checkpointing import read_checkpoint, save_checkpoint_file
+from lit_nat.core.io import file_sha256, verify_archive
 from lit_nat.data import ShardWriter, TokenShardDataset, read_metadata
 from lit_nat.data.integrity import _VERIFIED, record_of
 from lit_nat.data.samples import read_range
 from lit_nat.data.shards import make_sample
-from lit_nat.core.io import file_sha256, verify_archive
 from lit_nat.models import build_backbone
 
 

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from lit_nat.models.flops import WithoutReuse
-from lit_nat.models import build_backbone
 from lit_nat.generation.decoding import generate, make_generator
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.models import build_backbone
+from lit_nat.models.flops import WithoutReuse
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

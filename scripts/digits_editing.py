@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_nat import load_model  # noqa: E402
+from lit_nat.core.io import atomic_write, atomic_write_json  # noqa: E402
 from lit_nat.data import TokenShardDataModule  # noqa: E402
 from lit_nat.demos.digits import CLASSIFIER_FILE  # noqa: E402
 from lit_nat.generation.editing import border_mask, half_mask, overlay, token_keep_mask  # noqa: E402
-from lit_nat.core.io import atomic_write, atomic_write_json  # noqa: E402
 from lit_nat.metrics.extractors import build_extractor  # noqa: E402
 
 DEMO_CKPT = ROOT / "runs/demo_digits/tensorboard/version_0/checkpoints/last.ckpt"

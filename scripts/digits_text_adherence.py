@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_nat import load_model  # noqa: E402
-from lit_nat.demos.digits import CAPTION_TEMPLATES, CLASSIFIER_FILE, NAMES  # noqa: E402
 from lit_nat.core.io import atomic_write_json  # noqa: E402
+from lit_nat.demos.digits import CAPTION_TEMPLATES, CLASSIFIER_FILE, NAMES  # noqa: E402
 from lit_nat.metrics.extractors import build_extractor  # noqa: E402
 
 UNSEEN = "a drawing of a {name}"

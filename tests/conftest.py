@@ -33,8 +33,9 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
-#: the shipped configs that train (every one is fitted a few steps by tests/commands/test_cli.py); configs/amused_cc3m.yaml
-#: trains nothing by default (a search/validate config for an imported aMUSEd) and runs in tests/models/test_amused.py
+#: the shipped configs that train (every one is fitted a few steps by tests/commands/test_cli.py);
+#: configs/amused_cc3m.yaml trains nothing by default (a search/validate config for an imported aMUSEd) and runs in
+#: tests/models/test_amused.py
 FIT_CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.stem != "amused_cc3m")
 #: the paper configs (ImageNet, COCO, CC3M): FID in validation and the schedule search, fitted with both by
 #: tests/commands/test_paper_configs.py; the others (the digits demos) by tests/commands/test_cli.py

@@ -2,9 +2,9 @@
 
 One evaluated image is measured, not estimated: rank 0 generates a single image with the module's current schedule,
 decodes it and extracts its features (and its CLIP score for a text model) under
-:func:`lit_nat.models.flops.pipeline_gflops`, on the run's device and in the run's precision, so guidance rows, ENAT's reuse,
-the text encoder, the VQ decoder and the extractor are all counted as they run. The global RNG is left as it was, so
-printing the cost changes no training draw. An evaluation of N images costs N times that; a search update costs up to
+:func:`lit_nat.models.flops.pipeline_gflops`, on the run's device and in the run's precision, so guidance rows, ENAT's
+reuse, the text encoder, the VQ decoder and the extractor are all counted as they run. The global RNG is left as it was,
+so printing the cost changes no training draw. An evaluation of N images costs N times that; a search update costs up to
 ``1 + (4T - 2)`` FID evaluations (the base point and one forward difference per coordinate of xi) of the search's own
 number of images, without the CLIP score (the search measures FID only).
 """
@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.data.labels import plan_generation
-from lit_nat.models.flops import format_gflops, pipeline_gflops
 from lit_nat.metrics.extractors import full_precision
+from lit_nat.models.flops import format_gflops, pipeline_gflops
 
 if TYPE_CHECKING:
     from lit_nat.callbacks.evaluation import GenerativeEvaluation

@@ -38,8 +38,8 @@ class RunDirectoryLock(L.Callback):
     """Refuse to ``fit`` into a run directory (``trainer.default_root_dir``) that another live fit is using.
 
     Two fits in one directory would interleave checkpoints and logs (last writer wins). The lock
-    (:class:`~lit_nat.core.io.DirectoryLock`) is taken by global rank 0 before anything is written and released at the end;
-    the kernel releases it if the process dies, so a killed run never blocks its own resume.
+    (:class:`~lit_nat.core.io.DirectoryLock`) is taken by global rank 0 before anything is written and released at the
+    end; the kernel releases it if the process dies, so a killed run never blocks its own resume.
     """
 
     def __init__(self) -> None:

@@ -44,12 +44,9 @@ class ScheduleSearch(L.Callback):
     Args:
         every_n_epochs: run an update at the end of every n-th training epoch.
         max_updates: stop updating after this many applied updates (None: never).
-        momentum: SGD momentum (official 0.5).
-        ratio_step: FD step of the mask ratios (official 0.01).
-        ratio_lr: learning rate of the mask ratios (official 1e-3).
-        other_step: FD step of temperatures and guidance (official 0.1).
-        other_lr: learning rate of temperatures and guidance (official 0.1).
-        num_samples: images per search evaluation (None: the evaluator's own ``num_samples``).
+        settings: the search's hyper-parameters (momentum, finite-difference steps, learning rates, images per
+            evaluation; default: the official values), the same :class:`~lit_nat.search.SearchSettings` as the
+            ``search`` command's.
         evaluation: the evaluator to use (None: the ``GenerativeEvaluation`` found in ``trainer.callbacks``).
         output_dir: folder, relative to the run's log directory, for the strategy files and ``state.json``.
         enabled: False turns the callback off (``--schedule_search.enabled false`` for a config's ``schedule_search:``
@@ -60,12 +57,7 @@ class ScheduleSearch(L.Callback):
         self,
         every_n_epochs: int = 1,
         max_updates: int | None = None,
-        momentum: float = 0.5,
-        ratio_step: float = 0.01,
-        ratio_lr: float = 1e-3,
-        other_step: float = 0.1,
-        other_lr: float = 0.1,
-        num_samples: int | None = None,
+        settings: SearchSettings | None = None,
         evaluation: GenerativeEvaluation | None = None,
         output_dir: str = "searched_strategies",
         enabled: bool = True,
@@ -76,7 +68,7 @@ class ScheduleSearch(L.Callback):
             raise ValueError(f"ScheduleSearch: every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.max_updates = max_updates
-        settings = SearchSettings(momentum, ratio_step, ratio_lr, other_step, other_lr, num_samples)
+        settings = settings or SearchSettings()
         # no FID cache: the model trains between updates, so an old FID of a point is stale
         self.session = SearchSession(settings, evaluator=evaluation)
         self.output_dir = output_dir

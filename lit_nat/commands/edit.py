@@ -4,12 +4,13 @@ Output under ``--out``: ``edited/<image>_seed<s>.png`` (one per image and seed; 
 or ``<key>_<i>`` for image i of an ``.npz`` array, checked as a plain file name by :func:`lit_nat.core.io.check_name`),
 ``grid.png`` (a row per image: the input, the input with the regenerated region painted, then one result per seed) and
 ``edits.json`` (per image: the image's name, the kept and regenerated token counts, the label or prompt, the seeds
-and the files). See :mod:`lit_nat.generation.editing` for the masks and :func:`lit_nat.generation.decoding.generate` for the partial-canvas
-loop.
+and the files). See :mod:`lit_nat.generation.editing` for the masks and :func:`lit_nat.generation.decoding.generate`
+for the partial-canvas loop.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import make_grid
 
+from lit_nat.core.errors import UsageError
+from lit_nat.core.io import DirectoryLock, atomic_write_json, child_path
+from lit_nat.generation.decoding import make_generator
 from lit_nat.generation.editing import (
     check_edit_inputs,
     load_images,
@@ -25,28 +29,66 @@ from lit_nat.generation.editing import (
     random_keep_mask,
     token_keep_mask,
 )
-from lit_nat.core.errors import UsageError
-from lit_nat.core.io import DirectoryLock, atomic_write_json, child_path
-from lit_nat.generation.decoding import make_generator
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.generation.visuals import upscale_nearest, write_image_png, write_png
+from lit_nat.training.loading import AssetLocations, load_model
+from lit_nat.training.module import NATModule
+from lit_nat.training.trainer import NATTrainer
 
 
-def run_edit(
-    model: Any,
-    images: str,
-    mask: str | None,
-    out: str,
-    labels: list[int] | None = None,
-    prompts: list[str] | None = None,
-    seeds: list[int] | None = None,
-    dilate: int = 0,
-    fraction: float | None = None,
-    schedule: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """The body of :meth:`NATTrainer.edit <lit_nat.training.trainer.NATTrainer.edit>`; ``model`` is a NATModule with EMA
-    weights on its device. Returns ``out/edits.json``."""
+@dataclass(frozen=True)
+class EditRequest:
+    """What an ``edit`` run is asked for.
+
+    Args:
+        images: an image, a folder of images or an .npz of N x H x W [x C] stacks (as `sample` writes), at the
+            tokenizer's size; any mode or dtype, by its true range (8-bit /255, 16-bit /65535, floats in [0, 1];
+            alpha over black).
+        mask: what to regenerate: half[:top|bottom|left|right] (keep that half; default top), border[:width]
+            (outpaint: keep the centre), box:x0,y0,x1,y1 (pixels or fractions), or a mask PNG (white = regenerate).
+        out: output folder (edited/*.png, grid.png, edits.json).
+        labels: class labels, one for all images or one per image (class models; default: unconditional).
+        prompts: prompts, one for all images or one per image (text models).
+        seeds: one edit per seed (grid columns); default [0].
+        dilate: grow the regenerated region by this many tokens (more context redrawn around a hole).
+        fraction: img2img instead of --mask: regenerate this random share of all tokens.
+        schedule: a schedule YAML or preset; default: the checkpoint's.
+        overwrite: replace an existing out/edits.json.
+    """
+
+    images: str
+    mask: str | None = None
+    out: str = "edits"
+    labels: list[int] | None = None
+    prompts: list[str] | None = None
+    seeds: list[int] | None = None
+    dilate: int = 0
+    fraction: float | None = None
+    schedule: str | None = None
+    overwrite: bool = False
+
+
+def edit(trainer: NATTrainer, model: NATModule | None, request: EditRequest, ckpt_path: str | None = None,
+         assets: AssetLocations = AssetLocations()) -> Path:  # fmt: skip
+    """Inpaint, outpaint or re-generate regions of images: keep the tokens of the kept region and decode the rest.
+
+    Args:
+        ckpt_path: checkpoint to edit with (its EMA weights and schedule); without it, the model of --config.
+    """
+    editor = load_model(ckpt_path, tokenizer_checkpoint=assets.tokenizer_checkpoint,
+                        text_encoder=assets.text_encoder) if ckpt_path else model.eval()  # fmt: skip
+    assets.apply(editor)
+    editor = editor.to(trainer.strategy.root_device)
+    if request.labels is None and request.prompts is None and not editor.conditioner.is_text:
+        request = replace(request, labels=[editor.null_class])  # unconditional
+    return run_edit(editor, request)
+
+
+def run_edit(model: Any, request: EditRequest) -> Path:
+    """:func:`edit` with ``model``, a NATModule with EMA weights on its device. Returns ``out/edits.json``."""
+    images, mask, out, labels, prompts = request.images, request.mask, request.out, request.labels, request.prompts
+    seeds, dilate, fraction, schedule, overwrite = (request.seeds, request.dilate, request.fraction, request.schedule,
+                                                    request.overwrite)  # fmt: skip
     out_dir = Path(out)
     if (out_dir / "edits.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'edits.json'} exists; pass --overwrite true or another --out")

@@ -1,6 +1,6 @@
 """``python -m lit_nat search``: the generation-strategy search on a trained checkpoint (official ``--mode search``).
 
-How it runs: :meth:`NATTrainer.search <lit_nat.training.trainer.NATTrainer.search>` starts a ``validate`` run limited to one
+How it runs: :func:`search` starts a ``validate`` run limited to one
 batch with :class:`SearchRunner` as an extra callback, which runs the whole search in ``on_validation_start``. At that
 point Lightning has restored the checkpoint exactly as ``validate`` does (the module's full state dict, so the EMA
 backbone that :meth:`NATModule.generate` samples with, and the checkpoint's schedule), moved the module to the device
@@ -37,11 +37,15 @@ from lit_nat.core.checkpointing import weights_digest
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import DirectoryLock, changed_entries
 from lit_nat.core.progress import progress, trainer_shows_progress
+from lit_nat.data import TokenShardDataModule
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch
 from lit_nat.search.session import STATE_FILE, SearchSession, SearchSettings
+from lit_nat.training.loading import AssetLocations
+from lit_nat.training.module import NATModule
+from lit_nat.training.trainer import NATTrainer
 
-__all__ = ["STATE_FILE", "SearchRunner", "run_search"]
+__all__ = ["STATE_FILE", "SearchRunner", "run_search", "search"]
 
 
 class SearchRunner(L.Callback):
@@ -142,10 +146,31 @@ class SearchRunner(L.Callback):
             rank_zero_info(f"search: {done} -> {session.out_dir}")
 
 
+def search(trainer: NATTrainer, model: NATModule, datamodule: TokenShardDataModule, ckpt_path: str | None = None,
+           updates: int = 10, schedule: str | None = None, out: str = "search",
+           settings: SearchSettings = SearchSettings(), assets: AssetLocations = AssetLocations()) -> dict[str, Any]:
+    """Generation-strategy search (AutoNAT Sec. 4.2, the official --mode search) on a trained checkpoint.
+
+    Projected momentum SGD on the schedule with forward-difference gradients of the FID of the config's evaluation:
+    section (common random numbers). Writes out/search_{k}.yaml, out/stp_{k}.yaml (official format), out/best.yaml
+    and out/state.json after every update; the same command again resumes from out/state.json, and
+    --print_config saves the whole search (config, checkpoint, settings) as one YAML to rerun.
+
+    Args:
+        ckpt_path: checkpoint to search on (lit_nat's or imported official weights).
+        updates: total number of SGD updates (a resumed search continues up to this count).
+        schedule: starting schedule: a schedule YAML (ours or official) or a preset name; default: the
+            checkpoint's. When resuming it must have the saved search's number of steps.
+        out: output folder (state and strategy files).
+    """
+    assets.apply(model)
+    return run_search(trainer, model, datamodule, ckpt_path, updates, schedule, settings, out)
+
+
 def run_search(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None,
                ckpt_path: str | None, updates: int, schedule: str | None, settings: SearchSettings,
                out: str) -> dict[str, Any]:  # fmt: skip
-    """The body of :meth:`NATTrainer.search`; returns the final search state (as written to ``out/state.json``)."""
+    """:func:`search` once the model's assets are in place; returns the final search state (``out/state.json``)."""
     if updates < 0:
         raise ValueError(f"search: updates must be >= 0, got {updates}")
     if datamodule is None:

@@ -18,7 +18,6 @@ from lit_nat.conditioning.text import TextEncoder, text_encoder_from_config
 from lit_nat.core.errors import DataError, UsageError
 
 
-
 def drop_labels(labels: torch.Tensor, p_uncond: float, null_class: int) -> torch.Tensor:
     """Classifier-free-guidance label dropout: each label becomes the null class with probability ``p_uncond``."""
     if p_uncond <= 0:

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_nat.core.assets import pin, resolve
 from lit_nat.conditioning.condition import TextCondition, masked_mean
+from lit_nat.core.assets import pin, resolve
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_json, atomic_write_text
 

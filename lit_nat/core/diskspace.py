@@ -1,8 +1,8 @@
 """Disk space: one message for a full disk, free-space checks before a write, and allocation ahead of a memory map.
 
 :func:`lit_nat.core.io.atomic_write` writes through :class:`SpaceCheckedFile`, so "no space left" (ENOSPC), "over quota"
-(EDQUOT) and "file too large" (EFBIG) become one :class:`~lit_nat.core.errors.DiskFullError` that names the mount point, the
-file, what it needed and what is free, even where a library wraps the error in its own (torch.save's
+(EDQUOT) and "file too large" (EFBIG) become one :class:`~lit_nat.core.errors.DiskFullError` that names the mount
+point, the file, what it needed and what is free, even where a library wraps the error in its own (torch.save's
 ``unexpected pos``). The command line also finds such an error in any exception's chain (:func:`disk_full_cause`), so a
 library's own write (LightningCLI's ``config.yaml``, a logger's event file) ends in the same one line.
 

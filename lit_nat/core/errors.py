@@ -1,8 +1,8 @@
 """The errors a user can cause or meet, each with a one-line message that names the file, key or value.
 
-The command line (:func:`lit_nat.commands.cli.entry`) prints a :class:`LitNatError` as ``lit_nat: error: <message>`` and exits
-with its ``exit_code``, without a traceback (``LIT_NAT_DEBUG=1`` shows it). Each class also derives from the builtin
-exception a caller would expect (``ValueError``, ``RuntimeError``...), so code that catches those keeps working.
+The command line (:func:`lit_nat.commands.cli.entry`) prints a :class:`LitNatError` as ``lit_nat: error: <message>``
+and exits with its ``exit_code``, without a traceback (``LIT_NAT_DEBUG=1`` shows it). Each class also derives from the
+builtin exception a caller would expect (``ValueError``, ``RuntimeError``...), so code that catches those keeps working.
 """
 
 from __future__ import annotations

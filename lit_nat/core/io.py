@@ -39,8 +39,8 @@ LOCK_FILE = ".lit_nat.lock"
 
 def check_name(name: str, source: str, what: str = "name") -> str:
     """``name`` (read from a file or given by a user: a shard member's key, an image's name, an output stem) if it is
-    one plain path component; else :class:`~lit_nat.core.errors.UnsafeNameError` naming ``source``. A name from a file is
-    never a path: empty names, ``.``, ``..``, separators (``/``, ``\\``), NUL and other control characters would
+    one plain path component; else :class:`~lit_nat.core.errors.UnsafeNameError` naming ``source``. A name from a file
+    is never a path: empty names, ``.``, ``..``, separators (``/``, ``\\``), NUL and other control characters would
     let it leave its folder or hide in a listing."""
     if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\") \
             or any(ord(c) < 32 or ord(c) == 127 for c in name):  # fmt: skip
@@ -111,10 +111,10 @@ class AtomicFile:
     over many calls (a shard being filled); everything else uses :func:`atomic_write`.
 
     ``reserve`` (bytes, where the size is known or bounded below) is checked against the free space first, so a disk
-    that cannot hold the file is one :class:`~lit_nat.core.errors.DiskFullError` before anything is written; and the first
-    write that finds no space raises it too. Either way the temporary file is removed and the destination keeps its
-    previous content. (A free-space check, not an allocation: ``posix_fallocate`` falls back to writing every block on
-    filesystems without it, e.g. some cluster filesystems, which would double the cost of a checkpoint.)
+    that cannot hold the file is one :class:`~lit_nat.core.errors.DiskFullError` before anything is written; and the
+    first write that finds no space raises it too. Either way the temporary file is removed and the destination keeps
+    its previous content. (A free-space check, not an allocation: ``posix_fallocate`` falls back to writing every block
+    on filesystems without it, e.g. some cluster filesystems, which would double the cost of a checkpoint.)
     """
 
     def __init__(self, path: str | os.PathLike, sweep: bool = True, reserve: int | None = None) -> None:

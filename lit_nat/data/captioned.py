@@ -23,8 +23,8 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
-from lit_nat.data.imagefolder import TAR_INDEX, ImageList, is_image_file
 from lit_nat.core.io import check_name
+from lit_nat.data.imagefolder import TAR_INDEX, ImageList, is_image_file
 
 CAPTIONED_CLASSES = ("image",)  # captioned data has no classes: every sample has label 0
 

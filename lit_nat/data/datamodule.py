@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_nat.conditioning.text import encoder_identity
+from lit_nat.core.errors import UsageError
 from lit_nat.data.dataset import ShardLoader, TokenShardDataset
 from lit_nat.data.labels import GenerationBatches
 from lit_nat.data.meta import exclusive_lock
@@ -30,7 +31,6 @@ from lit_nat.data.shards import (
     read_metadata,
 )
 from lit_nat.data.split import TrainPosition, resume_point
-from lit_nat.core.errors import UsageError
 from lit_nat.tokenizers import token_space
 
 

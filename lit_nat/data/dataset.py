@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lit_nat.core.errors import DataError
 from lit_nat.data.samples import SampleLimits, Unreadable, collate, decode_sample, pick_caption, read_range
 from lit_nat.data.split import MODES, WorkerPlan, plan_epoch, worker_skip
-from lit_nat.core.errors import DataError
 
 BAD_DATA_POLICIES = ("skip", "fail")
 
@@ -62,9 +62,9 @@ class TokenShardDataset(IterableDataset):
 
     Every sample is checked as it streams (:func:`decode_sample`: members present, ids in the codebook, as many ids
     as the grid, label in ``[0, num_classes)``). With ``bad_data="fail"`` a bad sample or unreadable tar is a
-    :class:`~lit_nat.core.errors.DataError` naming shard and key. With ``"skip"`` it is reported once per shard (a warning)
-    and replaced by a good sample of the same batch, drawn with a seeded generator, so every rank still yields its
-    planned number of full batches (DDP needs equal counts); the batch then carries ``"bad_samples"`` (how many were
+    :class:`~lit_nat.core.errors.DataError` naming shard and key. With ``"skip"`` it is reported once per shard (a
+    warning) and replaced by a good sample of the same batch, drawn with a seeded generator, so every rank still yields
+    its planned number of full batches (DDP needs equal counts); the batch then carries ``"bad_samples"`` (how many were
     replaced), which the LightningModule logs as a running counter. A fully bad batch takes its stand-ins from the
     worker's recent samples; with none readable at all it is an error.
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from lit_nat.core.errors import DataError, UnsafeNameError
+from lit_nat.core.io import check_name
 from lit_nat.data.integrity import check_shard
 from lit_nat.data.shards import (
     CAPTIONS_FIELD,
@@ -28,8 +30,6 @@ from lit_nat.data.shards import (
     decode_text_states,
     decode_tokens,
 )
-from lit_nat.core.errors import DataError, UnsafeNameError
-from lit_nat.core.io import check_name
 
 
 def iter_samples(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
@@ -54,7 +54,8 @@ def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict[
 
     Uses webdataset's tar iteration; the tar is streamed, and closed as soon as ``stop`` is reached. A tar that differs
     from its record (:func:`lit_nat.data.integrity.check_shard`, once per process), cannot be parsed, has a member
-    that is not a plain name, or holds fewer samples than ``stop`` is a :class:`~lit_nat.core.errors.DataError` naming it.
+    that is not a plain name, or holds fewer samples than ``stop`` is a :class:`~lit_nat.core.errors.DataError` naming
+    it.
     """
     check_shard(path)
     path = str(path)

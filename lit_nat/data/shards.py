@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from lit_nat.core.io import AtomicFile
 from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's names live together)
     CAPTIONS_FIELD,
     FORMAT,
@@ -41,7 +42,6 @@ from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's 
     read_metadata,
     write_metadata,
 )
-from lit_nat.core.io import AtomicFile
 
 MAX_CODES = 65536  # tokens are stored as uint16
 
@@ -157,8 +157,8 @@ def decode_tokens(data: bytes) -> np.ndarray:
 class ShardWriter:
     """Writes one split of a data root: fixed-size tar shards plus its entry in ``meta.json``.
 
-    Every shard is streamed into a temporary file (:class:`lit_nat.core.io.AtomicFile`) that appears under its shard name
-    only once complete, so a file with a shard name is always whole. ``close()`` (or leaving the ``with`` block
+    Every shard is streamed into a temporary file (:class:`lit_nat.core.io.AtomicFile`) that appears under its shard
+    name only once complete, so a file with a shard name is always whole. ``close()`` (or leaving the ``with`` block
     normally) finishes the last shard and, with ``update_metadata``, merges the split into ``meta.json``; an exception
     inside the ``with`` block removes this writer's unfinished shard and the shards it completed, and leaves
     ``meta.json`` as it was.

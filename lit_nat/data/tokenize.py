@@ -32,18 +32,18 @@ job with ``--dependency=afterok:<array job id>`` (see ``scripts/slurm/tokenize.s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lit_nat.models.amused_folder import read_amused_folder
 from lit_nat.conditioning.text import text_encoder_from_config
+from lit_nat.core.io import atomic_write_text
 from lit_nat.data.captioned import list_coco, list_img2dataset
 from lit_nat.data.imagefolder import (
     FLIP_SUFFIX,
@@ -66,8 +66,7 @@ from lit_nat.data.tokenize_plan import (
     write_shard,
 )
 from lit_nat.data.tokenize_verify import verify_split
-from lit_nat.core.flags import add_bool_flag
-from lit_nat.core.io import atomic_write_text
+from lit_nat.models.amused_folder import read_amused_folder
 
 
 def _progress(msg: str) -> None:
@@ -301,108 +300,103 @@ def _encode(tokenizer, images: torch.Tensor, device: torch.device, flip: bool, n
 
 
 # ------------------------------------------------------------------------------------------------------ command line
-def tokenize_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lit_nat tokenize",
-        description="Tokenise an image folder (<images>/<class>/**/*.{jpg,jpeg,png,gif}, the ImageNet layout) into "
-        "token shards of one split: ADM centre crop, horizontal flips as extra samples, resumable, and parallel as "
-        "a SLURM array (--task_index/--num_tasks). Array runs are finalised by `tokenize-verify --finalize`.",
-    )
-    p.add_argument("--images", required=True, help="the split's image folder, e.g. /data/ILSVRC2012/train; or a COCO "
-                   "image folder (with --captions), or an img2dataset webdataset folder of *.tar (CC3M, CC12M)")
-    p.add_argument("--captions", default=None, help="MS-COCO captions json for the images (e.g. "
-                   "annotations/captions_train2014.json)")
-    p.add_argument("--text_encoder", default=None, help="the text encoder the captions are for, as JSON, e.g. "
-                   '\'{"name": "clip", "path": "assets/clip-vit-large-patch14"}\' (recorded in meta.json)')
-    p.add_argument("--amused", default=None, metavar="FOLDER", help="tokenise for an aMUSEd model: its VQ-GAN "
-                   "(FOLDER/vqvae) and CLIP text encoder, instead of --tokenizer/--checkpoint/--text_encoder")
-    add_bool_flag(p, "--cache_text", "also store the encoder's states of every caption (text.npz: 118 KB per caption "
-                  "for CLIP-L; training then runs no text encoder)")
-    p.add_argument("--out", required=True, help="the data root to write (shards, plan, records)")
-    p.add_argument("--split", default="train", help="split name (default: train)")
-    p.add_argument("--resolution", type=int, default=256, help="centre-crop side in pixels, a multiple of 16")
-    p.add_argument("--tokenizer", default="vqgan", help="registry name of the tokenizer (default: vqgan)")
-    p.add_argument("--checkpoint", default=None, help="the tokenizer's weights (passed as checkpoint=...)")
-    p.add_argument(
-        "--tokenizer_arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another tokenizer argument (repeatable; value parsed as YAML); image_size defaults to --resolution",
-    )
-    p.add_argument(
-        "--classes",
-        default=None,
-        help="class list file (one name per line, label = line index; "
-        "first word counts); default: the sorted class folders",
-    )
-    add_bool_flag(p, "--flip", "also store each image's horizontal flip (default: true for split train, false "
-                  "otherwise)", default=None)
-    p.add_argument("--images_per_shard", type=int, default=1000, help="images per shard (default 1000)")
-    p.add_argument("--shuffle_seed", type=int, default=0, help="seed of the image order's hash shuffle (default 0)")
-    add_bool_flag(p, "--sorted", "keep the sorted order (shards hold one class or two)")
-    env = os.environ
-    default_task = int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-    p.add_argument(
-        "--task_index",
-        type=int,
-        default=default_task,
-        help="this task's index (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, or 0)",
-    )
-    p.add_argument(
-        "--num_tasks",
-        type=int,
-        default=int(env.get("SLURM_ARRAY_TASK_COUNT", 1)),
-        help="number of tasks (default: SLURM_ARRAY_TASK_COUNT, or 1)",
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch_size", type=int, default=64, help="images per encoder call (default 64)")
-    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
-    add_bool_flag(p, "--dry_run", "list the images, print the plan and shard count, exit")
-    return p
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """What a ``tokenize`` run is asked for.
+
+    Args:
+        images: the split's image folder, e.g. /data/ILSVRC2012/train; or a COCO image folder (with --captions), or an
+            img2dataset webdataset folder of *.tar (CC3M, CC12M).
+        out: the data root to write (shards, plan, records).
+        split: split name.
+        resolution: centre-crop side in pixels, a multiple of 16.
+        tokenizer: registry name of the tokenizer.
+        checkpoint: the tokenizer's weights (passed as checkpoint=...).
+        tokenizer_arg: further tokenizer arguments as KEY=VALUE (value parsed as YAML); image_size defaults to
+            --resolution.
+        captions: MS-COCO captions json for the images (e.g. annotations/captions_train2014.json).
+        text_encoder: the text encoder the captions are for, as JSON, e.g. '{"name": "clip", "path":
+            "assets/clip-vit-large-patch14"}' (recorded in meta.json).
+        amused: tokenise for an aMUSEd model: its VQ-GAN (FOLDER/vqvae) and CLIP text encoder, instead of
+            --tokenizer/--checkpoint/--text_encoder.
+        cache_text: also store the encoder's states of every caption (text.npz: 118 KB per caption for CLIP-L;
+            training then runs no text encoder).
+        classes: class list file (one name per line, label = line index; first word counts); default: the sorted
+            class folders.
+        flip: also store each image's horizontal flip (default: true for split train, false otherwise).
+        images_per_shard: images per shard.
+        shuffle_seed: seed of the image order's hash shuffle.
+        sorted: keep the sorted order (shards hold one class or two).
+        task_index: this task's index (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, or 0).
+        num_tasks: number of tasks (default: SLURM_ARRAY_TASK_COUNT, or 1).
+        device: cpu, cuda or cuda:N (default: cuda when there is one).
+        batch_size: images per encoder call.
+        num_workers: image decoding processes (default: the CPU count, at most 8).
+        dry_run: list the images, print the plan and shard count, exit.
+    """
+
+    images: str
+    out: str
+    split: str = "train"
+    resolution: int = 256
+    tokenizer: str = "vqgan"
+    checkpoint: str | None = None
+    tokenizer_arg: list[str] | None = None
+    captions: str | None = None
+    text_encoder: str | None = None
+    amused: str | None = None
+    cache_text: bool = False
+    classes: str | None = None
+    flip: bool | None = None
+    images_per_shard: int = 1000
+    shuffle_seed: int = 0
+    sorted: bool = False
+    task_index: int | None = None
+    num_tasks: int | None = None
+    device: str | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    dry_run: bool = False
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    args = tokenize_parser().parse_args(argv)
+def tokenize(request: TokenizeRequest) -> dict[str, Any]:
+    """Tokenise an image folder (<images>/<class>/**/*.{jpg,jpeg,png,gif}, the ImageNet layout) into token shards of
+    one split: ADM centre crop, horizontal flips as extra samples, resumable, and parallel as a SLURM array
+    (--task_index/--num_tasks). Array runs are finalised by `tokenize-verify --finalize`.
+    """
+    r, env = request, os.environ
+    task_index = int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)) if \
+        r.task_index is None else r.task_index  # fmt: skip
+    num_tasks = int(env.get("SLURM_ARRAY_TASK_COUNT", 1)) if r.num_tasks is None else r.num_tasks
     try:
-        text_encoder = json.loads(args.text_encoder) if args.text_encoder else None
-        if args.amused is not None:
-            if args.checkpoint or text_encoder or args.tokenizer != "vqgan":
+        encoder = json.loads(r.text_encoder) if r.text_encoder else None
+        tokenizer, checkpoint = r.tokenizer, r.checkpoint
+        if r.amused is not None:
+            if checkpoint or encoder or tokenizer != "vqgan":
                 raise TokenizeError("--amused sets the tokenizer and the text encoder: drop --tokenizer, --checkpoint "
                                     "and --text_encoder")  # fmt: skip
-            spec = read_amused_folder(args.amused)
-            args.tokenizer, args.checkpoint, text_encoder = "amused_vq", spec["tokenizer"]["checkpoint"], spec[
-                "text_encoder"]  # fmt: skip
-        if not Path(args.images).exists():  # before the (possibly slow) tokenizer load
-            raise TokenizeError(f"--images {args.images}: no such folder")
-        tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg, args.resolution)
+            spec = read_amused_folder(r.amused)
+            tokenizer, checkpoint, encoder = "amused_vq", spec["tokenizer"]["checkpoint"], spec["text_encoder"]
+        if not Path(r.images).exists():  # before the (possibly slow) tokenizer load
+            raise TokenizeError(f"--images {r.images}: no such folder")
         summary = tokenize_folder(
-            args.images,
-            args.out,
-            tokenizer,
-            split=args.split,
-            resolution=args.resolution,
-            flip=args.flip,
-            images_per_shard=args.images_per_shard,
-            classes=read_class_list(args.classes) if args.classes else None,
-            shuffle_seed=None if args.sorted else args.shuffle_seed,
-            task_index=args.task_index,
-            num_tasks=args.num_tasks,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            dry_run=args.dry_run,
-            captions=args.captions,
-            text_encoder=text_encoder,
-            cache_text=args.cache_text,
-        )
+            r.images, r.out, build_tokenizer(tokenizer, checkpoint, r.tokenizer_arg or [], r.resolution),
+            split=r.split, resolution=r.resolution, flip=r.flip, images_per_shard=r.images_per_shard,
+            classes=read_class_list(r.classes) if r.classes else None,
+            shuffle_seed=None if r.sorted else r.shuffle_seed, task_index=task_index, num_tasks=num_tasks,
+            device=r.device or default_device(), batch_size=r.batch_size,
+            num_workers=min(8, os.cpu_count() or 1) if r.num_workers is None else r.num_workers,
+            dry_run=r.dry_run, captions=r.captions, text_encoder=encoder, cache_text=r.cache_text,
+        )  # fmt: skip
     except FileNotFoundError as err:  # a missing image folder, captions file or class list: the user's path
         raise TokenizeError(str(err)) from None
-    if args.dry_run:
+    if r.dry_run:
         plan = summary["plan"]
         print(json.dumps({k: v for k, v in plan.items() if k != "classes"}, indent=2))
-        print(
-            f"{plan['num_images']} images -> {summary['num_shards']} shards; e.g. sbatch --array=0-"
-            f"{min(summary['num_shards'], 64) - 1} (at most one task per shard is useful)"
-        )
+        print(f"{plan['num_images']} images -> {summary['num_shards']} shards; e.g. sbatch --array=0-"
+              f"{min(summary['num_shards'], 64) - 1} (at most one task per shard is useful)")  # fmt: skip
     return summary
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

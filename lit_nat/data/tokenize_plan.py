@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from lit_nat.core.errors import UsageError
+from lit_nat.core.io import atomic_write_bytes, atomic_write_text
 from lit_nat.data.imagefolder import ImageList, read_class_list
 from lit_nat.data.integrity import read_record
 from lit_nat.data.meta import (
@@ -29,8 +31,6 @@ from lit_nat.data.meta import (
     read_metadata,
 )
 from lit_nat.data.shards import shard_name, tar_bytes
-from lit_nat.core.errors import UsageError
-from lit_nat.core.io import atomic_write_bytes, atomic_write_text
 from lit_nat.tokenizers import TOKENIZERS, load_tokenizer
 
 PLAN_FORMAT = "lit_nat.tokenize/1"
@@ -39,7 +39,8 @@ PATCH = 16  # the VQGAN's downsampling factor: resolutions must be multiples of 
 
 class TokenizeError(UsageError):
     """A refused run: a mismatched output root, bad options, or an inconsistent shard; nothing was changed. A
-    :class:`~lit_nat.core.errors.UsageError`: the command line prints it as one line and exits 2, as for every mistake."""
+    :class:`~lit_nat.core.errors.UsageError`: the command line prints it as one line and exits 2, as for every
+    mistake."""
 
 
 def plan_path(root: str | os.PathLike, split: str) -> Path:

@@ -14,7 +14,6 @@ under a file lock), which makes it readable by :class:`~lit_nat.data.TokenShardD
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import math
@@ -27,6 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_nat.core.errors import DataError, UnsafeNameError
+from lit_nat.core.io import atomic_write_json, atomic_write_text, child_path
+from lit_nat.core.progress import progress
 from lit_nat.data.imagefolder import FLIP_SUFFIX
 from lit_nat.data.integrity import digest_problem, read_record
 from lit_nat.data.meta import (
@@ -42,12 +44,8 @@ from lit_nat.data.meta import (
 from lit_nat.data.samples import SampleLimits, decode_sample, iter_samples
 from lit_nat.data.shards import CAPTIONS_FIELD, decode_tokens, shard_name
 from lit_nat.data.tokenize_plan import TokenizeError, TokenizePlan, build_tokenizer, read_plan, record_path
-from lit_nat.core.errors import DataError, UnsafeNameError
-from lit_nat.core.flags import add_bool_flag
-from lit_nat.core.io import atomic_write_json, atomic_write_text, child_path
-from lit_nat.core.progress import progress
-from lit_nat.tokenizers import tokenizer_from_config
 from lit_nat.generation.visuals import write_image_png
+from lit_nat.tokenizers import tokenizer_from_config
 
 PREPROCESSING = "ADM centre crop (BOX halving, BICUBIC resize of the shorter side, centre square), RGB, /255"
 
@@ -322,35 +320,31 @@ def plan_tokenizer(plan: Any) -> Any:
         ) from err
 
 
-def verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lit_nat tokenize-verify",
-        description="Check a split written by `python -m lit_nat tokenize` (every shard complete, unmodified, with "
-        "the planned sample counts), write tokenize_<split>_report.json (token histogram, samples per class) and "
-        "tokenize_<split>_skipped.txt; with --finalize add the split to meta.json. Exit status 1 on any problem.",
-    )
-    p.add_argument("--root", required=True, help="the data root given to tokenize as --out")
-    p.add_argument("--split", default="train", help="split name (default: train)")
-    add_bool_flag(p, "--finalize", "add the split to meta.json when every check passes")
-    p.add_argument("--decode", type=int, default=0, metavar="N", help="decode the first N samples to PNGs")
-    p.add_argument("--tokenizer", default=None, help="tokenizer for --decode (default: the plan's config)")
-    p.add_argument("--checkpoint", default=None, help="its weights (with --tokenizer)")
-    p.add_argument("--tokenizer_arg", action="append", default=[], metavar="KEY=VALUE", help="(with --tokenizer)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for --decode")
-    return p
+def tokenize_verify(root: str, split: str = "train", finalize: bool = False, decode: int = 0,
+                    tokenizer: str | None = None, checkpoint: str | None = None, tokenizer_arg: list[str] | None = None,
+                    device: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Check a split written by `python -m lit_nat tokenize` (every shard complete, unmodified, with the planned sample
+    counts), write tokenize_<split>_report.json (token histogram, samples per class) and tokenize_<split>_skipped.txt;
+    with --finalize add the split to meta.json. Exit status 1 on any problem.
 
-
-def main(argv: list[str]) -> dict[str, Any]:
-    args = verify_parser().parse_args(argv)
+    Args:
+        root: the data root given to tokenize as --out.
+        split: split name.
+        finalize: add the split to meta.json when every check passes.
+        decode: decode the first N samples to PNGs.
+        tokenizer: tokenizer for --decode (default: the plan's config).
+        checkpoint: its weights (with --tokenizer).
+        tokenizer_arg: further tokenizer arguments as KEY=VALUE (with --tokenizer).
+        device: device for --decode (default: cuda when there is one).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # a TokenizeError (a UsageError) reaches the command line's entry: one line, exit 2; problems found exit 1
-    tokenizer = None
-    if args.tokenizer is not None:
-        tokenizer = build_tokenizer(args.tokenizer, args.checkpoint, args.tokenizer_arg)
-    report = verify_split(args.root, args.split, finalize=args.finalize, decode=args.decode, tokenizer=tokenizer,
-                          device=args.device, show_progress=True)  # fmt: skip
+    built = None if tokenizer is None else build_tokenizer(tokenizer, checkpoint, tokenizer_arg or [])
+    report = verify_split(root, split, finalize=finalize, decode=decode, tokenizer=built, device=device,
+                          show_progress=True)  # fmt: skip
     tokens, labels = report["tokens"], report["labels"]
     print(
-        f"{args.split}: {report['num_samples']} samples in {report['num_shards']} shards ({report['num_images']} "
+        f"{split}: {report['num_samples']} samples in {report['num_shards']} shards ({report['num_images']} "
         f"images, {report['skipped_images']} skipped, flip {report['flip']}); codes used {tokens['codes_used']}/"
         f"{tokens['codebook_size']}, entropy {tokens['entropy_bits']} bits (max {tokens['max_entropy_bits']}); "
         f"classes present {labels['classes_present']}/{labels['classes']}; report {report['path']}"
@@ -359,5 +353,5 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(f"PROBLEM: {problem}")
     if not report["ok"]:
         raise SystemExit(1)
-    print(f"finalised: {args.split} is in {Path(args.root) / META_FILE}" if report["finalized"] else "OK")
+    print(f"finalised: {split} is in {Path(root) / META_FILE}" if report["finalized"] else "OK")
     return report

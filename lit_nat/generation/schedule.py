@@ -1,7 +1,8 @@
 """The generation strategy (AutoNAT Sec. 3.1): T per-step values of r(t), tau1(t), tau2(t), s(t).
 
-A :class:`GenerationSchedule` is plain data. The decoding loop (:mod:`lit_nat.generation.decoding`) reads it, the schedule search
-(a later callback) perturbs it, and YAML files store it in our format or in the official AutoNAT strategy format.
+A :class:`GenerationSchedule` is plain data. The decoding loop (:mod:`lit_nat.generation.decoding`) reads it, the
+schedule search (a later callback) perturbs it, and YAML files store it in our format or in the official AutoNAT
+strategy format.
 
 Conventions (those of both official code bases):
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
-from lit_nat.core.assets import resolve
 from lit_nat.conditioning.text import save_random_clip
+from lit_nat.core.assets import resolve
 from lit_nat.core.errors import UsageError
 
 

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_nat.core.io import atomic_write
+from lit_nat.core.progress import progress
 from lit_nat.data.dataset import TokenShardDataset
 from lit_nat.data.imagefolder import center_crop_arr
 from lit_nat.data.shards import read_metadata
-from lit_nat.core.io import atomic_write
 from lit_nat.metrics.extractors import build_extractor, full_precision
 from lit_nat.metrics.fid import FeatureStatistics
-from lit_nat.core.progress import progress
 from lit_nat.tokenizers import tokenizer_from_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

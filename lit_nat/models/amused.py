@@ -10,7 +10,8 @@ pins diffusers in ``constraints/ci.txt``; the ``amused`` extra installs it (``pi
 aMUSEd's ``(B, h, w)`` with its own mask id (``vocab_size - 1``, 8255); the text condition's token states go in as
 ``encoder_hidden_states`` (CLIP-L's penultimate layer) and its pooled vector as ``pooled_text_emb`` (the projected
 ``text_embeds``), with the micro-conditions ``[width, height, crop top, crop left, aesthetic score]`` fixed per model;
-the logits ``(B, K, h, w)`` come back as ``(B, N, K)``. The folder layout is read by :mod:`lit_nat.models.amused_folder`.
+the logits ``(B, K, h, w)`` come back as ``(B, N, K)``. The folder layout is read by
+:mod:`lit_nat.models.amused_folder`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 
 import torch
 
-from lit_nat.models.amused_folder import default_micro_conds
-from lit_nat.core.checkpointing import load_strict, read_diffusers_weights
 from lit_nat.conditioning.condition import Condition, TextCondition
+from lit_nat.core.checkpointing import load_strict, read_diffusers_weights
 from lit_nat.core.errors import UsageError
+from lit_nat.models.amused_folder import default_micro_conds
 from lit_nat.models.base import TokenSpaceBackbone
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from lit_nat.core.assets import hub_folder, hub_uri, sha256_of
 from lit_nat.conditioning.text import save_random_clip
+from lit_nat.core.assets import hub_folder, hub_uri, sha256_of
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_json
 from lit_nat.tokenizers.amused_vq import downsampling_factor

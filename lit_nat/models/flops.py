@@ -10,7 +10,6 @@ arrives with the VQGAN tokenizer); ENAT's paper adds it separately.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lit_nat.models import build_backbone, count_parameters
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.models import build_backbone, count_parameters
 
 
 class WithoutReuse(nn.Module):
@@ -68,8 +67,8 @@ def format_gflops(parts: dict[str, float]) -> str:
 def generation_flops(backbone: nn.Module, schedule: GenerationSchedule, guided: bool) -> list[int]:
     """FLOPs of each decoding step for ONE image (two backbone rows per image with guidance).
 
-    Emulates :func:`lit_nat.generation.decoding.generate`'s backbone calls: the same batch layout, the same masked counts and
-    the state threaded from step to step; which positions are revealed does not change the count.
+    Emulates :func:`lit_nat.generation.decoding.generate`'s backbone calls: the same batch layout, the same masked
+    counts and the state threaded from step to step; which positions are revealed does not change the count.
     """
     device = next(backbone.parameters()).device
     n, mask_id = backbone.num_tokens, backbone.mask_id
@@ -136,26 +135,22 @@ def format_markdown(reports: list[FlopsReport], steps: int) -> str:
     return "\n".join(lines)
 
 
-def flops_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_nat flops",
-        description="Parameters and measured GFLOPs (per forward, per generated image over T steps, with and "
-        "without guidance and ENAT reuse) of the model a config describes. VQ decoder excluded.",
-    )
-    parser.add_argument("--config", required=True, nargs="+", type=Path, help="one or more lit_nat configs")
-    parser.add_argument("--steps", type=int, default=8, help="decoding steps T (ENAT release schedule)")
-    parser.add_argument("--codebook_size", type=int, default=1024, help="token codes (ImageNet VQGAN: 1024)")
-    parser.add_argument("--grid_size", type=int, default=None, help="token grid side (default 16; 32 for *_512)")
-    parser.add_argument("--num_classes", type=int, default=1000, help="classes (ImageNet: 1000)")
-    return parser
+def flops(configs: list[str], steps: int = 8, codebook_size: int = 1024, grid_size: int | None = None,
+          num_classes: int = 1000) -> list[FlopsReport]:  # fmt: skip
+    """Parameters and measured GFLOPs (per forward, per generated image over T steps, with and without guidance and
+    ENAT reuse) of the model each config describes, as a Markdown table. VQ decoder excluded.
 
-
-def main(argv: list[str]) -> list[FlopsReport]:
-    args = flops_parser().parse_args(argv)
+    Args:
+        configs: one or more lit_nat configs.
+        steps: decoding steps T (ENAT release schedule).
+        codebook_size: token codes (ImageNet VQGAN: 1024).
+        grid_size: token grid side (default 16; 32 for a config whose name has 512).
+        num_classes: classes (ImageNet: 1000).
+    """
     reports = []
-    for config in args.config:
-        grid = args.grid_size or (32 if "512" in config.stem else 16)
-        token_space = {"codebook_size": args.codebook_size, "grid_size": grid, "num_classes": args.num_classes}
-        reports.append(report_for_config(config, args.steps, token_space))
-    print(format_markdown(reports, args.steps))
+    for config in map(Path, configs):
+        grid = grid_size or (32 if "512" in config.stem else 16)
+        token_space = {"codebook_size": codebook_size, "grid_size": grid, "num_classes": num_classes}
+        reports.append(report_for_config(config, steps, token_space))
+    print(format_markdown(reports, steps))
     return reports

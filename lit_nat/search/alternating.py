@@ -30,21 +30,14 @@ Both steps are injectable (``generation=``, ``train=``), so the loop can be driv
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lit_nat.core.errors import UsageError
-from lit_nat.core.io import DirectoryLock, atomic_write_json, json_safe
+from lit_nat.core.io import atomic_write_json, json_safe
 from lit_nat.search.launchers import (
-    LocalLauncher,
-    SearchStep,
-    SlurmLauncher,
     Train,
     fmt,
 )
@@ -213,59 +206,3 @@ class AutoNAT:
 def report(line: str) -> None:
     """Where Algorithm 1 stands (round, phase, candidate), between the child commands' own progress bars."""
     print(f"autonat: {line}", flush=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lit_nat autonat",
-        description="AutoNAT's alternating optimisation (Algorithm 1): generation-strategy search, then a line search "
-        "over the Beta(alpha, beta) training law (one fit per candidate), until |F_new - F_prev| <= epsilon. "
-        "Arguments it does not know are passed to every candidate fit (the budget, e.g. --trainer.max_steps=2000). "
-        "Running the same command again resumes from OUT/autonat_state.json.",
-    )
-    p.add_argument("--config", required=True, help="fit config with a GenerativeEvaluation callback")
-    p.add_argument("--out", required=True, help="output folder (state, searches, candidate runs)")
-    p.add_argument("--ckpt_path", default=None, help="starting checkpoint (default: train one first)")
-    p.add_argument("--schedule", default=None, help="starting generation schedule (default: the checkpoint's)")
-    p.add_argument("--alpha", type=float, default=1.0, help="starting alpha of the Beta training law")
-    p.add_argument("--beta", type=float, default=1.0, help="starting beta of the Beta training law")
-    p.add_argument("--epsilon", type=float, default=0.1)
-    p.add_argument("--max_rounds", type=int, default=3)
-    p.add_argument("--factor", type=float, default=2.0, help="line search: multiplicative grid step")
-    p.add_argument("--refinements", type=int, default=1, help="line search: step refinements")
-    p.add_argument("--tolerance", type=float, default=0.0, help="line search: minimal FID improvement")
-    p.add_argument("--max_evaluations", type=int, default=None, help="line search: candidates per round")
-    p.add_argument("--search_args", default="", help="arguments of the search subcommand (one string), e.g. "
-                   "'--updates=10 --num_samples=5000'")  # fmt: skip
-    p.add_argument("--fit_args", default="", help="extra fit arguments (one string), after the unknown ones")
-    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    p.add_argument("--sbatch", default="sbatch", help="slurm: submit command")
-    p.add_argument("--sbatch_args", default="", help="slurm: sbatch options (one string), e.g. '--gres=gpu:8'")
-    p.add_argument("--sbatch_script", default=None,
-        help="slurm: the candidate script (default: the repository's scripts/slurm/autonat_candidate.sbatch)")
-    p.add_argument("--poll", type=float, default=60.0, help="slurm: seconds between checks of a candidate job")
-    p.add_argument("--timeout", type=float, default=None, help="slurm: cancel a candidate job after this many seconds "
-                   "and stop (rerunning resumes it); default: no limit (a job that ends unfinished is still reported)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args, unknown = parser().parse_known_args(None if argv is None else list(argv))
-    fit_args = [*unknown, *shlex.split(args.fit_args)]
-    for flag, path in (("--config", args.config), ("--ckpt_path", args.ckpt_path)):
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"autonat: {flag} {path}: no such file")  # before any candidate is launched
-    if args.launcher == "local":
-        train: Train = LocalLauncher(args.config, fit_args)
-    else:
-        train = SlurmLauncher(args.config, fit_args, sbatch=args.sbatch, sbatch_args=shlex.split(args.sbatch_args),
-                              script=args.sbatch_script, poll=args.poll, timeout=args.timeout)  # fmt: skip
-    line_search = {"factor": args.factor, "refinements": args.refinements, "tolerance": args.tolerance,
-                   "max_evaluations": args.max_evaluations}  # fmt: skip
-    checkpoint = None if args.ckpt_path is None else os.path.abspath(args.ckpt_path)
-    driver = AutoNAT(args.out, SearchStep(args.config, shlex.split(args.search_args)), train, checkpoint=checkpoint,
-                     schedule=args.schedule, alpha=args.alpha, beta=args.beta, epsilon=args.epsilon,
-                     max_rounds=args.max_rounds, line_search=line_search)  # fmt: skip
-    with DirectoryLock(args.out, "lit_nat autonat"):  # one live driver per output folder
-        return driver.run()

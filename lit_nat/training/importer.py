@@ -12,26 +12,24 @@ VQ-GAN, CLIP text encoder, scheduler), so no config is needed; :func:`amused_mod
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import yaml
 
-from lit_nat.models.amused_folder import amused_location, read_amused_folder
 from lit_nat.core.assets import is_url
 from lit_nat.core.checkpointing import read_checkpoint, save_checkpoint_file
+from lit_nat.core.errors import UsageError
 from lit_nat.data.shards import read_metadata
 from lit_nat.data.tokenize_plan import tokenizer_kwargs
-from lit_nat.core.errors import UsageError
-from lit_nat.core.flags import add_bool_flag
 from lit_nat.models import ARCHITECTURES
 from lit_nat.models.amused import load_amused_transformer
+from lit_nat.models.amused_folder import amused_location, read_amused_folder
 from lit_nat.models.convert import CONVERTERS, load_official
-from lit_nat.training.module import NATModule
 from lit_nat.tokenizers import TOKENIZERS, pinned, resolve_checkpoint, token_space
+from lit_nat.training.module import NATModule
 
 #: model arguments that come from the weights (or the data's meta.json), never from the config's model section
 TOKEN_SPACE_ARGS = ("codebook_size", "grid_size", "num_classes", "tokenizer")
@@ -88,25 +86,27 @@ def build_checkpoint(module: NATModule, extra: dict[str, Any]) -> dict[str, Any]
 
 
 def import_checkpoint(
-    format: str,
+    format: Literal["autonat", "enat", "amused"],
     src: Path,
-    config: Path | None,
     dst: Path,
+    model_config: Path | None = None,
     num_heads: int | None = None,
     overwrite: bool = False,
     tokenizer: str | None = None,
     tokenizer_checkpoint: str | None = None,
     tokenizer_arg: list[str] | None = None,
 ) -> Path:
-    """Convert an official checkpoint into a lit_nat checkpoint.
+    """Convert an official checkpoint (nnet_ema.pth) or an aMUSEd diffusers folder into a lit_nat checkpoint that fit,
+    validate, test, predict, sample, edit and search accept with --ckpt_path.
 
     Args:
         format: layout of the source: ``autonat`` (LeapLabTHU/ImprovedNAT ``nnet_ema.pth``), ``enat``
             (LeapLabTHU/ENAT ``nnet_ema.pth`` / ``nnet_ema_512.pth``; its unused ``prev_embedder`` is dropped) or
             ``amused`` (a local diffusers folder of ``amused/amused-256`` or ``-512``; see :func:`import_amused`).
         src: the official state_dict file (``amused``: the folder).
-        config: the lit_nat config whose ``model`` section describes the architecture (e.g. configs/autonat_l.yaml);
-            for ``amused`` optional (the folder describes the model; the config may set other model arguments).
+        model_config: the lit_nat config whose ``model`` section describes the architecture (e.g.
+            configs/autonat_l.yaml); for ``amused`` optional (the folder describes the model; the config may set other
+            model arguments).
         dst: the lit_nat checkpoint to write.
         num_heads: override the attention head count (it cannot be read from the weights); default: the config's.
         overwrite: replace an existing ``dst`` (by default an existing file is never touched).
@@ -118,12 +118,13 @@ def import_checkpoint(
         tokenizer_arg: further tokenizer arguments as ``KEY=VALUE``; its ``image_size`` follows from the weights' grid.
     """
     if format == "amused":
-        return import_amused(src, dst, config=config, overwrite=overwrite)
+        return import_amused(src, dst, config=model_config, overwrite=overwrite)
     if format not in CONVERTERS:
         raise ValueError(f"unknown checkpoint format {format!r}; expected one of {sorted(FORMATS)}")
-    if config is None:
-        raise UsageError(f"import-checkpoint --format {format}: --config is required (the architecture it describes)")
-    src, config, dst = Path(src), Path(config), Path(dst)
+    if model_config is None:
+        raise UsageError(f"import-checkpoint --format {format}: --model_config is required (the architecture it "
+                         "describes)")  # fmt: skip
+    src, config, dst = Path(src), Path(model_config), Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
     if not src.is_file():
@@ -230,26 +231,3 @@ def import_amused(src: Path | str, dst: Path, config: Path | None = None, overwr
 
 def _norm(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-def import_checkpoint_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m lit_nat import-checkpoint`` (their help is import_checkpoint's docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_nat import-checkpoint",
-        description="Convert an official checkpoint (nnet_ema.pth) or an aMUSEd diffusers folder into a lit_nat "
-        "checkpoint that fit, validate, test, predict, sample, edit and search accept with --ckpt_path.",
-    )
-    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="layout of the source")
-    parser.add_argument("--src", required=True, help="the official state_dict file (amused: the folder, or a hub id "
-                        "such as amused/amused-256)")  # fmt: skip
-    parser.add_argument("--config", type=Path, default=None,
-                        help="lit_nat config whose model section is used (required but for amused)")  # fmt: skip
-    parser.add_argument("--dst", required=True, type=Path, help="the lit_nat checkpoint to write")
-    parser.add_argument("--num_heads", type=int, default=None, help="attention heads (not readable from weights)")
-    parser.add_argument("--tokenizer", default=None, help="record this tokenizer (e.g. vqgan), so sample and edit "
-                        "need only the checkpoint; default: the config's data meta.json")  # fmt: skip
-    parser.add_argument("--tokenizer_checkpoint", default=None, help="its weights, e.g. vqgan_jax_strongaug.ckpt")
-    parser.add_argument("--tokenizer_arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="another tokenizer argument (repeatable; YAML value)")  # fmt: skip
-    add_bool_flag(parser, "--overwrite", "replace an existing --dst")
-    return parser

@@ -8,15 +8,40 @@ samples from any working directory; ``tokenizer_checkpoint`` and ``text_encoder`
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lit_nat.core.checkpointing import read_checkpoint
 from lit_nat.conditioning.text import relocate as relocate_text_encoder
-from lit_nat.core.errors import CheckpointError
-from lit_nat.training.module import NATModule
+from lit_nat.core.checkpointing import read_checkpoint
+from lit_nat.core.errors import CheckpointError, UsageError
 from lit_nat.tokenizers import relocate as relocate_tokenizer
+from lit_nat.training.module import NATModule
+
+
+@dataclass(frozen=True)
+class AssetLocations:
+    """Where the assets a checkpoint records are now, for a checkpoint made elsewhere (each checked against the
+    recorded sha256).
+
+    Args:
+        tokenizer_checkpoint: where the tokenizer's weights recorded in the checkpoint are now (a moved file or
+            folder, a URL#sha256=<hex>, a hub location).
+        text_encoder: where the recorded text encoder is now (a moved folder or a hub id such as
+            openai/clip-vit-large-patch14).
+    """
+
+    tokenizer_checkpoint: str | None = None
+    text_encoder: str | None = None
+
+    def apply(self, model: Any) -> None:
+        """Point ``model``'s recorded assets to these locations (nothing when neither is given)."""
+        if self.tokenizer_checkpoint is None and self.text_encoder is None:
+            return
+        if not hasattr(model, "relocate_assets"):
+            raise UsageError("--tokenizer_checkpoint / --text_encoder need a lit_nat NATModule")
+        model.relocate_assets(self.tokenizer_checkpoint, self.text_encoder)
 
 
 def module_from_hparams(

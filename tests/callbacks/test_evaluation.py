@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_nat.callbacks import GenerativeEvaluation, SampleGrid
 from lit_nat.data.labels import GenerationBatches, plan_generation
-from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.generation.visuals import reveal_strip, schedule_scalars
+from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from tests.helpers.tiny import eval_module, eval_trainer, shards_datamodule
 
 

@@ -1,5 +1,5 @@
-"""The command line: every demo config runs at tiny size on CPU (the paper configs: tests/commands/test_paper_configs.py);
-import-checkpoint; Trainer subcommands."""
+"""The command line: every demo config runs at tiny size on CPU (the paper configs:
+tests/commands/test_paper_configs.py); import-checkpoint; Trainer subcommands."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def official_setup(tmp_path):
 def test_import_checkpoint_reproduces_the_official_forward(official_setup, tmp_path):
     official, src, config = official_setup
     dst = tmp_path / "model.ckpt"
-    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--model_config", str(config),
+          "--dst", str(dst)])
     model = load_model(str(dst))
     ids, labels = tiny_autonat_inputs()
     with torch.no_grad():
@@ -109,14 +110,16 @@ def test_import_checkpoint_reproduces_the_official_forward(official_setup, tmp_p
     # an existing checkpoint is never overwritten silently
     with pytest.raises(FileExistsError, match="--overwrite"):
         main(
-            ["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)]
+            ["import-checkpoint", "--format", "autonat", "--src", str(src), "--model_config", str(config),
+             "--dst", str(dst)]
         )
 
 
 def test_imported_checkpoint_is_accepted_by_trainer_subcommands(official_setup, tmp_path):
     _, src, config = official_setup
     dst = tmp_path / "model.ckpt"
-    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--model_config", str(config),
+          "--dst", str(dst)])
     common = [
         f"--config={config}",
         "--trainer.accelerator=cpu",
@@ -134,7 +137,8 @@ def test_command_line_model_arguments_win_over_the_checkpoints(official_setup, t
     """LightningCLI would replace the model arguments by the checkpoint's hyperparameters; ours keeps the config's."""
     _, src, config = official_setup
     dst = tmp_path / "model.ckpt"
-    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--model_config", str(config),
+          "--dst", str(dst)])
     seen = []
     original = NATModule.on_load_checkpoint
 
@@ -166,7 +170,7 @@ def test_import_checkpoint_refuses_data_of_another_token_space(official_setup, t
                 "autonat",
                 "--src",
                 str(src),
-                "--config",
+                "--model_config",
                 str(config),
                 "--dst",
                 str(tmp_path / "x.ckpt"),
@@ -226,7 +230,7 @@ def test_fit_offers_no_optimizer_that_would_replace_the_recipe(capsys):
 def test_a_built_in_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
     """A user's path met as FileNotFoundError: one line naming it, exit 2; ``--debug`` first shows the traceback."""
     command = [sys.executable, "-m", "lit_nat", "import-checkpoint", "--format=autonat", f"--src={tmp_path / 'no.pth'}",
-               "--config=configs/demo_digits.yaml", f"--dst={tmp_path / 'x.ckpt'}"]  # fmt: skip
+               "--model_config=configs/demo_digits.yaml", f"--dst={tmp_path / 'x.ckpt'}"]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
@@ -253,7 +257,8 @@ def test_official_weights_and_a_vqgan_file_sample_with_the_checkpoint_alone(tmp_
     vqgan = save_random_checkpoint(tmp_path / "vqgan.ckpt", **{a.split("=")[0]: yaml.safe_load(a.split("=")[1])
                                                                for a in arch})  # fmt: skip
     dst = tmp_path / "model.ckpt"
-    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst", str(dst),
+    main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--model_config", str(config),
+          "--dst", str(dst),
           "--tokenizer", "vqgan", "--tokenizer_checkpoint", vqgan, *[f"--tokenizer_arg={a}" for a in arch]])
     assert load_model(str(dst)).hparams.tokenizer["image_size"] == 8  # a 4x4 grid of a 2x-downsampling VQGAN
     out = tmp_path / "official.npz"
@@ -264,19 +269,16 @@ def test_official_weights_and_a_vqgan_file_sample_with_the_checkpoint_alone(tmp_
     assert (tmp_path / "official.png").exists() and (tmp_path / "official.json").exists()
     assert not (tmp_path / "official.parts").exists()
     with pytest.raises(UsageError, match="gives 1024 codes on a \\(16, 16\\) grid, the weights expect 16 codes"):
-        main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--config", str(config), "--dst",
+        main(["import-checkpoint", "--format", "autonat", "--src", str(src), "--model_config", str(config), "--dst",
               str(tmp_path / "x.ckpt"), "--tokenizer", "vqgan", "--tokenizer_arg=image_size=256"])  # fmt: skip
 
 
 def test_a_remote_ckpt_path_is_left_to_lightning():
     """``--ckpt_path s3://...`` or ``registry:...`` is not read as a local file while parsing: Lightning fetches it."""
-    from types import SimpleNamespace
-
-    from lit_nat.commands.cli import NATLightningCLI
+    from lit_nat.commands.objects import adopt_checkpoint_structure
 
     for path in ("s3://bucket/run/last.ckpt", "registry:org/model:latest"):
-        cli = SimpleNamespace(config={"subcommand": "validate", "validate": {"ckpt_path": path, "model": {}}})
-        assert NATLightningCLI._parse_ckpt_path(cli) is None  # a local read would raise "no such checkpoint file"
+        assert adopt_checkpoint_structure(path, {}) == {}  # a local read would raise "no such checkpoint file"
 
 
 def test_a_damaged_official_checkpoint_is_one_line_naming_it(tmp_path):
@@ -285,6 +287,7 @@ def test_a_damaged_official_checkpoint_is_one_line_naming_it(tmp_path):
     from lit_nat.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=f"{src}: not a readable checkpoint, truncated or damaged"):
-        main(["import-checkpoint", "--format=autonat", f"--src={src}", f"--config={REPO / 'configs/autonat_s.yaml'}",
+        main(["import-checkpoint", "--format=autonat", f"--src={src}",
+              f"--model_config={REPO / 'configs/autonat_s.yaml'}",
               f"--dst={tmp_path / 'out.ckpt'}"])  # fmt: skip
     assert not (tmp_path / "out.ckpt").exists()

@@ -24,9 +24,9 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from lit_nat.commands.cli import entry
-from lit_nat.generation.editing import load_images, parse_mask, read_image_file, to_unit_float
 from lit_nat.core.errors import LitNatError, UnsafeNameError, UsageError
 from lit_nat.core.io import check_name
+from lit_nat.generation.editing import load_images, parse_mask, read_image_file, to_unit_float
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 from tests.helpers.cli import run_lit_nat
 from tests.helpers.tiny import UVIT_ARCH

@@ -22,8 +22,8 @@ import yaml
 
 from lit_nat.commands.cli import main
 from lit_nat.core.errors import UsageError
-from lit_nat.metrics.clip_score import save_random_clip_model
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.metrics.clip_score import save_random_clip_model
 from tests.conftest import PAPER_CONFIGS, REPO
 from tests.helpers.checks import assert_same_training_state
 from tests.helpers.cli import run_lit_nat
@@ -65,7 +65,8 @@ def paper_args(config: Path, tmp_path: Path, assets: dict[str, Path]) -> list[st
             "--model.schedule_params={steps: 2}",
             f"--evaluation.weights_path={assets['inception']}", f"--evaluation.reference_stats={assets['reference']}",
             "--evaluation.num_samples=2", "--evaluation.batch_size=2",
-            "--schedule_search.every_n_epochs=1", "--schedule_search.max_updates=1", "--schedule_search.num_samples=2"]
+            "--schedule_search.every_n_epochs=1", "--schedule_search.max_updates=1",
+            "--schedule_search.settings.num_samples=2"]
     if is_text(config):
         args.append(f"--evaluation.clip_score_model={assets['clip_score']}")
     return args  # fmt: skip

@@ -11,11 +11,11 @@ import torch
 
 from lit_nat import load_model
 from lit_nat.commands.cli import main
+from lit_nat.commands.sample import done_batches, merge_parts, to_uint8_hwc, write_part
 from lit_nat.data.labels import plan_generation
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.metrics import load_reference_stats
 from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
-from lit_nat.commands.sample import done_batches, merge_parts, to_uint8_hwc, write_part
-from lit_nat.generation.schedule import GenerationSchedule
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 
 
@@ -58,7 +58,7 @@ def test_sample_with_labels_and_a_schedule_file(setup, tmp_path):
     config, ckpt = setup
     schedule = GenerationSchedule.heuristic(2, guidance=0.0).save(tmp_path / "two_steps.yaml")
     out = tmp_path / "given"
-    sample(config, ckpt, out, "--num_samples=5", "--labels=[2, 0]", f"--schedule={schedule}")
+    sample(config, ckpt, out, "--num_samples=5", "--labels", "2", "0", f"--schedule={schedule}")
     with np.load(out / "samples.npz") as data:
         assert data["arr_1"].tolist() == [2, 0, 2, 0, 2]
     info = json.loads((out / "samples.json").read_text())
@@ -83,7 +83,7 @@ def test_bad_schedule_files_and_labels_fail_before_any_work(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.yaml does not exist"):
         sample(config, ckpt, tmp_path / "c", "--num_samples=2", f"--schedule={tmp_path / 'nowhere.yaml'}")
     with pytest.raises(ValueError, match=r"labels must be non-empty and in \[0, 3\]"):
-        sample(config, ckpt, tmp_path / "d", "--num_samples=2", "--labels=[7]")
+        sample(config, ckpt, tmp_path / "d", "--num_samples=2", "--labels", "7")
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
@@ -132,8 +132,8 @@ def test_a_stopped_sample_keeps_its_batches_and_resumes_with_the_rest(setup, tmp
     batches, and samples.npz equals an uninterrupted run's. Other weights or settings cannot resume those parts."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lit_nat.training.module import NATModule
     from lit_nat.commands.sample import SampleWriter
+    from lit_nat.training.module import NATModule
 
     config, ckpt = setup
     args = ["--num_samples=9", "--batch_size=2", "--seed=4"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lit_nat.commands.cli import main
-from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.search.report import search_curve
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 

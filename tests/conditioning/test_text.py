@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from lit_nat.conditioning import CLIPTextEncoder, TextCondition, save_random_clip, text_encoder_from_config, text_space
+from lit_nat.core.errors import UsageError
 from lit_nat.data import ShardWriter, TokenShardDataModule, read_metadata
 from lit_nat.data.labels import plan_generation
 from lit_nat.data.meta import MetadataError
 from lit_nat.data.samples import pick_caption
-from lit_nat.core.errors import UsageError
 from lit_nat.training.module import NATModule
 from tests.helpers.tiny import ENAT_ARCH, ENAT_OPTIONS, UVIT_ARCH
 

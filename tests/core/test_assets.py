@@ -23,9 +23,9 @@ import pytest
 import torch
 import yaml
 
+from lit_nat.commands.cli import main
 from lit_nat.core.assets import MissingAssetError, sha256_of
 from lit_nat.core.checkpointing import read_checkpoint
-from lit_nat.commands.cli import main
 from lit_nat.core.errors import CheckpointError
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.tokenizers import load_tokenizer
@@ -81,7 +81,7 @@ def make_enat_import(folder: Path) -> Path:
                         "mask_ratio_per_sample": False, "min_visible_tokens": 1, "schedule": "sched.yaml"}}  # fmt: skip
     (folder / "arch.yaml").write_text(yaml.safe_dump(config))
     arch = [f"--tokenizer_arg={k}={v}" for k, v in VQ_ARCH.items()]
-    main(["import-checkpoint", "--format=enat", "--src=nnet_ema.pth", "--config=arch.yaml", "--dst=model.ckpt",
+    main(["import-checkpoint", "--format=enat", "--src=nnet_ema.pth", "--model_config=arch.yaml", "--dst=model.ckpt",
           "--tokenizer=vqgan", "--tokenizer_checkpoint=vq.ckpt", *arch])  # fmt: skip
     return folder / "model.ckpt"
 

@@ -18,15 +18,16 @@ import pytest
 import torch
 import yaml
 
+import lit_nat.commands.sample as sample_module
+import lit_nat.commands.sample_parts as sample_parts
 import lit_nat.core.diskspace as diskspace
 import lit_nat.core.io as io_module
-import lit_nat.commands.sample as sample_module
-from lit_nat.core.checkpointing import read_checkpoint, save_checkpoint_file
 from lit_nat.commands.cli import main
+from lit_nat.commands.sample import SampleFiles, done_batches, merge_parts, write_part
+from lit_nat.core.checkpointing import read_checkpoint, save_checkpoint_file
 from lit_nat.core.diskspace import free_bytes
 from lit_nat.core.errors import DiskFullError
 from lit_nat.core.io import atomic_write, atomic_write_bytes, atomic_write_json
-from lit_nat.commands.sample import SampleFiles, done_batches, merge_parts, write_part
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 from tests.helpers.cli import run_lit_nat
 from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH
@@ -134,7 +135,7 @@ def test_sample_merge_on_a_full_disk_is_one_line_keeps_the_parts_and_resumes(sma
     posix_fallocate itself refuses ("allocation"), or the .npz write does ("npz write")."""
     folder, resize = small_disk
     if stage != "free-space check":
-        for module in (sample_module, io_module, diskspace):  # every name the merge's checks are reached by
+        for module in (sample_parts, io_module, diskspace):  # every name the merge's checks are reached by
             monkeypatch.setattr(module, "ensure_space", lambda *args: None)
     out = SampleFiles.at(folder / "run")
     rng = np.random.default_rng(0)

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 import torch
 
-from lit_nat.core.checkpointing import DurableCheckpointIO, read_checkpoint, save_checkpoint_file
 from lit_nat.commands.cli import main
-from lit_nat.data import TokenShardDataModule
-from lit_nat.data.meta import MetadataError
-from lit_nat.data.shards import tar_bytes
+from lit_nat.core.checkpointing import DurableCheckpointIO, read_checkpoint, save_checkpoint_file
 from lit_nat.core.errors import CheckpointError, DataError, LockedError, NonFiniteError
 from lit_nat.core.finite import NonFiniteGuard
 from lit_nat.core.io import DirectoryLock
+from lit_nat.data import TokenShardDataModule
+from lit_nat.data.meta import MetadataError
+from lit_nat.data.shards import tar_bytes
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.training.loading import load_model
 from lit_nat.training.module import NATModule
-from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.training.trainer import NATTrainer
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 from tests.helpers.tiny import UVIT_ONE_BLOCK_ARCH, tiny_overrides
@@ -287,7 +287,8 @@ def test_a_structure_that_contradicts_the_checkpoint_is_an_error(tiny, tmp_path)
 
 # ---------------------------------------------------------------------------------------------------------- locks
 def hold_lock(directory: Path) -> subprocess.Popen:
-    code = (f"import time; from lit_nat.core.io import DirectoryLock; lock = DirectoryLock({str(directory)!r}, 'a test')"
+    code = (f"import time; from lit_nat.core.io import DirectoryLock; "
+            f"lock = DirectoryLock({str(directory)!r}, 'a test')"
             ".acquire(); print('locked', flush=True); time.sleep(60)")  # fmt: skip
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip

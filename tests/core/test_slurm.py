@@ -118,8 +118,8 @@ def test_preempted_job_requeues_and_resumes_into_the_same_run(tmp_path):
 
 def test_the_sbatch_scripts_live_in_scripts_slurm_and_nowhere_else(tmp_path):
     """One home for the scripts users edit: the launcher finds them in scripts/slurm/, or takes the path of a copy."""
-    from lit_nat.search.launchers import SlurmLauncher
     from lit_nat.core.slurm import SLURM_SCRIPTS, sbatch_script
+    from lit_nat.search.launchers import SlurmLauncher
 
     names = {"fit.sbatch", "tokenize.sbatch", "autonat_candidate.sbatch"}
     assert SLURM_SCRIPTS == REPO / "scripts" / "slurm"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_nat.core.errors import DataError
 from lit_nat.data import (
     FORMAT,
     DatasetMeta,
@@ -29,7 +30,6 @@ from lit_nat.data import (
     write_metadata,
 )
 from lit_nat.demos.digits import prepare_digits
-from lit_nat.core.errors import DataError
 from lit_nat.tokenizers import tokenizer_from_config
 
 GRID = (2, 3)

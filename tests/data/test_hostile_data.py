@@ -18,18 +18,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lit_nat.commands.cli import entry
+from lit_nat.core.errors import DataError, LitNatError, UnsafeNameError
 from lit_nat.data import ShardWriter, TokenShardDataModule, TokenShardDataset, read_metadata
 from lit_nat.data.captioned import list_coco, list_img2dataset
 from lit_nat.data.imagefolder import read_class_list
 from lit_nat.data.integrity import check_shard
 from lit_nat.data.samples import read_range
 from lit_nat.data.tokenize import tokenize_folder
-from lit_nat.data.tokenize_verify import main as verify
 from lit_nat.data.tokenize_verify import verify_split
-from lit_nat.core.errors import DataError, LitNatError, UnsafeNameError
 from lit_nat.tokenizers import TOKENIZERS
+from tests.helpers.cli import command
 from tests.helpers.data import image, listing, make_img2dataset, rehash_record, renamed_shard, tar_members, write_tar
 from tests.helpers.tokenizers import PatchMeanTokenizer
+
+verify = command("tokenize-verify")
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 #: names a hostile file may hold: separators, '..', empty, control and non-ASCII characters, and plain ones

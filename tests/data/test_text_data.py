@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 
 from lit_nat.commands.cli import main
+from lit_nat.core.errors import UsageError
 from lit_nat.data import TokenShardDataModule, read_metadata
 from lit_nat.data.captioned import list_coco, list_img2dataset
-from lit_nat.data.tokenize import main as tokenize
 from lit_nat.data.tokenize_verify import verify_split
 from lit_nat.tokenizers import TOKENIZERS
 from tests.conftest import fit_tiny_checkpoint
+from tests.helpers.cli import command
 from tests.helpers.data import CAPTIONS, make_coco, make_img2dataset
 from tests.helpers.tokenizers import PatchMeanTokenizer
+
+tokenize = command("tokenize")
 
 WORDS = {"name": "words", "vocab": ["a", "red", "bus", "cat", "on", "the", "table", "dog"], "dim": 16,
          "max_length": 8}  # fmt: skip
@@ -102,13 +105,17 @@ def test_an_img2dataset_folder_tokenises_verifies_trains_and_samples(tmp_path):
 
 
 def test_list_options_take_several_values_after_one_flag():
-    from lit_nat.commands.cli import gather_list_options
+    from lit_nat.commands import COMMANDS
+    from lit_nat.commands.parsing import command_parser, function_kwargs, parse
 
-    assert gather_list_options(["sample", "--prompts", "a red bus", "7", "--seed", "1"]) == [
-        "sample", '--prompts=["a red bus", "7"]', "--seed", "1"]  # fmt: skip
-    assert gather_list_options(["--labels", "3", "7"]) == ["--labels=[3, 7]"]
-    assert gather_list_options(["--labels", "[3, 7]"]) == ["--labels", "[3, 7]"]
-    assert gather_list_options(["--labels=[1]"]) == ["--labels=[1]"]
+    parser = command_parser("sample", COMMANDS["sample"].function)
+    config = parse(parser, ["--prompts", "a red bus", "7", "--seed", "1", "--labels", "3", "7"])
+    request = function_kwargs(config, COMMANDS["sample"].function)["request"]
+    assert (request.prompts, request.seed, request.labels) == (["a red bus", "7"], 1, [3, 7])
+    config = parse(parser, ["--labels", "1", "--labels", "2"])  # given again: added to
+    assert config.labels == [1, 2]
+    with pytest.raises(UsageError, match="--labels: expected int, got 'x'"):
+        parse(parser, ["--labels", "3", "x"])
 
 
 def test_an_img2dataset_json_that_is_not_an_object_skips_only_its_image(tmp_path):

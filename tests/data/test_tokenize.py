@@ -18,13 +18,24 @@ import lit_nat.data.tokenize_plan as plan_module
 from lit_nat.commands.cli import main
 from lit_nat.data import TokenShardDataModule, read_metadata
 from lit_nat.data.imagefolder import center_crop_arr, list_image_folder, read_class_list, sample_keys
-from lit_nat.data.tokenize import main as tokenize
-from lit_nat.data.tokenize import tokenize_folder, tokenize_parser
+from lit_nat.data.tokenize import tokenize_folder
 from lit_nat.data.tokenize_plan import TokenizeError
-from lit_nat.data.tokenize_verify import main as verify
-from lit_nat.data.tokenize_verify import verify_parser, verify_split
+from lit_nat.data.tokenize_verify import verify_split
 from lit_nat.tokenizers import TOKENIZERS, Tokenizer
+from tests.helpers.cli import command
 from tests.helpers.tokenizers import PatchMeanTokenizer
+
+
+def parsed_options(argv: list[str]):
+    """The options a command line gives its command (parsed by the real parser, nothing run)."""
+    from lit_nat.commands import COMMANDS
+    from lit_nat.commands.parsing import command_parser, parse
+
+    return parse(command_parser(argv[0], COMMANDS[argv[0]].function), argv[1:])
+
+
+tokenize = command("tokenize")
+verify = command("tokenize-verify")
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["n001", "n002", "n003"]
@@ -355,13 +366,13 @@ def test_slurm_tokenize_script_passes_options_the_commands_accept(tmp_path):
 
     argv = run("/data/imagenet/train", "/data/in512", "train", "--images_per_shard", "500")
     assert argv[0] == "tokenize"
-    args = tokenize_parser().parse_args(argv[1:])
+    args = parsed_options(argv)
     assert (args.images, args.out, args.split, args.resolution) == ("/data/imagenet/train", "/data/in512", "train", 512)
     assert (args.tokenizer, args.checkpoint, args.device, args.num_workers) == ("vqgan", "/ckpt/vqgan.pth", "cuda", 15)
     assert (args.task_index, args.num_tasks, args.images_per_shard) == (5, 8, 500)
     argv = run("--finalize", "/data/in512", "train")
     assert argv[0] == "tokenize-verify"
-    args = verify_parser().parse_args(argv[1:])
+    args = parsed_options(argv)
     assert (args.root, args.split, args.finalize, args.decode) == ("/data/in512", "train", True, 8)
     with pytest.raises(SystemExit) as exit_info:
         main(["tokenize", "--help"])

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from lit_nat.commands.cli import main
+from lit_nat.core.errors import UsageError
+from lit_nat.generation.decoding import generate, guided_log_probs, gumbel_noise, make_generator
 from lit_nat.generation.editing import (
     border_mask,
     box_mask,
@@ -19,10 +21,8 @@ from lit_nat.generation.editing import (
     random_keep_mask,
     token_keep_mask,
 )
-from lit_nat.core.errors import UsageError
-from lit_nat.training.module import NATModule
-from lit_nat.generation.decoding import generate, guided_log_probs, gumbel_noise, make_generator
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.training.module import NATModule
 from tests.conftest import fit_tiny_checkpoint, write_random_shards
 from tests.helpers.tiny import ENAT_ARCH, ENAT_OPTIONS, UVIT_ARCH
 

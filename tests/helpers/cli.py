@@ -16,3 +16,10 @@ def run_lit_nat(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "lit_nat", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
+
+
+def command(name: str):
+    """``python -m lit_nat NAME ...`` in this process, as a function of its options: ``command("tokenize")(argv)``."""
+    from lit_nat.commands.cli import run_command
+
+    return lambda argv: run_command(name, [str(a) for a in argv])

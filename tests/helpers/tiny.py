@@ -51,7 +51,8 @@ SHARDS_SPACE = dict(
 )
 #: the U-ViT module of tests/training/test_module.py
 UVIT_MODULE = dict(arch="autonat-tiny", arch_overrides=UVIT_ARCH, **SHARDS_SPACE)
-#: the one-block U-ViT with a 4-step schedule that tests/callbacks/test_evaluation.py and tests/search/test_search.py evaluate
+#: the one-block U-ViT with a 4-step schedule that tests/callbacks/test_evaluation.py and tests/search/test_search.py
+#: evaluate
 EVAL_MODULE = dict(arch="autonat-tiny", arch_overrides=UVIT_ONE_BLOCK_ARCH, **SHARDS_SPACE,
                    schedule_params={"steps": 4})  # fmt: skip
 #: the ENAT module of tests/training/test_enat_training.py

@@ -15,15 +15,15 @@ pytest.importorskip("diffusers")
 
 from diffusers import AmusedScheduler, UVit2DModel, VQModel  # noqa: E402
 
-from lit_nat.models.amused_folder import read_amused_folder, save_random_amused  # noqa: E402
-from lit_nat.core.checkpointing import read_diffusers_weights  # noqa: E402
 from lit_nat.commands.cli import main  # noqa: E402
+from lit_nat.core.checkpointing import read_diffusers_weights  # noqa: E402
 from lit_nat.core.errors import CheckpointError, UsageError  # noqa: E402
-from lit_nat.training.importer import amused_module  # noqa: E402
-from lit_nat.training.loading import load_model  # noqa: E402
 from lit_nat.generation.decoding import guided_log_probs  # noqa: E402
 from lit_nat.generation.schedule import GenerationSchedule  # noqa: E402
+from lit_nat.models.amused_folder import read_amused_folder, save_random_amused  # noqa: E402
 from lit_nat.tokenizers import AmusedVQTokenizer  # noqa: E402
+from lit_nat.training.importer import amused_module  # noqa: E402
+from lit_nat.training.loading import load_model  # noqa: E402
 
 PROMPTS = ["a red bus", "two cats on a sofa", ""]
 GRID, K = 8, 8  # the random folder's token grid (8 x 8 of 16 px images) and codebook
@@ -218,7 +218,9 @@ def test_the_shipped_cc3m_config_searches_amused_deterministically_and_moves_the
     """configs/amused_cc3m.yaml at tiny size on CPU: CC3M-style val shards tokenised with ``--amused``, FID (a random
     digits classifier in place of Inception) with the CLIP score beside it, one search update from aMUSEd's own
     12-step strategy, run twice: the same captions and seeds give the same update."""
-    from lit_nat.data.tokenize import main as tokenize
+    from tests.helpers.cli import command
+
+    tokenize = command("tokenize")
     from lit_nat.metrics.clip_score import save_random_clip_model
     from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
     from tests.conftest import REPO

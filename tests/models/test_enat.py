@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_nat.generation.decoding import generate, make_generator
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models import (
     ENAT,
     ENATState,
@@ -19,8 +21,6 @@ from lit_nat.models import (
     load_official_enat,
 )
 from lit_nat.models.convert import CONVERTERS, compare_with_target
-from lit_nat.generation.decoding import generate, make_generator
-from lit_nat.generation.schedule import GenerationSchedule
 from tests.helpers.official import official_enat_shapes, random_official_enat_state_dict, reference_enat
 from tests.helpers.tiny import ENAT_BACKBONE, ENC, C, D, H, K, N
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nat.models.flops import count_flops, format_markdown, generation_flops, main, report_for
-from lit_nat.models import build_backbone
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.models import build_backbone
+from lit_nat.models.flops import count_flops, flops, format_markdown, generation_flops, report_for
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = {"codebook_size": 16, "grid_size": 4, "num_classes": 3}
@@ -46,9 +46,9 @@ def test_uvit_forward_matches_a_hand_count():
 def test_cli_table_for_shipped_configs(capsys):
     from lit_nat.commands.cli import main as cli_main
 
-    cli_main(["flops", "--config", str(REPO / "configs/autonat_s.yaml"), "--steps", "8"])
+    cli_main(["flops", "--configs", str(REPO / "configs/autonat_s.yaml"), "--steps", "8"])
     assert "| autonat_s | 45.5 |" in capsys.readouterr().out
-    reports = main(["--config", str(REPO / "configs/autonat_s.yaml"), "--steps", "8"])
+    reports = flops([str(REPO / "configs/autonat_s.yaml")], steps=8)
     assert reports[0].parameters == 45_546_497
     out = capsys.readouterr().out
     assert "| autonat_s | 45.5 |" in out and out.startswith("| config |")

@@ -285,7 +285,7 @@ def test_the_driver_with_the_local_launcher(tmp_path, fake):
 
 
 def test_cli_has_the_autonat_command(capsys):
-    assert COMMANDS["autonat"].run is not None
+    assert COMMANDS["autonat"].function is not None
     with pytest.raises(SystemExit) as exit_info:
         main(["autonat", "--help"])
     assert exit_info.value.code == 0 and "--epsilon" in capsys.readouterr().out
@@ -317,11 +317,11 @@ def test_a_stopped_driver_forwards_the_signal_to_its_child_and_stops(tmp_path):
 def test_autonat_refuses_a_missing_config_or_checkpoint_before_launching_anything(tmp_path):
     from lit_nat.core.errors import UsageError
 
-    with pytest.raises(UsageError, match=f"--config {tmp_path / 'nope.yaml'}: no such file"):
-        main(["autonat", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run")])
+    with pytest.raises(UsageError, match=f"--fit_config {tmp_path / 'nope.yaml'}: no such file"):
+        main(["autonat", "--fit_config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run")])
     config = tmp_path / "c.yaml"
     config.write_text("model: {}\n")
     with pytest.raises(UsageError, match="--ckpt_path .*missing.ckpt: no such file"):
-        main(["autonat", "--config", str(config), "--ckpt_path", str(tmp_path / "missing.ckpt"),
+        main(["autonat", "--fit_config", str(config), "--ckpt_path", str(tmp_path / "missing.ckpt"),
               "--out", str(tmp_path / "run")])  # fmt: skip
     assert not (tmp_path / "run").exists()

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lit_nat.callbacks import GenerativeEvaluation
-from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
-from lit_nat.training.module import NATModule
+from lit_nat.callbacks import GenerativeEvaluation, ScheduleSearch
 from lit_nat.generation.schedule import GenerationSchedule
-from lit_nat.callbacks import ScheduleSearch
+from lit_nat.metrics.digits import DigitsClassifier, save_digits_classifier
 from lit_nat.search import SearchSettings, SearchSpace, estimate_gradient
 from lit_nat.search.report import search_curve
+from lit_nat.training.module import NATModule
 from tests.helpers.tiny import EVAL_MODULE, eval_module, eval_trainer, shards_datamodule
 
 
@@ -189,7 +188,7 @@ def evaluator(tmp_path: Path) -> GenerativeEvaluation:
 
 
 def test_common_random_numbers_same_schedule_same_fid(tiny_shards, evaluator, tmp_path):
-    model, search = eval_module(), ScheduleSearch(num_samples=6, evaluation=evaluator)
+    model, search = eval_module(), ScheduleSearch(settings=SearchSettings(num_samples=6), evaluation=evaluator)
     fit = eval_trainer(tmp_path, [evaluator, search])
     fit.validate(model, datamodule=shards_datamodule(tiny_shards), verbose=False)  # builds extractor and reference
     fid = search.prepare(fit, model).objective(fit, model)
@@ -208,7 +207,7 @@ def two_step_module(seed: int = 0) -> NATModule:
 def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards, evaluator, tmp_path):
     fit_args = dict(limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False)
     # large FD steps: on an untrained tiny model the official 0.01 / 0.1 change no token and the gradient is 0
-    options = dict(num_samples=6, ratio_step=0.2, other_step=1.0)
+    options = dict(settings=SearchSettings(num_samples=6, ratio_step=0.2, other_step=1.0))
     search = ScheduleSearch(**options)
     model = two_step_module()
     first = eval_trainer(tmp_path / "a", [evaluator, search], max_epochs=1, **fit_args)
@@ -265,7 +264,7 @@ def test_a_checkpoint_from_an_epochs_last_batch_resumes_with_that_epochs_update(
     the search takes the update it missed at the next epoch's start, so the resumed run ends like the uninterrupted
     one (two updates, the same strategy and momentum)."""
     fit_args = dict(limit_train_batches=2, limit_val_batches=0, enable_checkpointing=False, max_epochs=2)
-    options = dict(num_samples=6, ratio_step=0.2, other_step=1.0)
+    options = dict(settings=SearchSettings(num_samples=6, ratio_step=0.2, other_step=1.0))
     whole = ScheduleSearch(**options)
     eval_trainer(tmp_path / "whole", [evaluator, whole], **fit_args).fit(
         two_step_module(), datamodule=shards_datamodule(str(tiny_shards)))

@@ -90,7 +90,7 @@ def test_import_official_enat_checkpoint_through_the_cli(tmp_path):
         )
     )
     dst = tmp_path / "enat.ckpt"
-    main(["import-checkpoint", "--format", "enat", "--src", str(src), "--config", str(config), "--dst", str(dst)])
+    main(["import-checkpoint", "--format", "enat", "--src", str(src), "--model_config", str(config), "--dst", str(dst)])
     model = load_model(str(dst))
     assert model.backbone.encoder_layers == ENC and model.backbone.decoder_layers == DEC
     g = torch.Generator().manual_seed(0)

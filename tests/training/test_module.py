@@ -8,9 +8,9 @@ import torch
 
 from lit_nat import load_model
 from lit_nat.data import TokenShardDataModule
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.training.ema import ema_decay_at
 from lit_nat.training.module import NATModule
-from lit_nat.generation.schedule import GenerationSchedule
 from tests.helpers.tiny import UVIT_MODULE, tiny_trainer
 
 
