@@ -219,6 +219,41 @@ def test_every_command_has_help_and_refuses_an_unknown_option(command, capsys):
     assert "usage:" not in capsys.readouterr().err
 
 
+#: the fewest options each command needs to print its whole configuration (required options, or a config)
+MINIMAL_OPTIONS = {
+    "fit": ["--config", str(REPO / "configs/demo_digits.yaml")],
+    "validate": ["--config", str(REPO / "configs/demo_digits.yaml")],
+    "test": ["--config", str(REPO / "configs/demo_digits.yaml")],
+    "predict": ["--config", str(REPO / "configs/demo_digits.yaml")],
+    "sample": ["--ckpt_path", "model.ckpt", "--labels", "3", "7"],
+    "edit": ["--ckpt_path", "model.ckpt", "--images", "in.png", "--mask", "half"],
+    "search": ["--config", str(REPO / "configs/autonat_digits.yaml"), "--ckpt_path", "model.ckpt"],
+    "import-checkpoint": ["--format", "enat", "--src", "nnet_ema.pth", "--dst", "model.ckpt"],
+    "reference-stats": ["--out", "stats.npz"],
+    "flops": ["--configs", str(REPO / "configs/enat_l.yaml")],
+    "autonat": ["--fit_config", str(REPO / "configs/autonat_digits.yaml"), "--out", "run"],
+    "tokenize": ["--images", "images", "--out", "data", "--sorted"],
+    "tokenize-verify": ["--root", "data", "--finalize"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(MINIMAL_OPTIONS))
+def test_every_command_prints_a_config_that_reruns_it(command, tmp_path, capsys):
+    """``--print_config`` writes every option as YAML; ``--config`` of that file parses to the same options."""
+    from lit_nat.commands import COMMANDS
+
+    assert set(MINIMAL_OPTIONS) == set(COMMANDS)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *MINIMAL_OPTIONS[command], "--print_config"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0 and isinstance(yaml.safe_load(printed), dict)
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(printed)
+    with pytest.raises(SystemExit):
+        main([command, "--config", str(saved), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+
+
 def test_fit_offers_no_optimizer_that_would_replace_the_recipe(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])

@@ -101,6 +101,21 @@ def test_search_writes_files_resumes_and_checks_the_schedule_length(setup, tmp_p
         main(["search", f"--config={config}", f"--ckpt_path={ckpt}", f"--out={out}", "--num_samples=8"])
 
 
+def test_a_saved_search_config_reruns_the_same_search(setup, tmp_path, capsys):
+    """``search ... --print_config`` saves the whole search (the fit config's sections, the checkpoint, the settings);
+    ``search --config saved.yaml`` runs it and finds what the command line found."""
+    config, ckpt = setup
+    search(config, ckpt, tmp_path / "direct", "--updates=1")
+    with pytest.raises(SystemExit):
+        search(config, ckpt, tmp_path / "saved_run", "--updates=1", "--print_config")
+    saved = tmp_path / "search.yaml"
+    saved.write_text(capsys.readouterr().out)
+    main(["search", "--config", str(saved)])
+    direct, rerun = (json.loads((tmp_path / d / "state.json").read_text())["search"] for d in ("direct", "saved_run"))
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in s["history"]] for s in (direct, rerun)]
+    assert rerun["xi"] == direct["xi"] and untimed[0] == untimed[1] and rerun["updates"] == 1
+
+
 def test_search_needs_an_evaluator(setup, tmp_path):
     config, ckpt = setup
     with pytest.raises(ValueError, match="no GenerativeEvaluation"):
