@@ -78,63 +78,26 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def tokenize_folder(
-    images: str | os.PathLike,
-    out: str | os.PathLike,
-    tokenizer: Any,
-    *,
-    split: str = "train",
-    resolution: int = 256,
-    flip: bool | None = None,
-    images_per_shard: int = 1000,
-    classes: list[str] | None = None,
-    shuffle_seed: int | None = 0,
-    task_index: int = 0,
-    num_tasks: int = 1,
-    device: str = "cpu",
-    batch_size: int = 64,
-    num_workers: int = 4,
-    dry_run: bool = False,
-    captions: str | os.PathLike | None = None,
-    text_encoder: dict[str, Any] | None = None,
-    cache_text: bool = False,
-) -> dict[str, Any]:
+def tokenize_folder(images: str | os.PathLike, out: str | os.PathLike, tokenizer: Any, *, split: str = "train",
+                    resolution: int = 256, flip: bool | None = None, images_per_shard: int = 1000,
+                    classes: list[str] | None = None, shuffle_seed: int | None = 0, task_index: int = 0,
+                    num_tasks: int = 1, device: str = "cpu", batch_size: int = 64, num_workers: int = 4,
+                    dry_run: bool = False, captions: str | os.PathLike | None = None,
+                    text_encoder: dict[str, Any] | None = None,
+                    cache_text: bool = False) -> dict[str, Any]:  # fmt: skip
     """Tokenise this task's shards of ``images`` into ``out`` (see the module docstring); returns a summary.
 
-    Args:
-        images: the split's class-folder tree.
-        out: the data root.
-        tokenizer: a :class:`~lit_nat.tokenizers.Tokenizer` whose ``image_size`` is ``(resolution, resolution)``.
-        split: split name (``train``, ``val``).
-        resolution: side of the centre crop; a multiple of 16.
-        flip: also store each image's horizontal flip (default: for the ``train`` split only).
-        images_per_shard: images per shard (samples: twice that with flips).
-        classes: class names (label = index); default: the sorted class folders.
-        shuffle_seed: seed of the hash shuffle of the image order; ``None`` keeps the sorted order.
-        task_index: this task's number in ``[0, num_tasks)``; it writes shards ``task_index, task_index + num_tasks,
-            ...``.
-        num_tasks: number of tasks sharing the split.
-        device: where the tokenizer runs.
-        batch_size: images per encoder call (plus as many flips).
-        num_workers: DataLoader processes decoding and cropping images.
-        dry_run: only list the images and report the plan; write nothing.
-        captions: an MS-COCO ``captions_*.json`` for the images of the folder ``images`` (text-to-image). A folder of
-            ``*.tar`` shards is read as an img2dataset webdataset folder (CC3M/CC12M: ``jpg`` + ``txt``).
-        text_encoder: the text encoder config the captions are for (recorded in ``meta.json``).
-        cache_text: also store the text encoder's states of every caption (``text.npz``; 118 KB per caption for
-            CLIP-L), so training does not run the encoder.
+    The options mean what :class:`TokenizeRequest`'s do (``python -m lit_nat tokenize``), but for these, given as
+    objects: ``tokenizer`` a :class:`~lit_nat.tokenizers.Tokenizer` whose ``image_size`` is ``(resolution,
+    resolution)``; ``classes`` the class names (label = index; default: the sorted class folders); ``shuffle_seed``
+    None for the sorted order; ``text_encoder`` the encoder's config dict; ``device``/``num_workers`` as given.
     """
     check_arguments(split, resolution, tokenizer, task_index, num_tasks, images_per_shard, batch_size, num_workers)
     try:
         listing, unlisted = list_source(images, classes, captions)
     except ValueError as err:
         raise TokenizeError(str(err)) from None
-    captioned = listing.captions is not None
-    flip = split == "train" and not captioned if flip is None else flip  # text may say "left": no flips by default
-    if cache_text and text_encoder is None:
-        raise TokenizeError("--cache_text needs --text_encoder (the encoder whose states are stored)")
-    if text_encoder is not None and not captioned:
-        raise TokenizeError("--text_encoder was given but the images have no captions (--captions or a webdataset)")
+    flip = check_text_options(listing.captions is not None, split, flip, text_encoder, cache_text)
     order = "sorted"
     if shuffle_seed is not None:
         listing, order = listing.shuffled(shuffle_seed), f"shuffled:{shuffle_seed}"
@@ -163,6 +126,17 @@ def tokenize_folder(
     summary["written"] = len(pending)
     summary["complete"] = all(shard_complete(root, plan, i) for i in range(plan.num_shards))
     return finish_split(root, split, summary, tag, num_tasks)
+
+
+def check_text_options(captioned: bool, split: str, flip: bool | None, text_encoder: dict[str, Any] | None,
+                       cache_text: bool) -> bool:  # fmt: skip
+    """Whether to store flips (default: for ``train`` without captions: a text may say "left"), after checking that
+    the text options fit the images."""
+    if cache_text and text_encoder is None:
+        raise TokenizeError("--cache_text needs --text_encoder (the encoder whose states are stored)")
+    if text_encoder is not None and not captioned:
+        raise TokenizeError("--text_encoder was given but the images have no captions (--captions or a webdataset)")
+    return split == "train" and not captioned if flip is None else flip
 
 
 def check_arguments(split: str, resolution: int, tokenizer: Any, task_index: int, num_tasks: int,

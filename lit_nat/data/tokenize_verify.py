@@ -19,7 +19,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,24 +248,9 @@ def verify_split(
     (``tokenizer`` default: rebuilt from the plan's tokenizer config). Returns the report (``report["ok"]``)."""
     root = Path(root)
     plan = read_plan(root, split)
-    counts = np.zeros(plan.codebook_size, dtype=np.int64)
-    labels = np.zeros(len(plan.classes), dtype=np.int64)
-    problems: list[str] = []
-    shards: list[ShardInfo] = []
-    skipped: list[tuple[str, str]] = []
-    first: list[dict] = []
-    captions = CaptionStats()
-    bar = progress(plan.num_shards, f"verifying {split}", unit="shard", enabled=show_progress)
-    for index in range(plan.num_shards):
-        found, record, samples = check_shard(root, plan, index, counts, labels, captions)
-        bar.update(1)
-        problems += found
-        if record is not None:
-            shards.append(ShardInfo(record["name"], record["num_samples"]))
-            skipped += [(s["file"], s["reason"]) for s in record["skipped"]]
-        if len(first) < decode and not found:
-            first += samples[: decode - len(first)]
-    bar.close()
+    scan = scan_shards(root, plan, decode, show_progress)
+    counts, labels, problems, shards, skipped, first, captions = (scan.counts, scan.labels, scan.problems, scan.shards,
+                                                                   scan.skipped, scan.first, scan.captions)  # fmt: skip
     numbered = [(p.name, p.stem.split("-", 1)[1]) for p in root.glob(f"{split}-[0-9]*.tar")]
     if stray := sorted(name for name, n in numbered if not n.isdigit() or int(n) >= plan.num_shards):
         problems.append(f"shards beyond the plan's {plan.num_shards}: {stray[:3]} (from another plan?)")
@@ -296,6 +281,37 @@ def verify_split(
         report["finalized"] = True
     atomic_write_json(report_path(root, split), report)
     return report
+
+
+@dataclass
+class ShardScan:
+    """What reading every shard of a split found: token and label counts, problems, the shards' records, the skipped
+    images, the first samples (to decode) and caption statistics."""
+
+    counts: np.ndarray
+    labels: np.ndarray
+    problems: list[str] = field(default_factory=list)
+    shards: list[ShardInfo] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    first: list[dict] = field(default_factory=list)
+    captions: CaptionStats = field(default_factory=CaptionStats)
+
+
+def scan_shards(root: Path, plan: Any, decode: int, show_progress: bool) -> ShardScan:
+    """Check every shard of the plan against its record, counting tokens, labels and captions as it goes."""
+    scan = ShardScan(np.zeros(plan.codebook_size, dtype=np.int64), np.zeros(len(plan.classes), dtype=np.int64))
+    bar = progress(plan.num_shards, f"verifying {plan.split}", unit="shard", enabled=show_progress)
+    for index in range(plan.num_shards):
+        found, record, samples = check_shard(root, plan, index, scan.counts, scan.labels, scan.captions)
+        bar.update(1)
+        scan.problems += found
+        if record is not None:
+            scan.shards.append(ShardInfo(record["name"], record["num_samples"]))
+            scan.skipped += [(s["file"], s["reason"]) for s in record["skipped"]]
+        if len(scan.first) < decode and not found:
+            scan.first += samples[: decode - len(scan.first)]
+    bar.close()
+    return scan
 
 
 def label_summary(labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

@@ -85,17 +85,10 @@ def build_checkpoint(module: NATModule, extra: dict[str, Any]) -> dict[str, Any]
     return checkpoint
 
 
-def import_checkpoint(
-    format: Literal["autonat", "enat", "amused"],
-    src: Path,
-    dst: Path,
-    model_config: Path | None = None,
-    num_heads: int | None = None,
-    overwrite: bool = False,
-    tokenizer: str | None = None,
-    tokenizer_checkpoint: str | None = None,
-    tokenizer_arg: list[str] | None = None,
-) -> Path:
+def import_checkpoint(format: Literal["autonat", "enat", "amused"], src: Path, dst: Path,
+                      model_config: Path | None = None, num_heads: int | None = None, overwrite: bool = False,
+                      tokenizer: str | None = None, tokenizer_checkpoint: str | None = None,
+                      tokenizer_arg: list[str] | None = None) -> Path:  # fmt: skip
     """Convert an official checkpoint (nnet_ema.pth) or an aMUSEd diffusers folder into a lit_nat checkpoint that fit,
     validate, test, predict, sample, edit and search accept with --ckpt_path.
 
@@ -134,19 +127,7 @@ def import_checkpoint(
     model_args = read_model_section(config)
     overrides = dict(model_args.get("arch_overrides") or {})
     dims = official_dims(format, official, model_args.get("arch", "autonat-s"), overrides, config)
-    token_space = {
-        "codebook_size": dims.pop("codebook_size"),
-        "grid_size": dims.pop("grid_size"),
-        "num_classes": dims.pop("num_classes"),
-    }
-    meta = read_data_meta(config)
-    if meta is not None:
-        mismatched = {k: (meta[k], v) for k, v in token_space.items() if _norm(meta[k]) != _norm(v)}
-        if mismatched:
-            raise ValueError(f"{src} does not match the data of {config}: (data meta.json, checkpoint) = {mismatched}")
-        token_space["tokenizer"] = meta["tokenizer"]
-    if tokenizer is not None:
-        token_space["tokenizer"] = tokenizer_record(tokenizer, tokenizer_checkpoint, tokenizer_arg, token_space)
+    token_space = token_space_of(src, config, dims, tokenizer, tokenizer_checkpoint, tokenizer_arg)
     overrides.update(dims)  # width and depth come from the weights
     if num_heads is not None:
         overrides["num_heads"] = num_heads
@@ -160,6 +141,22 @@ def import_checkpoint(
     save_checkpoint_file(checkpoint, dst)  # atomic: never a half-written checkpoint under the final name
     print(f"import-checkpoint: {src} -> {dst}\n{report.summary()}")
     return dst
+
+
+def token_space_of(src: Path, config: Path, dims: dict[str, Any], tokenizer: str | None,
+                   tokenizer_checkpoint: str | None, tokenizer_arg: list[str] | None) -> dict[str, Any]:  # fmt: skip
+    """The token space read from the weights (``dims`` loses those keys), checked against the config's data
+    ``meta.json`` where it exists, with the tokenizer to record (``--tokenizer`` over the data's)."""
+    token_space = {key: dims.pop(key) for key in ("codebook_size", "grid_size", "num_classes")}
+    meta = read_data_meta(config)
+    if meta is not None:
+        mismatched = {k: (meta[k], v) for k, v in token_space.items() if _norm(meta[k]) != _norm(v)}
+        if mismatched:
+            raise ValueError(f"{src} does not match the data of {config}: (data meta.json, checkpoint) = {mismatched}")
+        token_space["tokenizer"] = meta["tokenizer"]
+    if tokenizer is not None:
+        token_space["tokenizer"] = tokenizer_record(tokenizer, tokenizer_checkpoint, tokenizer_arg, token_space)
+    return token_space
 
 
 def official_dims(format: str, official: dict, arch: str, overrides: dict, config: Path) -> dict[str, Any]:
