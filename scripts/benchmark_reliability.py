@@ -1,4 +1,4 @@
-"""What reliability costs, in numbers (the README's "Reliability" figures).
+"""What reliability costs, in numbers (the figures of docs/measurements.md).
 
 - resume: how fast a resumed epoch skips the batches consumed before the kill (raw tar reading, no decoding), in
   samples/s, on synthetic shards of the ImageNet-256 token format (256 uint16 ids + label, 2,560 B per sample);

@@ -1,4 +1,4 @@
-"""Editing real digits with the digits demo's class-conditional model (the README's "Editing" figures and grid).
+"""Editing real digits with the digits demo's class-conditional model (the figures and grid of docs/editing.md).
 
     python scripts/digits_editing.py [--ckpt runs/demo_digits/tensorboard/version_0/checkpoints/last.ckpt]
         [--data data/digits] [--seeds 3] [--out runs/digits_editing]

@@ -1,5 +1,5 @@
 """Prompt adherence of a text-to-image digits model: the share of samples for a prompt that the digits classifier
-reads as the digit the prompt names (the README's text-to-image demo figure).
+reads as the digit the prompt names (the figure of docs/text_to_image.md).
 
     python scripts/digits_text_adherence.py runs/demo_digits_text/tensorboard/version_0/checkpoints/last.ckpt \\
         [--data data/digits_text] [--samples 100] [--out adherence.json]
