@@ -1,9 +1,10 @@
 """``python -m lit_nat <command>``: the table of :mod:`lit_nat.commands`, one parser per command, errors as one line.
 
 A command without a model is its function's options (:func:`~lit_nat.commands.parsing.command_parser`). A command
-over a model builds the model, its data and a Trainer from ``--config`` (:class:`~lit_nat.commands.objects.
-ConfiguredRun`), or, for ``sample`` and ``edit``, from ``--ckpt_path`` alone when no config names a model or data
-(:func:`~lit_nat.commands.objects.checkpoint_run`). Either way ``--config`` and ``--print_config`` work the same.
+over a model builds the model, its data and a Trainer from ``--config``
+(:class:`~lit_nat.commands.objects.ConfiguredRun`), or, for ``sample`` and ``edit``, from ``--ckpt_path`` alone when
+no config names a model or data (:func:`~lit_nat.commands.objects.checkpoint_run`). Either way ``--config`` and
+``--print_config`` work the same.
 """
 
 from __future__ import annotations

@@ -86,26 +86,24 @@ def edit(trainer: NATTrainer, model: NATModule | None, request: EditRequest, ckp
 
 def run_edit(model: Any, request: EditRequest) -> Path:
     """:func:`edit` with ``model``, a NATModule with EMA weights on its device. Returns ``out/edits.json``."""
-    images, mask, out, labels, prompts = request.images, request.mask, request.out, request.labels, request.prompts
-    seeds, dilate, fraction, schedule, overwrite = (request.seeds, request.dilate, request.fraction, request.schedule,
-                                                    request.overwrite)  # fmt: skip
-    out_dir = Path(out)
-    if (out_dir / "edits.json").exists() and not overwrite:
+    r = request
+    out_dir = Path(r.out)
+    if (out_dir / "edits.json").exists() and not r.overwrite:
         raise FileExistsError(f"{out_dir / 'edits.json'} exists; pass --overwrite true or another --out")
-    if (mask is None) == (fraction is None):
+    if (r.mask is None) == (r.fraction is None):
         raise UsageError("give --mask (a region to regenerate) or --fraction (img2img: a random share of tokens)")
-    check_edit_options(seeds, dilate)
+    check_edit_options(r.seeds, r.dilate)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise UsageError("the model has no tokenizer, so images can be neither encoded nor decoded")
-    parsed = GenerationSchedule.preset(schedule) if schedule else None
-    pixels, names = load_images(images, tuple(tokenizer.image_size), tokenizer.channels)
-    batch, grid, seeds = len(pixels), tuple(model.backbone.grid_size), list(seeds or [0])
-    if mask is not None:
-        keep = token_keep_mask(parse_mask(mask, tuple(tokenizer.image_size)), grid, dilate).expand(batch, -1)
+    parsed = GenerationSchedule.preset(r.schedule) if r.schedule else None
+    pixels, names = load_images(r.images, tuple(tokenizer.image_size), tokenizer.channels)
+    batch, grid, seeds = len(pixels), tuple(model.backbone.grid_size), list(r.seeds or [0])
+    if r.mask is not None:
+        keep = token_keep_mask(parse_mask(r.mask, tuple(tokenizer.image_size)), grid, r.dilate).expand(batch, -1)
     else:
-        keep = random_keep_mask(batch, model.num_tokens, fraction, make_generator(seeds[0], "cpu"))
-    condition = prompts if prompts is not None else labels
+        keep = random_keep_mask(batch, model.num_tokens, r.fraction, make_generator(seeds[0], "cpu"))
+    condition = r.prompts if r.prompts is not None else r.labels
     for note in check_edit_inputs(keep, batch, None if condition is None else len(condition)):
         rank_zero_info(f"edit: {note}")
     if condition is not None and len(condition) == 1:
@@ -115,12 +113,12 @@ def run_edit(model: Any, request: EditRequest) -> Path:
         keep = keep.to(model.device)
         results = []
         for seed in seeds:
-            kwargs = {"prompts": condition} if prompts is not None else {"labels": condition}
+            kwargs = {"prompts": condition} if r.prompts is not None else {"labels": condition}
             ids = model.generate(seed=seed, schedule=parsed, init_ids=init_ids, keep_mask=keep, **kwargs).ids
             results.append(model.decode(ids).float().cpu())
     with DirectoryLock(out_dir, "lit_nat edit"):
-        return write_edits(out_dir, names, pixels, keep.cpu(), grid, results, seeds, condition, mask or
-                           f"random {fraction}", dilate)  # fmt: skip
+        return write_edits(out_dir, names, pixels, keep.cpu(), grid, results, seeds, condition, r.mask or
+                           f"random {r.fraction}", r.dilate)  # fmt: skip
 
 
 def check_edit_options(seeds: list[int] | None, dilate: int) -> None:
