@@ -8,15 +8,17 @@ Works with any backbone that follows the call contract
 - Tokens are drawn with the Gumbel-max trick (``argmax(log p / tau + G)``), an exact categorical sample that needs
   no host-side validation (``torch.distributions.Categorical`` checks its arguments on the host).
 - The number of tokens to re-mask at each step follows from the schedule alone
-  (:meth:`~lit_nat.generation.schedule.GenerationSchedule.masked_counts`), so the loop never reads a device value: no host-device
-  synchronisation inside the loop.
+  (:meth:`~lit_nat.generation.schedule.GenerationSchedule.masked_counts`), so the loop never reads a device value: no
+  host-device synchronisation inside the loop.
 - The conditional and unconditional passes run as one forward over the doubled batch. A reuse state (ENAT) is per
   row, so each guidance branch keeps its own state automatically.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,21 +76,18 @@ def generate(
     Editing (a partial canvas): ``init_ids`` ``(B, N)`` with ``keep_mask`` ``(B, N)`` bool, True where a token is given
     and kept. Kept tokens are visible from the first step and never re-masked (their confidence is +inf like any
     visible token's); the schedule applies to each row's ``U`` unknown tokens
-    (:meth:`~lit_nat.generation.schedule.GenerationSchedule.counts_for`). ``U`` may differ between rows: the per-row counts are
-    computed once before the loop (the one host read of the mask), and each step re-masks the k_b lowest perturbed
-    confidences of row b by one sort instead of a top-k. With the same ``U`` in every row (e.g. an all-False mask)
-    the loop is exactly the plain one. A backbone that needs equal counts per row (ENAT) gets them from the caller
-    (:meth:`lit_nat.training.module.NATModule.generate` groups rows by ``U``).
+    (:meth:`~lit_nat.generation.schedule.GenerationSchedule.counts_for`). ``U`` may differ between rows: the per-row
+    counts are computed once before the loop (the one host read of the mask; :class:`MaskedCounts`), and each step
+    re-masks the k_b lowest perturbed confidences of row b by one sort instead of a top-k. With the same ``U`` in every
+    row (e.g. an all-False mask) the loop is exactly the plain one. A backbone that needs equal counts per row (ENAT)
+    gets them from the caller (:func:`generate_by_unknown_count`, which groups rows by ``U``).
     """
     device = generator.device
     ids, table, start = initial_canvas(conditions.batch_size(condition), num_tokens, mask_id, schedule, device,
                                        init_ids, keep_mask)  # fmt: skip
-    uniform = all(row == table[0] for row in table)
-    per_row = None if uniform else torch.tensor(table, device=device).T  # (T, B)
-    remasks = [max(row[t] for row in table) > 0 for t in range(schedule.steps)]  # a step that re-masks any token
+    counts = MaskedCounts.of(table, start, device)
     guided = any(scale != 0.0 for scale in schedule.guidance)
-    if isinstance(null_condition, int):
-        null_condition = torch.full_like(condition, null_condition)
+    null_condition = unconditional_rows(condition, null_condition)
     # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
     condition = conditions.concat(condition, null_condition) if guided else condition
 
@@ -96,24 +95,71 @@ def generate(
     history: list[torch.Tensor] = []
     for t in range(schedule.steps):
         is_masked = ids == mask_id  # (B, N)
-        model_ids = torch.cat([ids, ids]) if guided else ids
-        masked_before = (start if t == 0 else table[0][t - 1]) if uniform else None
-        logits, state = backbone(model_ids, condition, state, num_masked=masked_before)  # (B or 2B, N, K)
-        cond, uncond = logits.chunk(2) if guided else (logits, None)
-        log_probs = guided_log_probs(cond, uncond, schedule.guidance[t])  # (B, N, K)
-
+        log_probs, state = guided_forward(backbone, ids, condition, state, counts.before(t), schedule.guidance[t],
+                                          guided=guided)  # fmt: skip
         sampled, score = draw_tokens(log_probs, ids, is_masked, schedule.sample_temperature[t], generator)
-
-        if not remasks[t]:
+        if not counts.remasks(t):
             ids = sampled
         else:
             # Gumbel-top-k: the k lowest perturbed confidences are a sample without replacement from
             # softmax(-C / tau2) over positions; +inf (visible or kept) stays +inf and is never chosen.
             confidence = score + schedule.remask_temperature[t] * gumbel_noise(score.shape, generator, device)
-            ids = remask_lowest(sampled, confidence, table[0][t] if uniform else per_row[t], mask_id)
+            ids = remask_lowest(sampled, confidence, counts.after(t), mask_id)
         if return_history:
             history.append(ids.clone())
     return GenerationResult(ids=ids, history=history if return_history else None)
+
+
+@dataclass(frozen=True)
+class MaskedCounts:
+    """How many tokens are masked after each step, row by row: the loop's only knowledge of the counts, fixed before
+    it starts so that no step reads a device value.
+
+    ``table`` holds one count vector (length T) per row, or a single one when every row has the same unknown count;
+    ``per_row`` is the same table on the device, ``(T, B)``, and None when the rows agree.
+    """
+
+    table: list[list[int]]
+    start: int  # masked tokens before step 1 (of every row, when they agree)
+    per_row: torch.Tensor | None
+
+    @classmethod
+    def of(cls, table: list[list[int]], start: int, device: torch.device) -> MaskedCounts:
+        uniform = all(row == table[0] for row in table)
+        return cls(table, start, None if uniform else torch.tensor(table, device=device).T)
+
+    def before(self, t: int) -> int | None:
+        """The masked count of every row entering step ``t``, for the backbone (None: rows differ)."""
+        if self.per_row is not None:
+            return None
+        return self.start if t == 0 else self.table[0][t - 1]
+
+    def after(self, t: int) -> int | torch.Tensor:
+        """Tokens to re-mask at step ``t``: an int for every row, or ``(B,)`` per row."""
+        return self.table[0][t] if self.per_row is None else self.per_row[t]
+
+    def remasks(self, t: int) -> bool:
+        """Whether step ``t`` re-masks any token (the last step never does)."""
+        return max(row[t] for row in self.table) > 0
+
+
+def unconditional_rows(condition: Condition, null_condition: Condition | int) -> Condition:
+    """The unconditional branch of guidance, one row per row of ``condition``: the null class id repeated, or the
+    given condition (a text model's empty prompt, already repeated)."""
+    if isinstance(null_condition, int):
+        null_condition = torch.full_like(condition, null_condition)
+    return null_condition
+
+
+def guided_forward(backbone: nn.Module, ids: torch.Tensor, condition: Condition, state: Any, num_masked: int | None,
+                   scale: float, *, guided: bool) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    """One step's backbone call on the canvas ``ids`` ``(B, N)``: over ``[ids ; ids]`` when ``guided`` (``condition``
+    then holds both branches' rows), returning the guided log-probabilities ``(B, N, K)`` and the backbone's state
+    for the next step."""
+    model_ids = torch.cat([ids, ids]) if guided else ids
+    logits, state = backbone(model_ids, condition, state, num_masked=num_masked)  # (B or 2B, N, K)
+    cond, uncond = logits.chunk(2) if guided else (logits, None)
+    return guided_log_probs(cond, uncond, scale), state
 
 
 def initial_canvas(batch: int, num_tokens: int, mask_id: int, schedule: GenerationSchedule, device: torch.device,
@@ -161,6 +207,30 @@ def rows_by_unknown_count(keep_mask: torch.Tensor) -> list[list[int]]:
     for row, unknown in enumerate((~keep_mask.bool()).sum(dim=1).tolist()):
         groups.setdefault(unknown, []).append(row)
     return list(groups.values())
+
+
+def generate_by_unknown_count(decode: Callable[[Condition, int, torch.Tensor, torch.Tensor], GenerationResult],
+                              condition: Condition, seed: int, init_ids: torch.Tensor, keep_mask: torch.Tensor, *,
+                              return_history: bool = False) -> GenerationResult:  # fmt: skip
+    """Edit a partial canvas with a backbone that needs the same masked count in every row (ENAT): the rows are
+    decoded in groups of equal unknown count (:func:`rows_by_unknown_count`), group by group, each by
+    ``decode(condition rows, seed + first row index, init_ids rows, keep_mask rows)``, and put back in their places.
+    One group is one call with the whole batch."""
+    groups = rows_by_unknown_count(keep_mask)
+    if len(groups) <= 1:
+        return decode(condition, seed, init_ids, keep_mask)
+    device = keep_mask.device
+    ids = torch.empty(keep_mask.shape, dtype=torch.long, device=device)
+    history: list[torch.Tensor] | None = None
+    for rows in groups:
+        index = torch.tensor(rows, device=device)
+        part = decode(conditions.select(condition, index), seed + rows[0], init_ids[index], keep_mask[index])
+        ids[index] = part.ids
+        if return_history:
+            history = history or [torch.empty_like(ids) for _ in part.history]
+            for canvas, step in zip(history, part.history):
+                canvas[index] = step
+    return GenerationResult(ids=ids, history=history)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
