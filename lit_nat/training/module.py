@@ -1,8 +1,9 @@
 """The LightningModule: glue of backbone + masked-token objective + EMA + optimiser + sampling with the schedule.
 
-The algorithm lives in :mod:`lit_nat.training.objective`, :mod:`lit_nat.generation.schedule` and :mod:`lit_nat.generation.decoding`; this file only
-wires them into Lightning's hooks. Checkpoints hold ``backbone.*`` (online weights), ``ema_backbone.*`` (EMA
-weights, used for validation and sampling) and the current generation schedule.
+The algorithm lives in :mod:`lit_nat.training.objective`, :mod:`lit_nat.training.recipe` (optimiser, setting checks),
+:mod:`lit_nat.generation.schedule` and :mod:`lit_nat.generation.decoding`; this file only wires them into Lightning's
+hooks. Checkpoints hold ``backbone.*`` (online weights), ``ema_backbone.*`` (EMA weights, used for validation and
+sampling) and the current generation schedule (:mod:`lit_nat.training.module_state`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_nat.conditioning import Condition, Conditioner, batch_size, select, text_space
-from lit_nat.conditioning.text import pinned as pinned_text_encoder
+from lit_nat.conditioning import Condition, Conditioner, batch_size, text_space
 from lit_nat.conditioning.text import relocate as relocate_text_encoder
-from lit_nat.training.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.core.finite import NonFiniteGuard, gradient_norm_and_finite
+from lit_nat.generation.decoding import GenerationResult, generate, generate_by_unknown_count, make_generator
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models import build_backbone
+from lit_nat.tokenizers import Tokenizer
+from lit_nat.training.ema import ema_decay_at, make_ema_copy, update_ema
+from lit_nat.training.module_state import LazyTokenizer, portable_hyperparameters, restored_schedule
 from lit_nat.training.objective import (
     apply_mask,
     build_mask_ratio_law,
@@ -29,11 +33,7 @@ from lit_nat.training.objective import (
     sample_training_mask,
     seed_training_step,
 )
-from lit_nat.generation.decoding import GenerationResult, generate, make_generator, rows_by_unknown_count
-from lit_nat.generation.schedule import GenerationSchedule
-from lit_nat.tokenizers import Tokenizer, tokenizer_from_config
-from lit_nat.tokenizers import pinned as pinned_tokenizer
-from lit_nat.tokenizers import relocate as relocate_tokenizer
+from lit_nat.training.recipe import adamw_with_warmup, check_reuse_settings
 
 
 class NATModule(L.LightningModule):
@@ -80,7 +80,8 @@ class NATModule(L.LightningModule):
             steps (no checkpoint with non-finite weights is ever written).
 
     Every random draw of a training step comes from a seed derived from (run seed, epoch, batch index, rank)
-    (:func:`~lit_nat.training.objective.seed_training_step`), so a resumed run repeats the uninterrupted run's draws exactly.
+    (:func:`~lit_nat.training.objective.seed_training_step`), so a resumed run repeats the uninterrupted run's draws
+    exactly.
     """
 
     def __init__(
@@ -120,22 +121,14 @@ class NATModule(L.LightningModule):
                                        overrides=arch_overrides, context=context)  # fmt: skip
         self.ema_backbone = make_ema_copy(self.backbone)
         self.supports_reuse = bool(getattr(self.backbone, "supports_reuse", False))
-        if not 0.0 <= reuse_prob <= 1.0:
-            raise ValueError(f"reuse_prob must be in [0, 1], got {reuse_prob}")
-        if reuse_prob > 0 and not self.supports_reuse:
-            raise ValueError(f"reuse_prob={reuse_prob} but backbone {arch!r} has no feature reuse (use 0)")
-        if self.supports_reuse and mask_ratio_per_sample:
-            # ENAT gathers visible and masked tokens as dense (B, count) blocks: counts must agree within a batch.
-            raise ValueError(f"backbone {arch!r} needs mask_ratio_per_sample: false (one mask ratio per batch)")
+        check_reuse_settings(arch, self.supports_reuse, reuse_prob, mask_ratio_per_sample)
         self.mask_ratio_law = build_mask_ratio_law(mask_ratio_law, mask_ratio_params)
         self.schedule = GenerationSchedule.preset(schedule, **(schedule_params or {}))
         self.hparams.update(schedule=self.schedule.to_dict(), schedule_params=None)  # by value: no file needed later
         if schedule_source not in ("checkpoint", "config"):
             raise ValueError(f"schedule_source must be 'checkpoint' or 'config', got {schedule_source!r}")
         self.schedule_source = schedule_source
-        # Not an nn.Module attribute: tokenizer weights (a VQGAN) must not enter the NAT's checkpoints.
-        self._tokenizer_config = tokenizer
-        self._tokenizer: Tokenizer | None = None
+        self._tokenizer = LazyTokenizer(tokenizer)  # not a submodule: its weights never enter the NAT's checkpoints
         # Not an nn.Module either: the frozen text encoder is loaded from its folder, never saved with the NAT.
         self.conditioner = Conditioner(text_encoder, self.null_class)
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_nonfinite_steps)
@@ -165,21 +158,14 @@ class NATModule(L.LightningModule):
     @property
     def tokenizer(self) -> Tokenizer | None:
         """The data's tokenizer, built on first use and kept on the module's device (not a submodule)."""
-        if self._tokenizer is None and self._tokenizer_config is not None:
-            # object.__setattr__: as an nn.Module attribute it would register as a child and its weights (a VQGAN)
-            # would enter the NAT's state_dict and every checkpoint.
-            object.__setattr__(self, "_tokenizer", tokenizer_from_config(self._tokenizer_config))
-        if self._tokenizer is not None:
-            self._tokenizer.to(self.device)  # a no-op unless the module moved since
-        return self._tokenizer
+        return self._tokenizer.on(self.device)
 
     def relocate_assets(self, tokenizer_checkpoint: str | None = None, text_encoder: str | None = None) -> None:
         """Point the recorded tokenizer weights and text encoder elsewhere (``--tokenizer_checkpoint``,
         ``--text_encoder``: a moved file or folder, a hub id); what they resolve to is checked against the recorded
         digests when first loaded."""
         if tokenizer_checkpoint is not None:
-            self._tokenizer_config = relocate_tokenizer(self._tokenizer_config, tokenizer_checkpoint)
-            object.__setattr__(self, "_tokenizer", None)
+            self._tokenizer.relocate(tokenizer_checkpoint)
         if text_encoder is not None:
             moved = relocate_text_encoder(self.conditioner.config, text_encoder)
             self.conditioner = Conditioner(moved, self.null_class)
@@ -277,18 +263,9 @@ class NATModule(L.LightningModule):
         update_ema(self.ema_backbone, self.backbone, decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.backbone.parameters(),
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            weight_decay=self.hparams.weight_decay,
-        )
-        warmup = max(int(self.hparams.warmup_steps), 0)
-        # Linear warmup to the peak, then constant (no decay), stepped per optimiser update.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min((step + 1) / warmup, 1.0) if warmup else 1.0
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hparams = self.hparams
+        return adamw_with_warmup(self.backbone.parameters(), hparams.lr, hparams.betas, hparams.weight_decay,
+                                 hparams.warmup_steps)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------------
     # Evaluation: the EMA backbone on held-out tokens, with masks that are the same at every validation
@@ -351,28 +328,19 @@ class NATModule(L.LightningModule):
         weights. Guidance's unconditional branch is the null class or the empty prompt.
 
         Editing: ``init_ids`` ``(B, N)`` and ``keep_mask`` ``(B, N)`` (True = kept) start from a partial canvas (see
-        :func:`lit_nat.generation.decoding.generate`). ENAT gathers every row's tokens into dense blocks, so its rows are
-        generated in groups of equal unknown count, each with the generator seeded ``seed + first row index``.
+        :func:`lit_nat.generation.decoding.generate`). ENAT gathers every row's tokens into dense blocks, so its rows
+        are generated in groups of equal unknown count, each with the generator seeded ``seed + first row index``
+        (:func:`~lit_nat.generation.decoding.generate_by_unknown_count`).
         """
         condition = self.conditioner.of(labels, prompts, self.device)
         if keep_mask is not None and init_ids is not None:  # on the model's device before rows are grouped below
             init_ids, keep_mask = init_ids.to(self.device), keep_mask.to(self.device)
-        run = functools.partial(self._decode_loop, schedule=schedule or self.schedule, use_ema=use_ema,
-                                return_history=return_history)  # fmt: skip
-        groups = rows_by_unknown_count(keep_mask) if keep_mask is not None and self.supports_reuse else []
-        if len(groups) <= 1:
-            return run(condition, seed, init_ids, keep_mask)
-        ids = torch.empty(keep_mask.shape, dtype=torch.long, device=self.device)
-        history: list[torch.Tensor] | None = None
-        for rows in groups:
-            index = torch.tensor(rows, device=self.device)
-            part = run(select(condition, index), seed + rows[0], init_ids[index], keep_mask[index])
-            ids[index] = part.ids
-            if return_history:
-                history = history or [torch.empty_like(ids) for _ in part.history]
-                for canvas, step in zip(history, part.history):
-                    canvas[index] = step
-        return GenerationResult(ids=ids, history=history)
+        decode = functools.partial(self._decode_loop, schedule=schedule or self.schedule, use_ema=use_ema,
+                                   return_history=return_history)  # fmt: skip
+        if keep_mask is not None and self.supports_reuse:
+            return generate_by_unknown_count(decode, condition, seed, init_ids, keep_mask,
+                                             return_history=return_history)  # fmt: skip
+        return decode(condition, seed, init_ids, keep_mask)
 
     def _decode_loop(self, condition, seed, init_ids, keep_mask, *, schedule, use_ema, return_history):
         backbone = self.ema_backbone if use_ema else self.backbone
@@ -407,9 +375,7 @@ class NATModule(L.LightningModule):
         checkpoint["generation_schedule"] = self.schedule.to_dict()
         if isinstance(checkpoint.get("hyper_parameters"), dict):  # portable: schedule by value, assets with digests
             hyper = checkpoint["hyper_parameters"]
-            hyper.update(schedule=self.schedule.to_dict(), schedule_params=None)
-            hyper.update(tokenizer=pinned_tokenizer(hyper.get("tokenizer")),
-                         text_encoder=pinned_text_encoder(hyper.get("text_encoder")))  # fmt: skip
+            hyper.update(portable_hyperparameters(hyper, self.schedule))
         checkpoint["lit_nat_training"] = {"train_seed": self._train_seed, "bad_samples": self.bad_samples,
                                           "nonfinite": self.nonfinite_guard.state_dict()}  # fmt: skip
 
@@ -418,31 +384,9 @@ class NATModule(L.LightningModule):
         self._train_seed = training.get("train_seed", self._train_seed)
         self.bad_samples = int(training.get("bad_samples", 0))
         self.nonfinite_guard.load_state_dict(training.get("nonfinite", {}))
-        self._adopt_tokenizer_digest((checkpoint.get("hyper_parameters") or {}).get("tokenizer"))
-        if "generation_schedule" not in checkpoint:
-            return
-        saved = GenerationSchedule.from_dict(checkpoint["generation_schedule"], source="checkpoint")
-        if self.schedule_source == "config":
-            rank_zero_info(f"generation schedule: {self.schedule.name!r} of the config (schedule_source=config), "
-                           f"not the checkpoint's {saved.name!r}")  # fmt: skip
-            return
-        if saved.to_dict() != self.schedule.to_dict():
-            rank_zero_info(
-                f"generation schedule: the checkpoint's {saved.name!r} ({saved.steps} steps) replaces the config's "
-                f"{self.schedule.name!r}; --model.schedule_source=config keeps the config's"
-            )
-        self.schedule = saved
-
-    def _adopt_tokenizer_digest(self, recorded: dict[str, Any] | None) -> None:
-        """A run from a config builds its tokenizer from the data's ``meta.json``, which records no digest; the
-        checkpoint being restored does. Adopt it, so the file the tokenizer is built from (the data's, or
-        ``--tokenizer_checkpoint``) is checked against the one these weights were trained with."""
-        mine = self._tokenizer_config
-        if not mine or not isinstance(recorded, dict) or not recorded.get("sha256") or mine.get("sha256"):
-            return
-        if mine.get("name") == recorded.get("name") and mine.get("checkpoint") is not None:
-            self._tokenizer_config = {**mine, "sha256": recorded["sha256"]}
-            object.__setattr__(self, "_tokenizer", None)  # built again, and checked, on first use
+        self._tokenizer.adopt_digest((checkpoint.get("hyper_parameters") or {}).get("tokenizer"))
+        if "generation_schedule" in checkpoint:
+            self.schedule = restored_schedule(checkpoint["generation_schedule"], self.schedule, self.schedule_source)
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         ids = batch["ids"]
@@ -451,4 +395,3 @@ class NATModule(L.LightningModule):
                 f"batch ids have shape {tuple(ids.shape)}, expected (B, {self.num_tokens}); "
                 "does the data's grid match the model's grid_size?"
             )
-
