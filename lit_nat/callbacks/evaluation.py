@@ -7,6 +7,7 @@ accumulates float64 sums; ``compute()`` all-gathers those sums on *every* rank, 
 Two validations therefore differ only because the weights or ``pl_module.schedule`` changed, and the images do not
 depend on the number of devices.
 
+The reference statistics it reads and the JSON report it writes are in :mod:`lit_nat.callbacks.evaluation_files`.
 The extractor and the metric live here, in the callback, so their weights never enter the LightningModule's
 ``state_dict`` or checkpoints. Everything (generation, metric updates, reset) runs under ``torch.inference_mode`` so
 metric states are always inference tensors, whichever hook calls :meth:`GenerativeEvaluation.evaluate` (a schedule
@@ -19,34 +20,34 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.callbacks.cost import measure_image_gflops, print_evaluation_cost
+from lit_nat.callbacks.evaluation_files import (
+    count_label,
+    evaluation_record,
+    history_entry,
+    metric_name,
+    missing_reference_message,
+    reference_from_shards,
+)
 from lit_nat.callbacks.reliability import raise_if_stopped
-from lit_nat.data.labels import plan_generation
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_json
+from lit_nat.core.progress import progress, trainer_shows_progress
+from lit_nat.data.labels import GenerationBatch, plan_generation
+from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.metrics.clip_score import LocalCLIPScore
 from lit_nat.metrics.extractors import FeatureExtractor, build_extractor, full_precision
 from lit_nat.metrics.fid import InceptionScore, ReferenceFID
-from lit_nat.metrics.reference import (
-    ReferenceStats,
-    compute_reference_stats,
-    load_reference_stats,
-    save_reference_stats,
-    shard_images,
-)
-from lit_nat.core.progress import progress, trainer_shows_progress
-from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.metrics.reference import ReferenceStats, load_reference_stats
 
-
-def count_label(n: int) -> str:
-    """50000 -> '50k', 180 -> '180' (the N of 'FID-N')."""
-    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def check_settings(num_samples: int, batch_size: int, every_n_validations: int, reference_stats: str | None,
@@ -187,7 +188,8 @@ class GenerativeEvaluation(L.Callback):
         if path is not None and path.exists():
             reference = load_reference_stats(path, extractor.num_features, extractor.identity)
         else:
-            reference = self._compute_reference(trainer, pl_module, extractor, path)
+            reference = reference_from_shards(trainer, tokenizer, extractor, self.reference_split,
+                                              self.batch_size, path)  # fmt: skip
         self.extractor, self.reference = extractor, reference
         if pl_module.conditioner.is_text:  # the captions and the CLIP model, read now rather than at a validation
             self.prompts(trainer, pl_module)
@@ -201,40 +203,10 @@ class GenerativeEvaluation(L.Callback):
 
     def missing_reference(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path) -> str:
         """The one-line error of a missing reference file: its name and the command that makes it."""
-        options = "" if self.extractor_name == "inception" else f" --extractor {self.extractor_name}"
-        options += "".join(f" --{key} {value}" for key, value in self.extractor_options.items())
-        if self.weights_path:
-            options += f" --weights_path {self.resolve_path(trainer, self.weights_path)}"
-        size = getattr(pl_module.tokenizer, "image_size", None)
-        side = f" --resolution {size[0] if isinstance(size, tuple) else size}" if size else ""
-        root = getattr(trainer.datamodule, "root", None)
-        shards = f" (or --data_root {root} --split val for the data's own tokenised images)" if root else ""
-        return (
-            f"GenerativeEvaluation: reference statistics {path} (reference_stats) does not exist; make them once with "
-            f"`python -m lit_nat reference-stats --out {path} --image_folder <the real images>{side}{options}`{shards}"
-            ", or point reference_stats at the ADM/U-ViT fid_stats .npz"
-        )
-
-    def _compute_reference(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, extractor: FeatureExtractor, path: Path | None
-    ) -> ReferenceStats:
-        datamodule = trainer.datamodule
-        root = getattr(datamodule, "root", None)
-        if root is None:
-            raise ValueError("GenerativeEvaluation: reference_split needs a TokenShardDataModule (data with a root)")
-        device = trainer.strategy.root_device
-        rank_zero_info(f"GenerativeEvaluation: computing reference statistics of {root}/{self.reference_split} ...")
-        images = shard_images(
-            root, self.reference_split, pl_module.tokenizer, self.batch_size, trainer.global_rank, trainer.world_size,
-            device,
-        )  # fmt: skip
-        mu, sigma, n = compute_reference_stats(extractor, images, device, sync=True)
-        source = f"{root}/{self.reference_split} ({n} real images)"
-        if path is not None and trainer.is_global_zero:
-            save_reference_stats(path, mu, sigma, extractor=extractor.identity, num_samples=n, source=source)
-            rank_zero_info(f"GenerativeEvaluation: wrote {path}")
-        meta = {"extractor": extractor.identity, "num_samples": n, "source": source}
-        return ReferenceStats(mu.numpy(), sigma.numpy(), str(path or ""), meta)
+        weights = self.resolve_path(trainer, self.weights_path) if self.weights_path else None
+        return missing_reference_message(path, self.extractor_name, self.extractor_options, weights,
+                                         getattr(pl_module.tokenizer, "image_size", None),
+                                         getattr(trainer.datamodule, "root", None))  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -268,13 +240,16 @@ class GenerativeEvaluation(L.Callback):
         self._write_report(trainer, pl_module, values)
 
     def evaluate(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, schedule: GenerationSchedule | None = None,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        schedule: GenerationSchedule | None = None,
         fid_only: bool = False,
     ) -> dict[str, Any]:
         """Generate this rank's share with ``schedule`` (default: ``pl_module.schedule``) and return the synced
-        ``{"fid", "inception_score", "clip_score", "num_samples", "seconds"}``; ``fid_only`` skips the IS and the
-        CLIP score (None then), e.g. for the search's finite-difference probes. Call it on every rank (the metrics
-        all-gather)."""
+        ``{"fid", "inception_score", "clip_score", "num_samples", "seconds", "schedule"}``; ``fid_only`` skips the IS
+        and the CLIP score (None then), e.g. for the search's finite-difference probes. Call it on every rank (the
+        metrics all-gather)."""
         if self.fid is None:
             self.build(trainer, pl_module)
         schedule = schedule or pl_module.schedule
@@ -290,13 +265,10 @@ class GenerativeEvaluation(L.Callback):
         clip = None if fid_only else self.clip_metric(trainer, pl_module)
         inception_metric = None if fid_only else self.inception
         metrics = [m for m in (self.fid, inception_metric, clip) if m is not None]
-        device = pl_module.device
         # ranks hold at most one batch more than others: the stop check (a collective) runs as often on every rank
         rounds = math.ceil(math.ceil(self.num_samples / self.batch_size) / trainer.world_size)
         start = time.perf_counter()
-        bar = progress(self.num_samples, f"{self.extractor.metric_prefix.replace('_', '-')}FID-"
-                       f"{count_label(self.num_samples)}", unit="img",
-                       enabled=trainer_shows_progress(trainer) if self.show_progress is None else self.show_progress)
+        bar = self._progress_bar(trainer)
         with torch.inference_mode(), bar:
             for metric in metrics:
                 metric.reset()
@@ -304,21 +276,8 @@ class GenerativeEvaluation(L.Callback):
                 raise_if_stopped(trainer)  # a SIGTERM stops an evaluation within one batch, on every rank together
                 if index >= len(plan):
                     continue
-                batch = plan[index]
-                labels = None if batch.prompts else torch.tensor(batch.labels, device=device)
-                prompts = list(batch.prompts) if batch.prompts else None
-                # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
-                with trainer.precision_plugin.forward_context():
-                    ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed, prompts=prompts).ids
-                with full_precision(device.type):
-                    images = pl_module.decode(ids).float()
-                    features, logits = self.extractor(images)
-                    if clip is not None:
-                        clip.update(images, prompts)
-                self.fid.update(features)
-                if inception_metric is not None:
-                    inception_metric.update(logits)
-                bar.update(min(len(batch.indices) * trainer.world_size, bar.total - bar.n))  # (rank 0's view)
+                self._update_metrics(trainer, pl_module, plan[index], schedule, inception_metric, clip)
+                bar.update(min(len(plan[index].indices) * trainer.world_size, bar.total - bar.n))  # (rank 0's view)
             fid = float(self.fid.compute())
             inception = float(inception_metric.compute()) if inception_metric is not None else None
             clip_score = float(clip.compute()) if clip is not None else None
@@ -332,6 +291,36 @@ class GenerativeEvaluation(L.Callback):
             "seconds": round(time.perf_counter() - start, 3),
             "schedule": schedule,
         }
+
+    def _progress_bar(self, trainer: L.Trainer) -> tqdm:
+        """The evaluation's progress bar over all ranks' images (shown where the Trainer shows its own, unless
+        ``show_progress`` says otherwise)."""
+        return progress(
+            self.num_samples,
+            f"{self.extractor.metric_prefix.replace('_', '-')}FID-{count_label(self.num_samples)}",
+            unit="img",
+            enabled=trainer_shows_progress(trainer) if self.show_progress is None else self.show_progress,
+        )
+
+    def _update_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: GenerationBatch,
+                        schedule: GenerationSchedule, inception_metric: InceptionScore | None,
+                        clip: LocalCLIPScore | None) -> None:  # fmt: skip
+        """Generate one batch of the plan, decode it and add it to the metrics (FID always; IS and CLIP score if
+        given)."""
+        device = pl_module.device
+        labels = None if batch.prompts else torch.tensor(batch.labels, device=device)
+        prompts = list(batch.prompts) if batch.prompts else None
+        # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
+        with trainer.precision_plugin.forward_context():
+            ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed, prompts=prompts).ids
+        with full_precision(device.type):
+            images = pl_module.decode(ids).float()
+            features, logits = self.extractor(images)
+            if clip is not None:
+                clip.update(images, prompts)
+        self.fid.update(features)
+        if inception_metric is not None:
+            inception_metric.update(logits)
 
     def clip_metric(self, trainer: L.Trainer, pl_module: L.LightningModule) -> LocalCLIPScore | None:
         """The CLIP score metric (built once) for a text model with ``clip_score_model``; None otherwise."""
@@ -354,45 +343,15 @@ class GenerativeEvaluation(L.Callback):
 
     # ------------------------------------------------------------------------------------------------------------------
     def _write_report(self, trainer: L.Trainer, pl_module: L.LightningModule, values: dict[str, Any]) -> None:
-        schedule: GenerationSchedule = values["schedule"]
-        name = ("digits-" if self.extractor.metric_prefix == "digits_" else "") + f"FID-{count_label(self.num_samples)}"
+        name = metric_name(self.extractor.metric_prefix, self.num_samples)
         fitting = trainer.state.fn == "fit"
         # validate/test do not restore the loops' counters: take the step of the checkpoint being evaluated
         step, epoch = self.checkpoint_progress
         if fitting or step is None:
             step, epoch = trainer.global_step, trainer.current_epoch
-        entry = {
-            "global_step": step,
-            "epoch": epoch,
-            "fid": values["fid"],
-            "inception_score": values["inception_score"],
-            "clip_score": values.get("clip_score"),
-        }
         if fitting:  # the training curve; a validate run reports without extending it
-            self.history.append(entry)
-        self.last = {
-            "metric": name,
-            name: values["fid"],
-            "fid": values["fid"],
-            "inception_score": values["inception_score"],
-            "clip_score": values.get("clip_score"),
-            "num_samples": self.num_samples,
-            "steps": schedule.steps,
-            "schedule": schedule.to_dict(),
-            "checkpoint": trainer.ckpt_path,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "extractor": self.extractor.identity,
-            "weights_path": getattr(self.extractor, "weights_path", self.weights_path),
-            "reference_stats": self.reference.path or None,
-            "reference_num_samples": self.reference.meta.get("num_samples"),
-            "stage": getattr(trainer.state.fn, "value", str(trainer.state.fn)),
-            "global_step": step,
-            "epoch": epoch,
-            "world_size": trainer.world_size,
-            "seconds": values["seconds"],
-            "history": list(self.history),
-        }
+            self.history.append(history_entry(values, step, epoch))
+        self.last = evaluation_record(self, trainer, values, name, step, epoch)
         if self.report is None:
             return
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
