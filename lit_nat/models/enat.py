@@ -38,6 +38,12 @@ from lit_nat.models.layers import TextEmbedding, TiedMLMHead, TokenEmbedding, cl
 __all__ = ["ENAT", "ENATBlock", "ENATState", "ContextAttention", "PrevProjection"]
 
 
+def to_raster_order(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Tokens ``(B, N, D)`` given in the order of ``positions`` ``(B, N)`` (a permutation of each row) back in raster
+    order: one scatter writes every row of every sample."""
+    return torch.empty_like(tokens).scatter(1, positions.unsqueeze(-1).expand_as(tokens), tokens)
+
+
 class ENAT(TokenSpaceBackbone):
     """ENAT non-autoregressive transformer with encoder/decoder split over visible/masked tokens and feature reuse.
 
@@ -220,11 +226,7 @@ class ENAT(TokenSpaceBackbone):
         Raises:
             ValueError: Wrong shapes, unequal masked counts per row, or a state that does not belong to this input.
         """
-        if ids.dim() != 2 or ids.shape[1] != self.num_tokens:
-            raise ValueError(
-                f"ids must be (B, {self.num_tokens}) for a {self.grid_size[0]}x{self.grid_size[1]} grid, "
-                f"got {tuple(ids.shape)}"
-            )
+        self._check_ids(ids)
         b, n = ids.shape
         cond, text = self._condition(condition, b)  # (B, D) adaLN input; (B, L, D) text context or None
         is_masked = ids == self.mask_id  # (B, N)
@@ -241,26 +243,43 @@ class ENAT(TokenSpaceBackbone):
         visible_pos, masked_pos = order[:, :v], order[:, v:]  # (B, V), (B, M)
 
         if state is None:
-            visible = gather_tokens(x, visible_pos)  # (B, V, D)
-            if v > 0:  # with nothing visible the encoder has nothing to do
-                for block in self.encoder:
-                    visible = block(visible, cond, context=text)  # self-attention among visible tokens (+ text)
-            context_pos = visible_pos
+            visible, context_pos = self._encode(x, cond, visible_pos, text), visible_pos  # (B, V, D), (B, V)
         else:
-            visible, context_pos = self._encode_with_reuse(x, cond, visible_pos, state, text)
+            visible, context_pos = self._encode_with_reuse(x, cond, visible_pos, state, text)  # (B, V, D), (B, V)
+        masked = self._decode(gather_tokens(x, masked_pos), cond, visible, text)  # (B, M, D)
 
-        masked = gather_tokens(x, masked_pos)  # (B, M, D)
-        if m > 0:
-            context = visible if text is None else torch.cat([text, visible], dim=1)  # (B, [L +] V, D)
-            for block in self.decoder:
-                masked = block(masked, cond, context=context)  # the same encoded context for every decoder block
-
-        # Restore raster order: the positions form a permutation, so one scatter writes every row of every sample.
-        positions = torch.cat([context_pos, masked_pos], dim=1)  # (B, N)
-        tokens = torch.cat([visible, masked], dim=1)  # (B, N, D)
-        features = torch.empty_like(tokens).scatter(1, positions.unsqueeze(-1).expand_as(tokens), tokens)
+        features = to_raster_order(torch.cat([visible, masked], dim=1), torch.cat([context_pos, masked_pos], dim=1))
         logits = self.head(self.final_norm(features), self.token_embed.word.weight)  # (B, N, K)
         return logits, ENATState(features=features.detach(), visible_positions=visible_pos, num_masked=m)
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.dim() != 2 or ids.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"ids must be (B, {self.num_tokens}) for a {self.grid_size[0]}x{self.grid_size[1]} grid, "
+                f"got {tuple(ids.shape)}"
+            )
+
+    def _encode(
+        self, x: torch.Tensor, cond: torch.Tensor, visible_pos: torch.Tensor, text: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Encode the visible tokens from scratch (no reuse): the encoder blocks' self-attention among the visible
+        tokens ``visible_pos`` ``(B, V)`` of ``x`` ``(B, N, D)`` (and the text tokens) -> ``(B, V, D)``."""
+        visible = gather_tokens(x, visible_pos)  # (B, V, D)
+        if visible_pos.shape[1] > 0:  # with nothing visible the encoder has nothing to do
+            for block in self.encoder:
+                visible = block(visible, cond, context=text)  # self-attention among visible tokens (+ text)
+        return visible
+
+    def _decode(
+        self, masked: torch.Tensor, cond: torch.Tensor, visible: torch.Tensor, text: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The decoder blocks over the [MASK] tokens ``masked`` ``(B, M, D)``, with the encoded visible tokens
+        ``(B, V, D)`` (and the text tokens) as the same read-only context of every block -> ``(B, M, D)``."""
+        if masked.shape[1] > 0:
+            context = visible if text is None else torch.cat([text, visible], dim=1)  # (B, [L +] V, D)
+            for block in self.decoder:
+                masked = block(masked, cond, context=context)
+        return masked
 
     def _condition(self, condition: Condition, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(SiLU(adaLN input) (B, D), text tokens (B, L, D) or None)`` of a class or text condition."""
