@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,23 +121,9 @@ def prepare_digits(
     splits, arrays = {}, {}
     for split, indices in zip(("train", "val"), stratified_split(labels, val_per_class, seed)):
         arrays[split] = (images[indices], torch.from_numpy(labels[indices]))
-        writer = ShardWriter.for_tokenizer(
-            root,
-            split,
-            tokenizer,
-            NUM_CLASSES,
-            samples_per_shard=samples_per_shard,
-            update_metadata=False,
-            overwrite=overwrite,
-            extra=extra,
-            text_encoder=TEXT_ENCODER if captions else None,
-        )
-        with writer:
-            for i in indices:
-                text = digit_captions(int(labels[i])) if captions else None
-                writer.write(ids[i], int(labels[i]), key=f"{i:04d}", captions=text)
-        splits[split] = writer.split_info
-        fields = writer.fields
+        writer = write_split(root, split, tokenizer, ids, labels, indices, samples_per_shard=samples_per_shard,
+                             overwrite=overwrite, extra=extra, captions=captions)  # fmt: skip
+        splits[split], fields = writer.split_info, writer.fields
     write_digits_evaluation(root, arrays, seed=seed)  # before meta.json: its presence means everything is there
     meta = DatasetMeta(
         codebook_size=tokenizer.codebook_size,
@@ -150,6 +137,41 @@ def prepare_digits(
     )
     write_metadata(root, meta)
     return read_metadata(root)
+
+
+def write_split(
+    root: Path,
+    split: str,
+    tokenizer: PixelTokenizer,
+    ids: torch.Tensor,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    *,
+    samples_per_shard: int,
+    overwrite: bool,
+    extra: dict[str, Any],
+    captions: bool,
+) -> ShardWriter:
+    """Write the samples ``indices`` of the tokenised digits (``ids`` (1797, 64), ``labels`` (1797,)) as the shards of
+    ``split``. Each sample's key is its index in ``load_digits()`` (``"0042"``), its captions (with ``captions``) every
+    phrasing of its label. Returns the closed writer, whose split info and fields :func:`prepare_digits` puts into
+    ``meta.json`` once every split is written."""
+    writer = ShardWriter.for_tokenizer(
+        root,
+        split,
+        tokenizer,
+        NUM_CLASSES,
+        samples_per_shard=samples_per_shard,
+        update_metadata=False,
+        overwrite=overwrite,
+        extra=extra,
+        text_encoder=TEXT_ENCODER if captions else None,
+    )
+    with writer:
+        for i in indices:
+            text = digit_captions(int(labels[i])) if captions else None
+            writer.write(ids[i], int(labels[i]), key=f"{i:04d}", captions=text)
+    return writer
 
 
 # ----------------------------------------------------------------------------------------------------------------------
