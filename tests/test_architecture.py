@@ -1,4 +1,4 @@
-"""The package's layers, as the README's "Architecture" section draws them: every import in ``lit_nat/`` (also inside
+"""The package's layers, as docs/architecture.md draws them: every import in ``lit_nat/`` (also inside
 functions) points to the same layer or one below, so there are no import cycles between packages, hidden or not."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lit_nat"
 
-#: lowest first; a unit is a top-level module or sub-package of lit_nat (the README lists the same order)
+#: lowest first; a unit is a sub-package of lit_nat (docs/architecture.md lists the same order)
 LAYERS = [
     {"core"},  # errors, whole-or-nothing files, checked checkpoint files, the finite guard, assets, progress, SLURM
     {"conditioning", "tokenizers"},  # class and text conditions; images <-> tokens
@@ -61,3 +61,23 @@ def test_imports_point_down_the_layers(path):
               for other, line in sorted(imported_units(path))
               if other != unit and other in LAYER and LAYER[other] > LAYER[unit]]  # fmt: skip
     assert not upward, f"{path.relative_to(PACKAGE.parent)}: " + "; ".join(upward)
+
+
+#: what may sit directly in lit_nat/: the public API and the entry point; everything else lives in a package
+TOP_LEVEL_MODULES = {"__init__.py", "__main__.py"}
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def test_the_top_level_holds_only_the_entry_points():
+    assert {p.name for p in PACKAGE.glob("*.py")} <= TOP_LEVEL_MODULES
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_files_and_functions_stay_small(path):
+    """Files of at most 400 lines and functions of at most 60 (docstring included): small enough to read whole."""
+    source = path.read_text(encoding="utf-8")
+    assert len(source.splitlines()) <= MAX_FILE_LINES, f"{path.name}: {len(source.splitlines())} lines"
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]  # fmt: skip
+    assert not long, f"{path.relative_to(PACKAGE.parent)}: {', '.join(long)}"
