@@ -15,7 +15,7 @@ def count(module: object) -> tuple[int, int]:
 
 
 class ModelSize(L.Callback):
-    """Prints ``model: <arch>: <N>M parameters (<T>M trainable, EMA copy <E>M); tokens <g>x<g> of <K> codes``."""
+    """Prints ``model: <arch>: <N>M parameters (<T>M trainable, EMA copy <E>M); tokens <h>x<w> of <K> codes``."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total, trainable = count(pl_module)
@@ -23,6 +23,7 @@ class ModelSize(L.Callback):
         hparams = getattr(pl_module, "hparams", {})
         arch = hparams.get("arch", type(pl_module).__name__)
         grid, codes = hparams.get("grid_size"), hparams.get("codebook_size")
-        tokens = f"; tokens {grid}x{grid} of {codes} codes" if grid and codes else ""
+        side = "x".join(map(str, grid)) if isinstance(grid, (list, tuple)) else f"{grid}x{grid}"
+        tokens = f"; tokens {side} of {codes} codes" if grid and codes else ""
         rank_zero_info(f"model: {arch}: {(total - ema) / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable, "
                        f"EMA copy {ema / 1e6:.1f}M){tokens}")  # fmt: skip
