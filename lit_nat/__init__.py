@@ -1,10 +1,36 @@
-"""lit_nat: non-autoregressive Transformer image generators (AutoNAT, ENAT) in PyTorch Lightning."""
+"""lit_nat: non-autoregressive Transformer image generators (AutoNAT, ENAT) in PyTorch Lightning.
+
+The public Python API, importable from the top (each loaded on first use, so ``import lit_nat`` stays light):
+``load_model``, ``load_tokenizer``, ``load_amused``; ``generate`` (the decoding loop), ``GenerationSchedule`` (a
+decoding run's per-step schedule), ``edit`` with ``EditRequest`` (what ``python -m lit_nat edit`` runs on a loaded
+model) and ``sample`` with ``SampleRequest``.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_amused", "load_model", "load_tokenizer"]
+#: name -> (module, attribute) of the public API re-exported here
+PUBLIC = {
+    "generate": ("lit_nat.generation.decoding", "generate"),
+    "GenerationSchedule": ("lit_nat.generation.schedule", "GenerationSchedule"),
+    "edit": ("lit_nat.commands.edit", "run_edit"),
+    "EditRequest": ("lit_nat.commands.edit", "EditRequest"),
+    "sample": ("lit_nat.commands.sample", "run_sample"),
+    "SampleRequest": ("lit_nat.commands.sample", "SampleRequest"),
+}
+
+__all__ = ["__version__", "load_amused", "load_model", "load_tokenizer", *PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in PUBLIC:
+        module, attribute = PUBLIC[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'lit_nat' has no attribute {name!r}")
 
 
 def load_model(ckpt_path: str, map_location: str = "cpu"):

@@ -326,3 +326,17 @@ def test_a_damaged_official_checkpoint_is_one_line_naming_it(tmp_path):
               f"--model_config={REPO / 'configs/autonat_s.yaml'}",
               f"--dst={tmp_path / 'out.ckpt'}"])  # fmt: skip
     assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_the_public_api_is_importable_from_the_top():
+    import lit_nat
+    from lit_nat import EditRequest, GenerationSchedule, SampleRequest, edit, generate, sample
+    from lit_nat.commands.edit import run_edit
+    from lit_nat.commands.sample import run_sample
+    from lit_nat.generation.decoding import generate as loop
+
+    assert (generate, edit, sample) == (loop, run_edit, run_sample)
+    assert GenerationSchedule.preset("heuristic").steps > 0 and EditRequest(images="x").out == "edits"
+    assert SampleRequest().num_samples == 50_000 and set(lit_nat.PUBLIC) <= set(lit_nat.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lit_nat.nope  # noqa: B018
