@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_nat.conditioning import Condition, Conditioner, batch_size, text_space
 from lit_nat.conditioning.text import relocate as relocate_text_encoder
@@ -24,7 +24,8 @@ from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models import build_backbone
 from lit_nat.tokenizers import Tokenizer
 from lit_nat.training.ema import ema_decay_at, make_ema_copy, update_ema
-from lit_nat.training.module_state import LazyTokenizer, portable_hyperparameters, restored_schedule
+from lit_nat.training.init_from import initialise_from
+from lit_nat.training.module_state import LazyTokenizer, check_batch_ids, portable_hyperparameters, restored_schedule
 from lit_nat.training.objective import (
     apply_mask,
     build_mask_ratio_law,
@@ -78,6 +79,8 @@ class NATModule(L.LightningModule):
             optimiser step (one host read), over all ranks.
         max_nonfinite_steps: with ``skip``, this many non-finite steps in a row stop the run with an error naming the
             steps (no checkpoint with non-finite weights is ever written).
+        init_from: fine-tune: start a new run (new optimizer, step 0) from this checkpoint's online and EMA weights
+            (lit_nat's or imported); another class count or token grid is adapted, see ``training/init_from.py``.
 
     Every random draw of a training step comes from a seed derived from (run seed, epoch, batch index, rank)
     (:func:`~lit_nat.training.objective.seed_training_step`), so a resumed run repeats the uninterrupted run's draws
@@ -111,6 +114,7 @@ class NATModule(L.LightningModule):
         reuse_prob: float = 0.0,
         nonfinite: str = "skip",
         max_nonfinite_steps: int = 10,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(grid_size, list):
@@ -135,6 +139,7 @@ class NATModule(L.LightningModule):
         self._train_seed: int | None = None  # the run's seed, fixed at the first step and kept in checkpoints
         self._loss_finite: torch.Tensor | None = None  # all losses of the current optimiser step finite (on device)
         self._skip_ema = False
+        self._restored = False  # weights restored from a checkpoint (a resume): init_from is not applied
         self.bad_samples = 0  # replaced bad data samples seen so far (the data module's skip policy)
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -200,7 +205,7 @@ class NATModule(L.LightningModule):
         seed_training_step(self._train_seed, self.current_epoch, batch_idx, self.global_rank)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        self._check_batch(batch)
+        check_batch_ids(batch, self.num_tokens)
         if "bad_samples" in batch:
             self.bad_samples += int(batch.pop("bad_samples"))
             self.log("train/bad_samples", float(self.bad_samples), batch_size=len(batch["ids"]))
@@ -270,7 +275,7 @@ class NATModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------------------------------
     # Evaluation: the EMA backbone on held-out tokens, with masks that are the same at every validation
     def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, prefix: str) -> torch.Tensor:
-        self._check_batch(batch)
+        check_batch_ids(batch, self.num_tokens)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(10_007 * batch_idx + self.global_rank)
@@ -380,6 +385,7 @@ class NATModule(L.LightningModule):
                                           "nonfinite": self.nonfinite_guard.state_dict()}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored = True
         training = checkpoint.get("lit_nat_training") or {}
         self._train_seed = training.get("train_seed", self._train_seed)
         self.bad_samples = int(training.get("bad_samples", 0))
@@ -388,10 +394,7 @@ class NATModule(L.LightningModule):
         if "generation_schedule" in checkpoint:
             self.schedule = restored_schedule(checkpoint["generation_schedule"], self.schedule, self.schedule_source)
 
-    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        ids = batch["ids"]
-        if ids.ndim != 2 or ids.shape[1] != self.num_tokens:
-            raise ValueError(
-                f"batch ids have shape {tuple(ids.shape)}, expected (B, {self.num_tokens}); "
-                "does the data's grid match the model's grid_size?"
-            )
+    def on_fit_start(self) -> None:  # (after a resume's restore, which on_load_checkpoint marks: then not again)
+        if self.hparams.get("init_from") and not self._restored:
+            for note in initialise_from(self, self.hparams["init_from"]):
+                rank_zero_info(f"init_from {self.hparams['init_from']}: {note}")

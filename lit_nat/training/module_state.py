@@ -80,3 +80,13 @@ def restored_schedule(saved: dict[str, Any], current: GenerationSchedule, source
             f"config's {current.name!r}; --model.schedule_source=config keeps the config's"
         )
     return checkpoint
+
+
+def check_batch_ids(batch: dict[str, torch.Tensor], num_tokens: int) -> None:
+    """A batch's ``ids`` are ``(B, N)`` with the model's N tokens, or a ValueError that says what to check."""
+    ids = batch["ids"]
+    if ids.ndim != 2 or ids.shape[1] != num_tokens:
+        raise ValueError(
+            f"batch ids have shape {tuple(ids.shape)}, expected (B, {num_tokens}); "
+            "does the data's grid match the model's grid_size?"
+        )
