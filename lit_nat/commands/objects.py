@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nat.callbacks.evaluation import GenerativeEvaluation
+from lit_nat.callbacks.run_health import RunHealth
 from lit_nat.callbacks.schedule_search import ScheduleSearch
 from lit_nat.commands.parsing import add_function_options, description, function_kwargs, parse
 from lit_nat.core.checkpointing import is_remote, read_checkpoint
@@ -87,6 +88,8 @@ class ConfiguredRun(LightningCLI):
         parser.add_lightning_class_args(GenerativeEvaluation, "evaluation")
         parser.add_lightning_class_args(ScheduleSearch, "schedule_search")
         parser.set_defaults({"evaluation.enabled": False, "schedule_search.enabled": False})
+        # `run_health:` (loss and accuracy per mask-ratio bucket, codebook usage, a collapse warning), on by default
+        parser.add_lightning_class_args(RunHealth, "run_health")
         add_function_options(parser, self.command)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
