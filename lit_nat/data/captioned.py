@@ -1,5 +1,7 @@
-"""Captioned image sources for text-to-image tokenisation: MS-COCO (a folder + ``captions_*.json``) and img2dataset
-webdataset folders (``*.tar`` of ``<key>.jpg`` + ``<key>.txt``, how CC3M and CC12M are usually downloaded).
+"""Captioned image sources for text-to-image tokenisation: MS-COCO (a folder + ``captions_*.json``), img2dataset
+webdataset folders (``*.tar`` of ``<key>.jpg`` + ``<key>.txt``, how CC3M and CC12M are usually downloaded), and your
+own images: a folder with a ``.txt`` caption beside each image, or a folder and a table of ``file,caption`` rows (CSV
+with a header, or JSON lines ``{"file": ..., "caption": ...}``; several rows of one file give it several captions).
 
 Both give an :class:`~lit_nat.data.imagefolder.ImageList` with one class (label 0) and every caption of each image,
 so :mod:`lit_nat.data.tokenize` tokenises them like an ImageNet folder (same plan, resume and verification).
@@ -17,6 +19,8 @@ A name read from a file (a COCO ``file_name``, a tar member) must be a plain fil
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tarfile
@@ -102,3 +106,77 @@ def list_img2dataset(folder: str | os.PathLike) -> tuple[ImageList, list[tuple[s
     if not files:
         raise ValueError(f"{root}: no captioned image in its {len(tars)} shards")
     return ImageList(root, CAPTIONED_CLASSES, tuple(files), (0,) * len(files), tuple(texts)), skipped
+
+
+def captioned_list(root: Path, captions: dict[str, list[str]], source: str,
+                   skipped: list[tuple[str, str]]) -> tuple[ImageList, list[tuple[str, str]]]:  # fmt: skip
+    """The ImageList of ``captions`` (file -> its captions), in file-name order; files missing from ``root`` or
+    without a caption are skipped and listed."""
+    present, files, texts = set(os.listdir(root)), [], []
+    for name in sorted(captions):
+        kept = tuple(c.strip() for c in captions[name] if c and c.strip())
+        if name not in present:
+            skipped.append((name, f"named in {source} but not in {root}"))
+        elif not kept:
+            skipped.append((name, f"has an empty caption in {source}"))
+        else:
+            files.append(name)
+            texts.append(kept)
+    if not files:
+        raise ValueError(f"{source}: none of its {len(captions)} images is in {root} with a caption")
+    return ImageList(root, CAPTIONED_CLASSES, tuple(files), (0,) * len(files), tuple(texts)), skipped
+
+
+def read_caption_table(path: Path) -> dict[str, list[str]]:
+    """``file -> captions`` of a CSV (header ``file,caption``) or JSON-lines table; a name must be a plain file name."""
+    captions: dict[str, list[str]] = defaultdict(list)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and not {"file", "caption"} <= set(rows[0]):
+            raise ValueError(f"{path}: a captions CSV needs the header file,caption (got {sorted(rows[0])})")
+        entries = [(row["file"], row["caption"], f"row {i + 2}") for i, row in enumerate(rows)]
+    else:
+        entries = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    entries.append((row["file"], row["caption"], f"line {i + 1}"))
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"{path}: line {i + 1} is not {{\"file\": ..., \"caption\": ...}}: "
+                                     f"{type(err).__name__}: {err}") from None  # fmt: skip
+    for name, caption, where in entries:
+        captions[check_name(str(name), str(path), f"{where}.file")].append(str(caption or ""))
+    return captions
+
+
+def list_caption_table(images: str | os.PathLike, table: str | os.PathLike) -> tuple[ImageList, list[tuple[str, str]]]:
+    """``(your captioned images, [(file, why skipped)])`` from a folder and a ``file,caption`` CSV or JSON-lines."""
+    root, path = Path(images), Path(table)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file {path} does not exist")
+    return captioned_list(root, read_caption_table(path), path.name, [])
+
+
+def has_caption_files(folder: Path) -> bool:
+    """Whether a folder holds images with a ``.txt`` beside them (your own captioned images, not class folders)."""
+    return folder.is_dir() and any(p.suffix == ".txt" and is_image_file(n) for p in folder.glob("*.txt")
+                                   for n in os.listdir(folder) if Path(n).stem == p.stem)  # fmt: skip
+
+
+def list_caption_files(folder: str | os.PathLike) -> tuple[ImageList, list[tuple[str, str]]]:
+    """``(your captioned images, [(file, why skipped)])`` from a folder with ``<name>.txt`` beside ``<name>.jpg``; an
+    image without its ``.txt`` is skipped and listed (one line of the text file per caption)."""
+    root = Path(folder)
+    names = sorted(os.listdir(root))
+    texts = {Path(n).stem: root / n for n in names if n.endswith(".txt")}
+    captions, skipped = {}, []
+    for name in (n for n in names if is_image_file(n)):
+        if Path(name).stem in texts:
+            captions[name] = texts[Path(name).stem].read_text(encoding="utf-8", errors="replace").splitlines()
+        else:
+            skipped.append((name, f"has no {Path(name).stem}.txt beside it"))
+    return captioned_list(root, captions, f"the .txt files of {root}", skipped)

@@ -44,7 +44,13 @@ import torch
 
 from lit_nat.conditioning.text import text_encoder_from_config
 from lit_nat.core.io import atomic_write_text
-from lit_nat.data.captioned import list_coco, list_img2dataset
+from lit_nat.data.captioned import (
+    has_caption_files,
+    list_caption_files,
+    list_caption_table,
+    list_coco,
+    list_img2dataset,
+)
 from lit_nat.data.imagefolder import (
     FLIP_SUFFIX,
     CroppedImages,
@@ -178,13 +184,16 @@ def finish_split(root: Path, split: str, summary: dict[str, Any], tag: str, num_
 
 
 def list_source(images: Any, classes: list[str] | None, captions: Any) -> tuple[ImageList, list[tuple[str, str]]]:
-    """The images to tokenise: a COCO folder with its captions json, an img2dataset webdataset folder (``*.tar``),
-    or an ImageNet-layout class folder; and the listed images that were skipped (missing, no caption)."""
+    """The images to tokenise: a folder with its captions (a COCO json, or a file,caption CSV or JSON-lines table), an
+    img2dataset webdataset folder (``*.tar``), a folder with a ``.txt`` caption beside each image, or an
+    ImageNet-layout class folder; and the listed images that were skipped (missing, no caption)."""
     folder = Path(images)
     if captions is not None:
-        return list_coco(folder, captions)
+        return list_coco(folder, captions) if Path(captions).suffix == ".json" else list_caption_table(folder, captions)
     if folder.is_dir() and any(folder.glob("*.tar")):
         return list_img2dataset(folder)
+    if has_caption_files(folder):
+        return list_caption_files(folder)
     return list_image_folder(folder, classes), []
 
 
@@ -288,7 +297,9 @@ class TokenizeRequest:
         checkpoint: the tokenizer's weights (passed as checkpoint=...).
         tokenizer_arg: further tokenizer arguments as KEY=VALUE (value parsed as YAML); image_size defaults to
             --resolution.
-        captions: MS-COCO captions json for the images (e.g. annotations/captions_train2014.json).
+        captions: the images' captions: an MS-COCO captions json (e.g. annotations/captions_train2014.json), or your
+            own table of file,caption rows (.csv with that header, or .jsonl of {"file": ..., "caption": ...}). A
+            folder with a .txt beside each image needs none.
         text_encoder: the text encoder the captions are for, as JSON, e.g. '{"name": "clip", "path":
             "assets/clip-vit-large-patch14"}' (recorded in meta.json).
         amused: tokenise for an aMUSEd model: its VQ-GAN (FOLDER/vqvae) and CLIP text encoder, instead of
