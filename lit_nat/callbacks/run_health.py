@@ -11,8 +11,10 @@ no global random state touched, so training draws are unchanged):
   validation, next to ``health/data_codes_used``, the share the true tokens at the same positions use, and
   ``health/perplexity`` / ``health/data_perplexity`` of the two histograms.
 
-A model that predicts far fewer codes than the data holds (one-colour samples, all tokens one code) is collapsing:
-the callback warns, naming the metric, its value and the step.
+A model whose predictions fall to far fewer codes than both the data holds and the run itself reached before
+(one-colour samples, all tokens one code) is collapsing: the callback warns, naming the metric, its value and the
+step. (A fresh model also predicts few codes; only a fall from the run's own peak counts, so early validations and
+the sanity check never warn.)
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class RunHealth(L.Callback):
     Args:
         buckets: number of mask-ratio buckets (their centres are the ratios scored).
         seed: seed of the masks (fixed, so validations compare).
-        collapse_share: warn when the predictions use less than this share of the codes the true tokens use.
+        collapse_share: warn when the predictions use less than this share of the codes the true tokens use, and
+            of the most codes this run's predictions used at an earlier validation.
         enabled: False turns the callback off (``--run_health.enabled false``).
     """
 
@@ -62,6 +65,13 @@ class RunHealth(L.Callback):
         self.ratios, self.seed = bucket_ratios(buckets), seed
         self.collapse_share, self.enabled = collapse_share, enabled
         self._sums: dict[str, torch.Tensor] = {}
+        self.peak_codes_used = 0.0  # the most codes the predictions used at a validation of this run (checkpointed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"peak_codes_used": self.peak_codes_used}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.peak_codes_used = float(state_dict.get("peak_codes_used", 0.0))
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sums = {}
@@ -102,7 +112,7 @@ class RunHealth(L.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not self._sums:
+        if not self.enabled or not self._sums or trainer.sanity_checking:
             return
         sums = self._reduced(trainer, pl_module)
         metrics = {f"health/{name}": float(total) / max(count, 1) for name, (total, count) in sums.items()
@@ -113,6 +123,8 @@ class RunHealth(L.Callback):
         metrics.update({"health/codes_used": used / codes, "health/data_codes_used": data_used / codes,
                         "health/perplexity": perplexity(predicted), "health/data_perplexity": perplexity(data)})
         pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=True)
-        if data_used and used < self.collapse_share * data_used:
+        fell = used < self.collapse_share * min(data_used, self.peak_codes_used)
+        self.peak_codes_used = max(self.peak_codes_used, used)
+        if fell:
             rank_zero_warn(f"RunHealth: health/codes_used {used / codes:.3f} at step {trainer.global_step}: the "
                            f"predictions use {int(used)} codes where the data uses {int(data_used)} (collapse?)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -53,15 +54,19 @@ def test_every_bucket_is_scored_the_same_way_at_every_validation(root):
     assert 0 < first["health/codes_used"] <= 1 and first["health/data_codes_used"] == 1.0  # random data: all 12
 
 
-def test_a_model_that_predicts_one_code_is_called_collapsing(root):
-    module = tiny_module()
-    with torch.no_grad():  # every prediction becomes code 0
+def test_a_fall_to_one_code_is_called_collapsing_but_a_fresh_model_is_not(root):
+    module, health = tiny_module(), RunHealth(collapse_share=0.5)  # (an untrained tiny model peaks at 4 codes)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="RunHealth")  # the first validation sets the peak: no warning
+        healthy = validate(root, health, module)
+    with torch.no_grad():  # then every prediction becomes code 0
         module.ema_backbone.head.bias.fill_(-1e4)
         module.ema_backbone.head.bias[0] = 1e4
     with pytest.warns(UserWarning, match=r"health/codes_used 0.083 at step 0: the predictions use 1 codes where "
                                          r"the data uses 12"):  # fmt: skip
-        metrics = validate(root, RunHealth(), module)
-    assert metrics["health/perplexity"] == 1.0 and metrics["health/acc_r0.5"] < 0.3
+        metrics = validate(root, health, module)
+    assert metrics["health/perplexity"] == 1.0 < healthy["health/perplexity"]
+    assert RunHealth().state_dict() == {"peak_codes_used": 0.0} and health.state_dict()["peak_codes_used"] > 1
 
 
 def test_the_health_metrics_change_no_training_draw(tmp_path, root):
