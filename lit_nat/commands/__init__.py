@@ -29,13 +29,11 @@ class Command:
         objects: what the command runs on: nothing (``none``), a config's model, data and Trainer (``config``), or
             those or a checkpoint alone when no config names a model or data: the model rebuilt from the checkpoint
             (``config_or_checkpoint_module``) or loaded by the command (``config_or_checkpoint_path``).
-        saves_config: write the resolved config into the run's log directory (as every ``fit`` does).
     """
 
     function: Callable[..., Any]
     summary: str
     objects: Literal["none", "config", "config_or_checkpoint_module", "config_or_checkpoint_path"] = "none"
-    saves_config: bool = True
 
 
 #: every command of ``python -m lit_nat``, in the order ``--help`` lists them

@@ -86,7 +86,7 @@ def run_command(name: str, argv: list[str]) -> Any:
         build_model = command.objects == "config_or_checkpoint_module"
         trainer, model, kwargs = checkpoint_run(command.function, argv, prog, build_model)
         return call(command.function, kwargs, trainer=trainer, model=model, datamodule=None)
-    run = ConfiguredRun(command.function, argv, prog, save_config=command.saves_config)
+    run = ConfiguredRun(command.function, argv, prog)
     return call(command.function, run.command_kwargs(), trainer=run.trainer, model=run.model,
                 datamodule=run.datamodule)  # fmt: skip
 

@@ -60,10 +60,9 @@ class ConfiguredRun(LightningCLI):
         command: the command function; its options join the parser's top level.
         argv: the command line after the command's name.
         prog: the program name in ``--help``.
-        save_config: write the resolved config into the run's log directory (Lightning's ``config.yaml``).
     """
 
-    def __init__(self, command: Callable, argv: list[str], prog: str, save_config: bool = True) -> None:
+    def __init__(self, command: Callable, argv: list[str], prog: str) -> None:
         self.command = command
         super().__init__(
             NATModule,
@@ -71,7 +70,7 @@ class ConfiguredRun(LightningCLI):
             trainer_class=NATTrainer,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},  # a requeued SLURM job logs into the same run directory
-            save_config_callback=SaveConfigCallback if save_config else None,
+            save_config_callback=SaveConfigCallback,  # the resolved config.yaml in the run's log directory
             # the recipe (AdamW, warm-up, decay) is the module's (--model.lr, ...): no --optimizer or --lr_scheduler
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False, "prog": prog, "description": description(command)},

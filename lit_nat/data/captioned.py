@@ -130,7 +130,11 @@ def captioned_list(root: Path, captions: dict[str, list[str]], source: str,
 def read_caption_table(path: Path) -> dict[str, list[str]]:
     """``file -> captions`` of a CSV (header ``file,caption``) or JSON-lines table; a name must be a plain file name."""
     captions: dict[str, list[str]] = defaultdict(list)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # (its own message names no file)
+        raise ValueError(f"{path}: the captions table is not UTF-8 text (byte {err.start}: {err.reason}); save it "
+                         "as UTF-8") from None  # fmt: skip
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(io.StringIO(text)))
         if rows and not {"file", "caption"} <= set(rows[0]):

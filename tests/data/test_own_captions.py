@@ -65,6 +65,10 @@ def test_a_bad_table_is_one_line_naming_it(folder, tmp_path):
     lines.write_text('{"file": "img0.png", "caption": "a"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: line 2 is not"):
         list_caption_table(folder, lines)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("file,caption\nimg0.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.csv: the captions table is not UTF-8 text"):
+        list_caption_table(folder, latin)
     escape = tmp_path / "escape.csv"
     escape.write_text("file,caption\n../../etc/passwd,a cat\n")
     with pytest.raises(UnsafeNameError, match="escape.csv"):
