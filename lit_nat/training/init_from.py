@@ -9,9 +9,12 @@ What may differ between the checkpoint and the config, each said in one line whe
 
 - **class count**: a new class embedding for the new classes; the null (unconditional) row is kept;
 - **token grid** (e.g. 256 px -> 512 px): the position embeddings are interpolated (bicubic, per channel);
+- **condition** (class labels -> text, text -> class labels, or another text encoder): the condition input layer
+  (``context_embed``, the projection of the text encoder's states) starts afresh or is dropped; everything else,
+  the class table included, is loaded;
 
-anything else (codebook size, width, depth, another backbone or text encoder) is an error naming the tensor or the
-setting, never a partial load.
+anything else (codebook size, width, depth, another backbone) is an error naming the tensor or the setting, never a
+partial load.
 """
 
 from __future__ import annotations
@@ -64,16 +67,25 @@ def adapt_tensor(key: str, have: torch.Tensor, want: torch.Tensor, saved: dict[s
     )
 
 
+#: The backbones' condition input for text (U-ViT and ENAT: ``TextEmbedding``); what starts afresh on a new condition.
+CONDITION_INPUT = "context_embed."
+
+
 def adapted_state(source_state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], saved: dict[str, Any],
                   config: dict[str, Any], source: str) -> tuple[dict[str, torch.Tensor], set[str]]:  # fmt: skip
     """Every tensor of ``target`` from ``source_state`` (adapted where the rules allow) and the notes of how."""
+    notes = set()
+    if note := condition_change(saved, config, any(k.startswith(CONDITION_INPUT) for k in target)):
+        notes.add(note)  # the condition input keeps the new model's initialisation; the checkpoint's is not used
+        target = {k: v for k, v in target.items() if not k.startswith(CONDITION_INPUT)}
+        source_state = {k: v for k, v in source_state.items() if not k.startswith(CONDITION_INPUT)}
     missing, unexpected = sorted(set(target) - set(source_state)), sorted(set(source_state) - set(target))
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: its backbone does not fit the config's (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             f"--model.init_from needs the same architecture (the checkpoint's arch is {saved.get('arch')!r})"
         )
-    state, notes = {}, set()
+    state = {}
     for key, want in target.items():
         state[key], note = adapt_tensor(key, source_state[key], want, saved, config, source)
         if note:
@@ -90,12 +102,14 @@ def condition_name(text_encoder: dict[str, Any] | None) -> str:
     return f"text ({text_encoder.get('name')} {str(weights)[:16]})"
 
 
-def check_conditions(saved: dict[str, Any], config: dict[str, Any], source: str) -> None:
-    """Class labels and text, or two text encoders, do not mix: the backbone's condition input would not fit."""
+def condition_change(saved: dict[str, Any], config: dict[str, Any], new_has_input: bool) -> str | None:
+    """The note for a checkpoint conditioned otherwise than the config's model (None: the same condition). The
+    backbone is shared; only the layer that reads the text encoder's states cannot carry over."""
     have, want = condition_name(saved.get("text_encoder")), condition_name(config.get("text_encoder"))
-    if have != want:
-        raise CheckpointError(f"{source}: conditioned on {have} but the config's model on {want}; "
-                              "--model.init_from needs the same condition")  # fmt: skip
+    if have == want:
+        return None
+    how = "starts afresh" if new_has_input else "is dropped"
+    return f"condition changed ({have} -> {want}): the condition input ({CONDITION_INPUT[:-1]}) {how}, the rest loaded"
 
 
 def initialise_from(module: Any, source: str) -> list[str]:
@@ -106,13 +120,13 @@ def initialise_from(module: Any, source: str) -> list[str]:
         raise CheckpointError(f"{source}: not a lit_nat checkpoint (no state_dict); import official weights with "
                               "python -m lit_nat import-checkpoint first")  # fmt: skip
     config = dict(module.hparams)
-    check_conditions(saved, config, source)
     notes: set[str] = set()
     for name in ("backbone", "ema_backbone"):
         prefix = f"{name}." if any(k.startswith(f"{name}.") for k in state) else "backbone."
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         target = getattr(module, name)
-        adapted, found = adapted_state(part, target.state_dict(), saved, config, source)
-        target.load_state_dict(adapted, strict=True)
+        fresh = target.state_dict()
+        adapted, found = adapted_state(part, fresh, saved, config, source)
+        target.load_state_dict({**fresh, **adapted}, strict=True)  # what is not adapted (a new condition input) stays
         notes |= found
     return sorted(notes)

@@ -103,3 +103,30 @@ def test_a_fine_tuned_run_resumes_from_its_own_checkpoint_without_the_original(i
     main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--ckpt_path", str(ckpt)])
     (last,) = [p for p in (tmp_path / "resumed").rglob("*.ckpt") if p != ckpt] or [ckpt]
     assert read_checkpoint(last)["global_step"] == 3
+
+
+WORDS = {"name": "words", "vocab": ["a", "picture", "of", "number", *map(str, range(10))], "dim": 8, "max_length": 4}
+
+
+def test_a_class_checkpoint_fine_tunes_onto_text_with_a_new_condition_input(imported, tmp_path, caplog):
+    root = write_random_shards(tmp_path / "text", codebook_size=16, grid=4, num_classes=10, text_encoder=WORDS)
+    config = config_for(tmp_path, "text", root, imported, lr=0.0)  # lr 0: what was loaded stays as loaded
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", str(config)])
+    assert "condition changed (class labels -> text (words" in caplog.text
+    assert "the condition input (context_embed) starts afresh, the rest loaded" in caplog.text
+    (ckpt,) = (tmp_path / "text").rglob("*.ckpt")
+    tuned, source = read_checkpoint(ckpt)["state_dict"], read_checkpoint(imported)["state_dict"]
+    assert any(k.startswith("backbone.context_embed.") for k in tuned)
+    for name, value in source.items():  # every tensor of the class model carried over, the class table too
+        assert torch.equal(tuned[name], value), name
+    text_input = [k for k in tuned if ".context_embed." in k]
+    for name in text_input:  # online and EMA start from the same fresh projection
+        if name.startswith("backbone."):
+            assert torch.equal(tuned[name], tuned["ema_" + name]), name
+    # and back: the text model onto class labels drops the text input and loads everything else
+    back = config_for(tmp_path, "back", write_random_shards(tmp_path / "cls", codebook_size=16, grid=4, num_classes=10),
+                      ckpt, lr=0.0)  # fmt: skip
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", str(back)])
+    assert "-> class labels): the condition input (context_embed) is dropped" in caplog.text
