@@ -44,7 +44,8 @@ class SampleGrid(L.Callback):
         mask_color: RGB in [0, 1] of masked tokens in the reveal strip.
         schedule_curves: log the schedule's figure, scalars and YAML.
         prompts: for text-conditioned models, the grid's rows (each row labelled with its prompt; the first
-            ``reveal_samples`` also make the reveal strip). Required for them, ignored for class models.
+            ``reveal_samples`` also make the reveal strip). None: the first ``max_classes`` distinct captions of
+            the data's validation split (so one config serves class and captioned data). Ignored for class models.
     """
 
     def __init__(
@@ -108,9 +109,21 @@ class SampleGrid(L.Callback):
             rank_zero_warn("SampleGrid: the model has no tokenizer config, so samples cannot be decoded; skipping")
             return False
         if pl_module.conditioner.is_text and not self.prompts:
-            rank_zero_warn("SampleGrid: a text-conditioned model needs SampleGrid(prompts=[...]); skipping the grid")
+            rank_zero_warn("SampleGrid: a text-conditioned model needs prompts (SampleGrid(prompts=[...]) or a data "
+                           "module with validation captions); skipping the grid")  # fmt: skip
             return False
         return True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.prompts or not pl_module.conditioner.is_text:
+            return
+        captions = getattr(trainer.datamodule, "captions", None)  # (the data module is set up before callbacks)
+        try:
+            found = captions() if captions is not None else []
+        except ValueError as err:  # no validation split, or one without captions (MetadataError)
+            rank_zero_warn(f"SampleGrid: no prompts given and none in the data ({err})")
+            return
+        self.prompts = list(dict.fromkeys(found))[: self.max_classes] or None  # distinct, in the data's order
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.loggers:

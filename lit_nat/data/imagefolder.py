@@ -109,7 +109,7 @@ def list_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
     Raises:
         FileNotFoundError: ``root`` is not a folder.
         ValueError: images lie directly in ``root`` (not a class-folder layout), a class folder is not in
-            ``classes``, or no image was found.
+            ``classes``, a class folder is empty (when the classes are the folders), or no image was found.
     """
     root = Path(root)
     if not root.is_dir():
@@ -123,7 +123,8 @@ def list_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
             f"(<root>/<class>/<image>). Move the images into class folders first (for ImageNet val, e.g. with "
             f"the labels of LOC_val_solution.csv)."
         )
-    if classes is None:
+    inferred = classes is None
+    if inferred:
         classes = folders
     classes = tuple(classes)
     index = {name: i for i, name in enumerate(classes)}
@@ -140,6 +141,9 @@ def list_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(root).as_posix()
             found += [f"{rel}/{f}" for f in filenames if is_image_file(f)]
+        if not found and inferred:  # a class with a label and no image: the model would learn nothing of it
+            raise ValueError(f"{root / name} is an empty class folder; remove it or add images (with --classes, a "
+                             "listed class may be absent from a split)")  # fmt: skip
         found.sort()
         files += found
         labels += [index[name]] * len(found)

@@ -58,7 +58,8 @@ def paper_args(config: Path, tmp_path: Path, assets: dict[str, Path]) -> list[st
     tokenizer = random_vqgan(assets["vqgan"], image_size=16 * grid_of(config))
     root = shards_for(config, tmp_path, tokenizer=tokenizer, text_shape=CLIP_L_TEXT)
     args = ["fit", f"--config={config}", *cpu_overrides(tmp_path, steps=4, arch=arch), f"--data.root={root}",
-            "--data.samples_per_epoch=8", "--trainer.val_check_interval=2",
+            "--data.resampled=true", "--data.samples_per_epoch=8",  # (own_images.yaml streams exact epochs by default)
+            "--trainer.val_check_interval=2",
             # the config's SampleGrid (its last callback): one picture per class or prompt
             "--trainer.callbacks.samples_per_class=1", "--trainer.callbacks.max_classes=2",
             f"--model.schedule={'enat' if arch.startswith('enat') else 'heuristic'}",
