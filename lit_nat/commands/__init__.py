@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # (modules, not their functions: ``lit_nat.commands.sample`` stays the module, for imports and monkeypatching)
-from lit_nat.commands import autonat, edit, sample, search
+from lit_nat.commands import adapters, autonat, edit, sample, search
 from lit_nat.commands.train import fit, predict, test, validate
 from lit_nat.data.tokenize import tokenize
 from lit_nat.data.tokenize_verify import tokenize_verify
@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command] = {
                     "config_or_checkpoint_path"),  # fmt: skip
     "search": Command(search.search, "search a checkpoint's generation strategy by FID (AutoNAT Sec. 4.2); resumable",
                       "config"),  # fmt: skip
+    "merge-adapter": Command(adapters.merge_adapter, "LoRA adapters merged into a checkpoint's weights -> a plain "
+                             "checkpoint"),  # fmt: skip
     "import-checkpoint": Command(import_checkpoint, "official AutoNAT/ENAT weights or an aMUSEd folder -> a lit_nat "
                                  "checkpoint"),  # fmt: skip
     "reference-stats": Command(write_reference_stats, "FID reference statistics of real images or of token shards"),

@@ -32,6 +32,7 @@ from lit_nat.generation.editing import (
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.generation.visuals import upscale_nearest, write_image_png, write_png
 from lit_nat.training.loading import AssetLocations, load_model
+from lit_nat.training.lora import AdapterSet
 from lit_nat.training.module import NATModule
 from lit_nat.training.trainer import NATTrainer
 
@@ -69,8 +70,9 @@ class EditRequest:
 
 
 def edit(trainer: NATTrainer, model: NATModule | None, request: EditRequest, ckpt_path: str | None = None,
-         assets: AssetLocations = AssetLocations()) -> Path:  # fmt: skip
-    """Inpaint, outpaint or re-generate regions of images: keep the tokens of the kept region and decode the rest.
+         assets: AssetLocations = AssetLocations(), adapters: AdapterSet = AdapterSet()) -> Path:  # fmt: skip
+    """Inpaint, outpaint or re-generate regions of images: keep the tokens of the kept region and decode the rest
+    (with LoRA --adapters merged into the weights first).
 
     Args:
         ckpt_path: checkpoint to edit with (its EMA weights and schedule); without it, the model of --config.
@@ -78,6 +80,7 @@ def edit(trainer: NATTrainer, model: NATModule | None, request: EditRequest, ckp
     editor = load_model(ckpt_path, tokenizer_checkpoint=assets.tokenizer_checkpoint,
                         text_encoder=assets.text_encoder) if ckpt_path else model.eval()  # fmt: skip
     assets.apply(editor)
+    adapters.apply(editor)
     editor = editor.to(trainer.strategy.root_device)
     if request.labels is None and request.prompts is None and not editor.conditioner.is_text:
         request = replace(request, labels=[editor.null_class])  # unconditional

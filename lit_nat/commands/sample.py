@@ -49,6 +49,7 @@ from lit_nat.core.io import DirectoryLock, atomic_write, atomic_write_json, chan
 from lit_nat.data.datamodule import generation_loader
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.training.loading import AssetLocations
+from lit_nat.training.lora import AdapterSet
 from lit_nat.training.trainer import NATTrainer
 
 
@@ -218,17 +219,20 @@ class SampleRequest:
 
 
 def sample(trainer: NATTrainer, model: L.LightningModule, ckpt_path: str | None = None,
-           request: SampleRequest = SampleRequest(), assets: AssetLocations = AssetLocations()) -> Path:  # fmt: skip
+           request: SampleRequest = SampleRequest(), assets: AssetLocations = AssetLocations(),
+           adapters: AdapterSet = AdapterSet()) -> Path:  # fmt: skip
     """Generate images on every device and write samples.npz (ADM layout), grid.png and samples.json.
 
     From a checkpoint alone (--ckpt_path K: its hyper-parameters describe the model) or with a config (--config,
-    whose model the checkpoint's weights fill). A killed run resumes with the batches still missing.
+    whose model the checkpoint's weights fill). A killed run resumes with the batches still missing. LoRA adapters
+    (--adapters) are merged into the weights first.
 
     Args:
         ckpt_path: checkpoint to sample from (lit_nat's or imported official weights); the EMA weights are used.
     """
     assets.apply(model)
-    return run_sample(trainer, model, ckpt_path, request)
+    with adapters.merged_in(trainer):  # after the checkpoint is restored, before the weights' digest is taken
+        return run_sample(trainer, model, ckpt_path, request)
 
 
 def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | None, request: SampleRequest) -> Path:

@@ -42,6 +42,7 @@ from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch
 from lit_nat.search.session import STATE_FILE, SearchSession, SearchSettings
 from lit_nat.training.loading import AssetLocations
+from lit_nat.training.lora import AdapterSet
 from lit_nat.training.module import NATModule
 from lit_nat.training.trainer import NATTrainer
 
@@ -148,13 +149,15 @@ class SearchRunner(L.Callback):
 
 def search(trainer: NATTrainer, model: NATModule, datamodule: TokenShardDataModule, ckpt_path: str | None = None,
            updates: int = 10, schedule: str | None = None, out: str = "search",
-           settings: SearchSettings = SearchSettings(), assets: AssetLocations = AssetLocations()) -> dict[str, Any]:
+           settings: SearchSettings = SearchSettings(), assets: AssetLocations = AssetLocations(),
+           adapters: AdapterSet = AdapterSet()) -> dict[str, Any]:  # fmt: skip
     """Generation-strategy search (AutoNAT Sec. 4.2, the official --mode search) on a trained checkpoint.
 
     Projected momentum SGD on the schedule with forward-difference gradients of the FID of the config's evaluation:
     section (common random numbers). Writes out/search_{k}.yaml, out/stp_{k}.yaml (official format), out/best.yaml
     and out/state.json after every update; the same command again resumes from out/state.json, and
-    --print_config saves the whole search (config, checkpoint, settings) as one YAML to rerun.
+    --print_config saves the whole search (config, checkpoint, settings) as one YAML to rerun. LoRA --adapters are
+    merged into the checkpoint's weights first (the search's record of the weights covers them).
 
     Args:
         ckpt_path: checkpoint to search on (lit_nat's or imported official weights).
@@ -164,7 +167,8 @@ def search(trainer: NATTrainer, model: NATModule, datamodule: TokenShardDataModu
         out: output folder (state and strategy files).
     """
     assets.apply(model)
-    return run_search(trainer, model, datamodule, ckpt_path, updates, schedule, settings, out)
+    with adapters.merged_in(trainer):
+        return run_search(trainer, model, datamodule, ckpt_path, updates, schedule, settings, out)
 
 
 def run_search(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None,

@@ -65,6 +65,8 @@ def module_from_hparams(
     args["text_encoder"] = relocate_text_encoder(args.get("text_encoder"), text_encoder)
     try:
         return NATModule(**args)
+    except CheckpointError as err:  # a LoRA model's base, missing or changed: say which checkpoint needed it
+        raise CheckpointError(f"{source}: {err}") from None
     except TypeError as err:
         raise CheckpointError(f"{source}: does not fit lit_nat's NATModule ({str(err).splitlines()[0]})") from None
 

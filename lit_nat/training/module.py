@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -25,7 +26,8 @@ from lit_nat.models import build_backbone
 from lit_nat.tokenizers import Tokenizer
 from lit_nat.training.ema import ema_decay_at, make_ema_copy, update_ema
 from lit_nat.training.init_from import initialise_from
-from lit_nat.training.module_state import LazyTokenizer, check_batch_ids, portable_hyperparameters, restored_schedule
+from lit_nat.training.lora import LoraSettings, adapter_parameters, attach, update_adapter_ema, write_adapter
+from lit_nat.training.module_state import LazyTokenizer, check_batch_ids, restore_module_state, save_module_state
 from lit_nat.training.objective import (
     apply_mask,
     build_mask_ratio_law,
@@ -81,6 +83,8 @@ class NATModule(L.LightningModule):
             steps (no checkpoint with non-finite weights is ever written).
         init_from: fine-tune: start a new run (new optimizer, step 0) from this checkpoint's online and EMA weights
             (lit_nat's or imported); another class count or token grid is adapted, see ``training/init_from.py``.
+        lora: LoRA fine-tuning of ``init_from`` (needs peft): ``{rank, alpha, dropout, target_modules}``; only the
+            adapters train and are saved (checkpoints name the base by path and sha256), see ``training/lora.py``.
 
     Every random draw of a training step comes from a seed derived from (run seed, epoch, batch index, rank)
     (:func:`~lit_nat.training.objective.seed_training_step`), so a resumed run repeats the uninterrupted run's draws
@@ -115,6 +119,7 @@ class NATModule(L.LightningModule):
         nonfinite: str = "skip",
         max_nonfinite_steps: int = 10,
         init_from: str | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
         if isinstance(grid_size, list):
@@ -124,6 +129,7 @@ class NATModule(L.LightningModule):
         self.backbone = build_backbone(arch, codebook_size=codebook_size, grid_size=grid_size, num_classes=num_classes,
                                        overrides=arch_overrides, context=context)  # fmt: skip
         self.ema_backbone = make_ema_copy(self.backbone)
+        self.lora = attach(self, lora)  # None; or LoRA: the base loaded now, its identity and peft's config
         self.supports_reuse = bool(getattr(self.backbone, "supports_reuse", False))
         check_reuse_settings(arch, self.supports_reuse, reuse_prob, mask_ratio_per_sample)
         self.mask_ratio_law = build_mask_ratio_law(mask_ratio_law, mask_ratio_params)
@@ -265,12 +271,12 @@ class NATModule(L.LightningModule):
             self._skip_ema = False
             return
         decay = ema_decay_at(self.global_step - 1, self.hparams.ema_decay, self.hparams.ema_warmup)
-        update_ema(self.ema_backbone, self.backbone, decay)
+        (update_adapter_ema if self.lora else update_ema)(self.ema_backbone, self.backbone, decay)  # what trains
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hparams = self.hparams
-        return adamw_with_warmup(self.backbone.parameters(), hparams.lr, hparams.betas, hparams.weight_decay,
-                                 hparams.warmup_steps)  # fmt: skip
+        hparams, backbone = self.hparams, self.backbone
+        trained = adapter_parameters(backbone) if self.lora else backbone.parameters()
+        return adamw_with_warmup(trained, hparams.lr, hparams.betas, hparams.weight_decay, hparams.warmup_steps)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Evaluation: the EMA backbone on held-out tokens, with masks that are the same at every validation
@@ -375,26 +381,20 @@ class NATModule(L.LightningModule):
         return self.tokenizer.decode(ids.to(self.device)).clamp(0, 1)
 
     # ------------------------------------------------------------------------------------------------------------------
-    # Checkpoints carry the current generation schedule
+    # Checkpoints carry the schedule and the training counters (:mod:`lit_nat.training.module_state`)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["generation_schedule"] = self.schedule.to_dict()
-        if isinstance(checkpoint.get("hyper_parameters"), dict):  # portable: schedule by value, assets with digests
-            hyper = checkpoint["hyper_parameters"]
-            hyper.update(portable_hyperparameters(hyper, self.schedule))
-        checkpoint["lit_nat_training"] = {"train_seed": self._train_seed, "bad_samples": self.bad_samples,
-                                          "nonfinite": self.nonfinite_guard.state_dict()}  # fmt: skip
+        save_module_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restored = True
-        training = checkpoint.get("lit_nat_training") or {}
-        self._train_seed = training.get("train_seed", self._train_seed)
-        self.bad_samples = int(training.get("bad_samples", 0))
-        self.nonfinite_guard.load_state_dict(training.get("nonfinite", {}))
-        self._tokenizer.adopt_digest((checkpoint.get("hyper_parameters") or {}).get("tokenizer"))
-        if "generation_schedule" in checkpoint:
-            self.schedule = restored_schedule(checkpoint["generation_schedule"], self.schedule, self.schedule_source)
+        restore_module_state(self, checkpoint)
 
     def on_fit_start(self) -> None:  # (after a resume's restore, which on_load_checkpoint marks: then not again)
-        if self.hparams.get("init_from") and not self._restored:
+        if self.hparams.get("init_from") and not self._restored and not self.lora:  # (LoRA: loaded at __init__)
             for note in initialise_from(self, self.hparams["init_from"]):
                 rank_zero_info(f"init_from {self.hparams['init_from']}: {note}")
+
+    def on_train_end(self) -> None:
+        if self.lora and self.trainer.is_global_zero:  # the EMA adapters (what samples), in peft's layout
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter"
+            rank_zero_info(f"LoRA adapter: {write_adapter(folder, self.ema_backbone, self.lora)}")

@@ -18,6 +18,7 @@ from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.tokenizers import Tokenizer, tokenizer_from_config
 from lit_nat.tokenizers import pinned as pinned_tokenizer
 from lit_nat.tokenizers import relocate as relocate_tokenizer
+from lit_nat.training.lora import restore_lora_state, save_lora_state
 
 
 class LazyTokenizer:
@@ -80,6 +81,34 @@ def restored_schedule(saved: dict[str, Any], current: GenerationSchedule, source
             f"config's {current.name!r}; --model.schedule_source=config keeps the config's"
         )
     return checkpoint
+
+
+def save_module_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """What a NATModule's checkpoint carries beside its weights: the current schedule, portable hyper-parameters and
+    the training counters (the run's seed, replaced samples, the non-finite guard); a LoRA model keeps only its
+    adapters and its base's identity (:mod:`lit_nat.training.lora`)."""
+    checkpoint["generation_schedule"] = module.schedule.to_dict()
+    if isinstance(checkpoint.get("hyper_parameters"), dict):  # portable: schedule by value, assets with digests
+        hyper = checkpoint["hyper_parameters"]
+        hyper.update(portable_hyperparameters(hyper, module.schedule))
+    checkpoint["lit_nat_training"] = {"train_seed": module._train_seed, "bad_samples": module.bad_samples,
+                                      "nonfinite": module.nonfinite_guard.state_dict()}  # fmt: skip
+    if module.lora:
+        save_lora_state(checkpoint, module.lora)
+
+
+def restore_module_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Adopt what :func:`save_module_state` wrote (before the weights are loaded: a LoRA checkpoint's ``state_dict``
+    is completed here with the base the module holds)."""
+    training = checkpoint.get("lit_nat_training") or {}
+    module._train_seed = training.get("train_seed", module._train_seed)
+    module.bad_samples = int(training.get("bad_samples", 0))
+    module.nonfinite_guard.load_state_dict(training.get("nonfinite", {}))
+    module._tokenizer.adopt_digest((checkpoint.get("hyper_parameters") or {}).get("tokenizer"))
+    if "generation_schedule" in checkpoint:
+        module.schedule = restored_schedule(checkpoint["generation_schedule"], module.schedule, module.schedule_source)
+    if module.lora:
+        restore_lora_state(module, checkpoint, module.lora)
 
 
 def check_batch_ids(batch: dict[str, torch.Tensor], num_tokens: int) -> None:

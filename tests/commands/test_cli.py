@@ -203,7 +203,7 @@ def test_top_level_help_lists_every_command_and_version(capsys):
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "sample", "edit", "search",
                                      "import-checkpoint", "reference-stats", "flops", "autonat", "tokenize",
-                                     "tokenize-verify"])  # fmt: skip
+                                     "tokenize-verify", "merge-adapter"])  # fmt: skip
 def test_every_command_has_help_and_refuses_an_unknown_option(command, capsys):
     from lit_nat.commands.cli import COMMANDS
 
@@ -234,6 +234,8 @@ MINIMAL_OPTIONS = {
     "autonat": ["--fit_config", str(REPO / "configs/autonat_digits.yaml"), "--out", "run"],
     "tokenize": ["--images", "images", "--out", "data", "--sorted"],
     "tokenize-verify": ["--root", "data", "--finalize"],
+    "merge-adapter": ["--ckpt_path", "lora.ckpt", "--out", "merged.ckpt", "--adapters", "a", "b",
+                      "--adapter_weights", "0.7", "0.3"],
 }
 
 
