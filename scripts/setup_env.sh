@@ -11,5 +11,5 @@ if [ -f "$VENV/.lit_nat_stamp" ] && [ "$(cat "$VENV/.lit_nat_stamp")" = "$stamp_
 fi
 echo "setting up $VENV (torch, lightning, torchmetrics, webdataset ...; about two minutes)" >&2
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e '.[dev,amused]'
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e '.[dev,amused,lora]'
 echo "$stamp_want" > "$VENV/.lit_nat_stamp"
