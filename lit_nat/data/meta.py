@@ -7,6 +7,7 @@ sample count; readers take the shard list from it and never glob. See :mod:`lit_
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,6 +69,10 @@ class DatasetMeta:
         text_encoder: the text encoder the captions are meant for (its config), and the one whose states
             ``text.npz`` holds: a model is never built for another encoder than the cached states'.
         extra: free-form provenance (source data set, seed, ...), not interpreted.
+        codebook_usage: split name -> how the split's tokens use the codebook (:func:`codebook_usage`), recorded
+            when the split is written, so a run compares its predictions and samples with the data's usage without
+            reading the shards; absent in ``meta.json`` written before it existed (and for splits written by
+            :class:`~lit_nat.data.shards.ShardWriter`).
     """
 
     codebook_size: int
@@ -78,6 +83,7 @@ class DatasetMeta:
     fields: tuple[str, ...] = (TOKENS_FIELD, LABEL_FIELD)
     extra: dict[str, Any] = field(default_factory=dict)
     text_encoder: dict[str, Any] | None = None
+    codebook_usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -89,12 +95,16 @@ class DatasetMeta:
             raise MetadataError(f"the data set has no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
 
-    def with_split(self, name: str, info: SplitInfo | None) -> DatasetMeta:
-        """A copy with split ``name`` set to ``info`` (removed when ``None``)."""
+    def with_split(self, name: str, info: SplitInfo | None, usage: dict[str, Any] | None = None) -> DatasetMeta:
+        """A copy with split ``name`` set to ``info`` (removed when ``None``) and its codebook usage to ``usage``
+        (a usage recorded for the split's former shards is dropped: it no longer describes them)."""
         splits = {k: v for k, v in self.splits.items() if k != name}
+        usages = {k: v for k, v in self.codebook_usage.items() if k != name}
         if info is not None:
             splits[name] = info
-        return replace(self, splits=splits)
+            if usage is not None:
+                usages[name] = dict(usage)
+        return replace(self, splits=splits, codebook_usage=usages)
 
     def differences(self, other: DatasetMeta) -> list[str]:
         """What makes ``other`` describe a different token space (empty when shards of both may share a root)."""
@@ -122,6 +132,8 @@ class DatasetMeta:
                 for name, info in self.splits.items()
             },
             "extra": dict(self.extra),
+            # only when recorded: a meta.json without usage stays byte-identical to the files of older versions
+            **({"codebook_usage": {k: dict(v) for k, v in self.codebook_usage.items()}} if self.codebook_usage else {}),
         }
 
     @classmethod
@@ -155,11 +167,28 @@ class DatasetMeta:
         if not isinstance(raw_splits, dict):
             raise check.fail("splits", "an object {split name: {num_samples, shards}}", raw_splits)
         splits = {name: check.split(raw, f"splits.{name}") for name, raw in raw_splits.items()}
-        return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra, text_encoder)
+        usage = check.usage(data.get("codebook_usage", {}), splits)
+        return cls(codebook, (grid[0], grid[1]), num_classes, tokenizer, splits, tuple(fields), extra, text_encoder,
+                   usage)  # fmt: skip
+
+
+def codebook_usage(counts: Any) -> dict[str, Any]:
+    """How a histogram of token ids (``counts[k]`` = occurrences of code k, length K) uses the codebook: the share of
+    codes that occur (``codes_used``, in [0, 1]), the perplexity (exp of the entropy: the number of equally used codes
+    it is worth) and the number of ``tokens`` counted."""
+    counts = [int(c) for c in counts]
+    total = sum(counts)
+    entropy = -sum(c / total * math.log(c / total) for c in counts if c > 0) if total else 0.0
+    return {"codes_used": sum(c > 0 for c in counts) / max(len(counts), 1), "perplexity": round(math.exp(entropy), 4),
+            "tokens": total}  # fmt: skip
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Checker:
@@ -207,6 +236,26 @@ class _Checker:
         if total != info.num_samples:
             raise self.fail(f"{where}.num_samples", f"the sum of its shards' counts ({info.num_samples})", total)
         return info
+
+    def usage(self, raw: Any, splits: dict[str, SplitInfo]) -> dict[str, dict[str, Any]]:
+        """``codebook_usage``: for listed splits only, ``codes_used`` in [0, 1], ``perplexity`` >= 1 (0 for no
+        tokens) and ``tokens`` an integer >= 0."""
+        expected = "an object {split name: {codes_used, perplexity, tokens}}"
+        if not isinstance(raw, dict):
+            raise self.fail("codebook_usage", expected, raw)
+        for name, entry in raw.items():
+            where = f"codebook_usage.{name}"
+            if name not in splits:
+                raise self.fail(where, f"the usage of a listed split ({sorted(splits)})", name)
+            if not isinstance(entry, dict):
+                raise self.fail(where, "an object {codes_used, perplexity, tokens}", entry)
+            used, perplexity = (self.get(entry, k, f"{where}.{k}", "a number") for k in ("codes_used", "perplexity"))
+            if not _is_number(used) or not 0 <= used <= 1:
+                raise self.fail(f"{where}.codes_used", "a number in [0, 1]", used)
+            if not _is_number(perplexity) or not (perplexity >= 1 or perplexity == 0):
+                raise self.fail(f"{where}.perplexity", "a number >= 1", perplexity)
+            self.count(self.get(entry, "tokens", f"{where}.tokens", "an integer >= 0"), f"{where}.tokens", 0)
+        return {name: dict(entry) for name, entry in raw.items()}
 
 def how_to_prepare(root: str | os.PathLike) -> str:
     """The hint for a data root without ``meta.json``: the digits preparation for a digits root, else ``tokenize``."""

@@ -37,6 +37,7 @@ from lit_nat.data.meta import (
     DatasetMeta,
     ShardInfo,
     SplitInfo,
+    codebook_usage,
     exclusive_lock,
     read_metadata,
     write_metadata,
@@ -183,8 +184,10 @@ class CaptionStats:
                 "empty": self.empty, "examples": self.examples}  # fmt: skip
 
 
-def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipped: int) -> DatasetMeta:
-    """Add the split to ``meta.json`` (merged with the splits already there), atomically and under a lock."""
+def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipped: int,
+                  counts: np.ndarray | None = None) -> DatasetMeta:  # fmt: skip
+    """Add the split to ``meta.json`` (merged with the splits already there), atomically and under a lock, with its
+    codebook usage from ``counts``, the token histogram of every shard as verified."""
     ours = DatasetMeta(plan.codebook_size, plan.grid_size, len(plan.classes), plan.tokenizer,
                        fields=plan.sample_fields, text_encoder=plan.text_encoder)  # fmt: skip
     with exclusive_lock(root / ".lit_nat-tokenize.lock"):
@@ -212,7 +215,8 @@ def publish_split(root: Path, plan: TokenizePlan, shards: list[ShardInfo], skipp
             "preprocessing": PREPROCESSING,
             "tokenize": {**base.extra.get("tokenize", {}), plan.split: info},
         }
-        meta = replace(base, extra=extra).with_split(plan.split, SplitInfo(tuple(shards)))
+        usage = None if counts is None else codebook_usage(counts)
+        meta = replace(base, extra=extra).with_split(plan.split, SplitInfo(tuple(shards)), usage)
         write_metadata(root, meta)
     return meta
 
@@ -255,6 +259,8 @@ def verify_split(
     if stray := sorted(name for name, n in numbered if not n.isdigit() or int(n) >= plan.num_shards):
         problems.append(f"shards beyond the plan's {plan.num_shards}: {stray[:3]} (from another plan?)")
     atomic_write_text(skipped_path(root, split), "".join(f"{f}\t{r}\n" for f, r in skipped))
+    if not finalize and (problem := usage_problem(root, split, counts)):  # finalising records the shards' usage anew
+        problems.append(problem)
     report: dict[str, Any] = {
         "split": split,
         "ok": not problems,
@@ -277,10 +283,24 @@ def verify_split(
         tokenizer = tokenizer or plan_tokenizer(plan)
         report["decoded"] = [str(out_dir / n) for n in decode_samples(first, plan, out_dir, tokenizer, device)]
     if finalize and not problems:
-        publish_split(root, plan, shards, len(skipped))
+        # the usage is counted from the shards as they are now, not while they were written: a tokenize killed and
+        # resumed (shards written by several processes, some twice) still records the histogram of what is there
+        publish_split(root, plan, shards, len(skipped), counts)
         report["finalized"] = True
     atomic_write_json(report_path(root, split), report)
     return report
+
+
+def usage_problem(root: Path, split: str, counts: np.ndarray) -> str | None:
+    """A ``meta.json`` that lists ``split`` with a codebook usage other than its shards' (edited by hand, or shards
+    replaced without finalising again); None when it agrees or records none."""
+    if not (root / META_FILE).is_file():
+        return None
+    recorded = read_metadata(root).codebook_usage.get(split)
+    found = codebook_usage(counts)
+    if recorded is not None and recorded != found:
+        return f"{root / META_FILE}: codebook_usage.{split} is {recorded}, but its shards hold {found}"
+    return None
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 
 from lit_nat.data.datamodule import Preparation
 from lit_nat.data.dataset import TokenShardDataset
+from lit_nat.data.meta import codebook_usage
 from lit_nat.data.shards import META_FILE, DatasetMeta, ShardWriter, read_metadata, write_metadata
 from lit_nat.metrics.digits import classifier_accuracy, save_digits_classifier, train_digits_classifier
 from lit_nat.metrics.extractors import build_extractor
@@ -112,15 +113,12 @@ def prepare_digits(
     tokenizer = PixelTokenizer(levels=17, image_size=8)
     ids = tokenizer.encode(images)  # (1797, 64), exact: grey levels are k/16
     labels = digits.target.astype(np.int64)
-    extra = {
-        "source": "sklearn.datasets.load_digits",
-        "val_per_class": val_per_class,
-        "seed": seed,
-        "key": "index in load_digits()",
-    }
-    splits, arrays = {}, {}
+    extra = {"source": "sklearn.datasets.load_digits", "val_per_class": val_per_class, "seed": seed,
+             "key": "index in load_digits()"}  # fmt: skip
+    splits, arrays, usage = {}, {}, {}
     for split, indices in zip(("train", "val"), stratified_split(labels, val_per_class, seed)):
         arrays[split] = (images[indices], torch.from_numpy(labels[indices]))
+        usage[split] = codebook_usage(torch.bincount(ids[indices].reshape(-1), minlength=tokenizer.codebook_size))
         writer = write_split(root, split, tokenizer, ids, labels, indices, samples_per_shard=samples_per_shard,
                              overwrite=overwrite, extra=extra, captions=captions)  # fmt: skip
         splits[split], fields = writer.split_info, writer.fields
@@ -134,6 +132,7 @@ def prepare_digits(
         fields=fields,
         extra=extra,
         text_encoder=TEXT_ENCODER if captions else None,
+        codebook_usage=usage,
     )
     write_metadata(root, meta)
     return read_metadata(root)
