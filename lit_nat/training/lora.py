@@ -82,7 +82,7 @@ def require_peft() -> Any:
     try:
         import peft
     except ImportError:
-        raise UsageError("LoRA training needs peft: pip install 'lit_nat[lora]'") from None
+        raise UsageError("a LoRA model (--model.lora) needs peft: pip install 'lit_nat[lora]'") from None
     return peft
 
 
@@ -167,8 +167,19 @@ def attach(module: Any, lora: Any) -> dict[str, Any] | None:
     config = add_adapters(module.backbone, settings)
     add_adapters(module.ema_backbone, settings)
     module.ema_backbone.load_state_dict(module.backbone.state_dict())
+    share_base(module.ema_backbone, module.backbone)
     module.ema_backbone.requires_grad_(False)
     return {"base": base, "peft_config": config}
+
+
+def share_base(ema: torch.nn.Module, online: torch.nn.Module) -> None:
+    """The frozen base as one set of tensors in both backbones (they hold the same weights, which never change):
+    one copy of the base in memory instead of two; each backbone keeps its own adapters."""
+    sources = dict(online.named_modules())
+    for name, module in ema.named_modules():
+        for key, parameter in list(module.named_parameters(recurse=False)):
+            if not is_adapter_key(f"{name}.{key}"):
+                setattr(module, key, getattr(sources[name], key))  # registers the online module's Parameter
 
 
 def save_lora_state(checkpoint: dict[str, Any], lora: dict[str, Any]) -> None:
@@ -305,8 +316,11 @@ class AdapterSet:
         if not self.adapters:
             return
         adapters = self.read()
-        for backbone in (model.backbone, model.ema_backbone):
-            backbone.load_state_dict(merge_adapters(backbone.state_dict(), adapters))
+        backbones = (model.backbone, model.ema_backbone)
+        # both merged from the weights as they were: a LoRA model's two backbones share one base tensor
+        merged = [merge_adapters(backbone.state_dict(), adapters) for backbone in backbones]
+        for backbone, state in zip(backbones, merged):
+            backbone.load_state_dict(state)
         rank_zero_info(f"adapters merged: {', '.join(f'{a.source} x {w:g}' for a, w in adapters)}")
 
     @contextlib.contextmanager

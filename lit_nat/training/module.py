@@ -3,7 +3,7 @@
 The algorithm lives in :mod:`lit_nat.training.objective`, :mod:`lit_nat.training.recipe` (optimiser, setting checks),
 :mod:`lit_nat.generation.schedule` and :mod:`lit_nat.generation.decoding`; this file only wires them into Lightning's
 hooks. Checkpoints hold ``backbone.*`` (online weights), ``ema_backbone.*`` (EMA weights, used for validation and
-sampling) and the current generation schedule (:mod:`lit_nat.training.module_state`).
+sampling; LoRA: the adapters alone) and the current generation schedule (:mod:`lit_nat.training.module_state`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from lit_nat.training.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     Adapter,
+    AdapterSet,
     LoraSettings,
     adapter_state,
     add_adapters,
@@ -105,6 +106,8 @@ def test_a_lora_fit_changes_only_the_adapters_and_saves_only_them(lora_run, tmp_
                        codebook_size=12, grid_size=4, num_classes=3, schedule_params={"steps": 4}, init_from=str(base),
                        lora={"rank": 2, "alpha": 4.0}, warmup_steps=1)  # fmt: skip
     before = {k: v.clone() for k, v in module.state_dict().items()}
+    qkv, ema_qkv = module.backbone.mid_block.attn.qkv, module.ema_backbone.mid_block.attn.qkv
+    assert qkv.base_layer.weight is ema_qkv.base_layer.weight and qkv.lora_A is not ema_qkv.lora_A  # one base copy
     root = write_random_shards(tmp_path / "shards", codebook_size=12, grid=4, num_classes=3)
     tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(module, datamodule=shards_datamodule(root))
     after = module.state_dict()
@@ -153,6 +156,12 @@ def test_sampling_with_the_adapter_reproduces_the_merged_checkpoint(lora_run):
     ids, labels = torch.randint(0, 13, (4, 16)), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         torch.testing.assert_close(lora(ids, labels)[0], plain(ids, labels)[0], atol=2e-5, rtol=1e-5)
+    # --adapters on a LoRA model (whose two backbones share one base): the adapter is added once, not once per backbone
+    twice = tmp / "twice.ckpt"
+    main(["merge-adapter", f"--ckpt_path={ckpt}", f"--out={twice}", "--adapters", str(tmp / "lora" / "adapter")])
+    AdapterSet([str(tmp / "lora" / "adapter")]).apply(lora)
+    with torch.no_grad():
+        torch.testing.assert_close(lora(ids, labels)[0], load_model(str(twice))(ids, labels)[0], atol=2e-5, rtol=1e-5)
 
 
 def test_a_resumed_lora_fit_is_bit_identical_to_an_uninterrupted_one(lora_run, tmp_path):
@@ -226,5 +235,5 @@ def test_lora_settings_are_checked_in_one_line(lora_run, monkeypatch):
     with pytest.raises(UsageError, match="unknown setting 'r'"):
         NATModule(**tiny, init_from=str(base), lora={"r": 2})
     monkeypatch.setitem(__import__("sys").modules, "peft", None)  # as if peft were not installed
-    with pytest.raises(UsageError, match=r"^LoRA training needs peft: pip install 'lit_nat\[lora\]'$"):
+    with pytest.raises(UsageError, match=r"^a LoRA model \(--model.lora\) needs peft: pip install 'lit_nat\[lora\]'$"):
         NATModule(**tiny, init_from=str(base), lora={"rank": 2})
