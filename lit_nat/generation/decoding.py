@@ -1,4 +1,4 @@
-"""The NAT decoding loop: parallel decoding, confidence, Gumbel-top-k re-masking, batched classifier-free guidance.
+"""The NAT decoding loop: parallel decoding, a reveal policy (confidence re-masking by default), batched guidance.
 
 Works with any backbone that follows the call contract
 ``backbone(ids, condition, state, num_masked=...) -> (logits, state)``
@@ -25,6 +25,7 @@ from torch import nn
 
 from lit_nat.conditioning import condition as conditions
 from lit_nat.conditioning.condition import Condition
+from lit_nat.generation.reveal import RevealPolicy, gumbel_noise
 from lit_nat.generation.schedule import GenerationSchedule
 
 
@@ -34,12 +35,6 @@ class GenerationResult:
 
     ids: torch.Tensor
     history: list[torch.Tensor] | None = None
-
-
-def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise -log(E), E ~ Exp(1); E is floored so the noise stays finite."""
-    exponential = torch.empty(shape, device=device).exponential_(generator=generator)
-    return -exponential.clamp_min_(1e-30).log_()
 
 
 def guided_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -71,7 +66,8 @@ def generate(
 
     Per step t: decode every position in parallel, draw tokens at masked positions with temperature tau1(t),
     score each draw by its temperature-free guided log-probability (+inf for positions already visible, so they are
-    never re-masked), add tau2(t)-scaled Gumbel noise and re-mask the ``masked_counts[t]`` least confident positions.
+    never re-masked) and re-mask the ``masked_counts[t]`` positions of lowest priority under the schedule's reveal
+    policy (:mod:`lit_nat.generation.reveal`; ``confidence``: the scores plus tau2(t)-scaled Gumbel noise).
 
     Editing (a partial canvas): ``init_ids`` ``(B, N)`` with ``keep_mask`` ``(B, N)`` bool, True where a token is given
     and kept. Kept tokens are visible from the first step and never re-masked (their confidence is +inf like any
@@ -86,6 +82,7 @@ def generate(
     ids, table, start = initial_canvas(conditions.batch_size(condition), num_tokens, mask_id, schedule, device,
                                        init_ids, keep_mask)  # fmt: skip
     counts = MaskedCounts.of(table, start, device)
+    policy = RevealPolicy.of(schedule.reveal, num_tokens, device)
     guided = any(scale != 0.0 for scale in schedule.guidance)
     null_condition = unconditional_rows(condition, null_condition)
     # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
@@ -101,10 +98,9 @@ def generate(
         if not counts.remasks(t):
             ids = sampled
         else:
-            # Gumbel-top-k: the k lowest perturbed confidences are a sample without replacement from
-            # softmax(-C / tau2) over positions; +inf (visible or kept) stays +inf and is never chosen.
-            confidence = score + schedule.remask_temperature[t] * gumbel_noise(score.shape, generator, device)
-            ids = remask_lowest(sampled, confidence, counts.after(t), mask_id)
+            # the policy's k lowest priorities stay masked; +inf (visible or kept) is never chosen
+            priority = policy.priority(score, schedule.remask_temperature[t], generator)
+            ids = remask_lowest(sampled, priority, counts.after(t), mask_id)
         if return_history:
             history.append(ids.clone())
     return GenerationResult(ids=ids, history=history if return_history else None)

@@ -11,6 +11,8 @@ Conventions (those of both official code bases):
 - ``remask_temperature[t]`` (tau2) scales the Gumbel noise added to confidences before the least confident are
   re-masked (Gumbel-top-k = sampling without replacement from softmax(C / tau2)); it is unused at the last step.
 - ``guidance[t]`` (s) is the classifier-free guidance scale w in ``cond + w * (cond - uncond)`` (0 = no guidance).
+- ``reveal`` names the policy that picks which drawn tokens stay (:mod:`lit_nat.generation.reveal`): ``confidence``
+  (the default, the one both official code bases use; tau2 is its only knob), ``halton`` or ``random``.
 
 Count rule, :meth:`GenerationSchedule.masked_counts`: after step t < T-1 the number kept masked is
 ``max(1, min(m_prev - 1, floor(N * r[t])))`` (the official AutoNAT guard: every step reveals at least one token and
@@ -21,7 +23,7 @@ so the loop knows them as Python ints and never reads a device value.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import torch
 import yaml
 
 from lit_nat.core.io import atomic_write_text
+from lit_nat.generation.reveal import POLICIES
 
 FORMAT = "lit_nat.schedule/1"
 OFFICIAL_KEYS = ("manual_ratios", "manual_temp", "manual_samp_temp", "manual_cfg")
@@ -45,6 +48,8 @@ class GenerationSchedule:
     guidance: list[float]
     #: free-form provenance ("heuristic", "enat", "searched step 12", a file name); not used by the loop
     name: str = field(default="custom", compare=False)
+    #: which drawn tokens each step keeps (:data:`~lit_nat.generation.reveal.POLICIES`)
+    reveal: str = "confidence"
 
     def __post_init__(self) -> None:
         for key in FIELDS:
@@ -61,6 +66,8 @@ class GenerationSchedule:
         steps = len(self.mask_ratio)
         if steps < 1:
             raise ValueError(f"{source}: mask_ratio is empty; a schedule needs at least one step")
+        if self.reveal not in POLICIES:
+            raise ValueError(f"{source}: reveal is {self.reveal!r}; expected one of {list(POLICIES)}")
         for key in FIELDS:
             values = getattr(self, key)
             if len(values) != steps:
@@ -193,17 +200,35 @@ class GenerationSchedule:
         )
 
     @classmethod
+    def titok(cls, steps: int = 8, randomize_temperature: float = 4.5, guidance: float = 3.0) -> GenerationSchedule:
+        """TiTok's MaskGIT sampler (bytedance/1d-tokenizer) with its "randomized temperature": confidence re-masking
+        where one annealed temperature tau(t) = tau0 (1 - rho), rho = (t + 1) / T, scales the Gumbel noise of both the
+        token draw (tau1; floored at 1e-3 as ENAT does, TiTok's last step is greedy) and the confidences (tau2).
+        Masked after step t: ``arccos(rho) / (pi / 2)``; constant guidance (TiTok's "constant" decay, its defaults).
+        One difference of convention: TiTok ranks by the drawn token's logit, lit_nat by its log-probability."""
+        if steps < 1:
+            raise ValueError(f"titok schedule: steps must be >= 1, got {steps}")
+        rhos = [(t + 1) / steps for t in range(steps)]
+        ratios = [math.acos(rho) / (math.pi / 2) for rho in rhos]
+        ratios[-1] = 0.0
+        taus = [randomize_temperature * (1 - rho) for rho in rhos]
+        return cls(mask_ratio=ratios, sample_temperature=[max(tau, 1e-3) for tau in taus], remask_temperature=taus,
+                   guidance=[guidance] * steps, name="titok")  # fmt: skip
+
+    @classmethod
     def preset(cls, name: str | dict[str, Any], **params: Any) -> GenerationSchedule:
-        """A named constructor (``heuristic``, ``enat`` or ``amused``) with keyword parameters, a YAML file path, or
-        the schedule itself as a mapping (:meth:`to_dict`'s, as checkpoints record it)."""
+        """A named constructor (``heuristic``, ``enat``, ``amused`` or ``titok``) with keyword parameters (each also
+        takes ``reveal``, the policy), a YAML file path, or the schedule itself as a mapping (:meth:`to_dict`'s, as
+        checkpoints record it)."""
         if isinstance(name, dict):
             if params:
                 raise ValueError(f"schedule_params {params} cannot be combined with a schedule given by value")
             return cls.from_dict(dict(name), source="schedule")
-        presets = {"heuristic": cls.heuristic, "enat": cls.enat, "amused": cls.amused}
+        presets = {"heuristic": cls.heuristic, "enat": cls.enat, "amused": cls.amused, "titok": cls.titok}
         if name in presets:
+            reveal = params.pop("reveal", "confidence")
             try:
-                return presets[name](**params)
+                return replace(presets[name](**params), reveal=str(reveal))
             except TypeError as err:
                 raise ValueError(f"schedule preset {name!r}: bad schedule_params {params}: {err}") from None
         if name.endswith((".yaml", ".yml")):
@@ -227,14 +252,18 @@ class GenerationSchedule:
         missing = [key for key in FIELDS if key not in data]
         if missing:
             raise ValueError(f"{source}: missing keys {missing}; expected {list(FIELDS)} or {list(OFFICIAL_KEYS)}")
-        unknown = sorted(set(data) - set(FIELDS) - {"format", "name"})
+        unknown = sorted(set(data) - set(FIELDS) - {"format", "name", "reveal"})
         if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown}; expected {list(FIELDS)} (+ optional 'name')")
+            raise ValueError(f"{source}: unknown keys {unknown}; expected {list(FIELDS)} (+ optional 'name', 'reveal')")
         values = {key: _as_list(data[key], f"{source}: {key}") for key in FIELDS}
-        return cls._checked(source, name=str(data.get("name", Path(source).stem)), **values)
+        return cls._checked(source, name=str(data.get("name", Path(source).stem)),
+                            reveal=str(data.get("reveal", "confidence")), **values)  # fmt: skip
 
     def to_official(self) -> dict[str, list[float]]:
         """The official strategy file: ratios and re-mask temperatures for the first T-1 steps, the rest for all T."""
+        if self.reveal != "confidence":
+            raise ValueError(f"schedule {self.name!r}: the official strategy format has no reveal policy; "
+                             f"{self.reveal!r} cannot be written in it (save it in lit_nat's format)")  # fmt: skip
         return {
             "manual_ratios": self.mask_ratio[:-1],
             "manual_temp": self.remask_temperature[:-1],

@@ -150,6 +150,7 @@ class StrategySearch:
         """Plain Python values (lists, floats): safe for ``torch.load(weights_only=True)`` and YAML/JSON."""
         return {
             "steps": self.space.steps,
+            "reveal": self.space.reveal,
             "xi": self.xi.tolist(),
             "momentum_buffer": None if self.buffer is None else self.buffer.tolist(),
             "updates": self.updates,

@@ -68,12 +68,13 @@ class SearchSettings:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"search: momentum must be in [0, 1), got {self.momentum}")
 
-    def space(self, steps: int) -> SearchSpace:
-        return SearchSpace(steps, default_groups(self.ratio_step, self.ratio_lr, self.other_step, self.other_lr))
+    def space(self, steps: int, reveal: str = "confidence") -> SearchSpace:
+        groups = default_groups(self.ratio_step, self.ratio_lr, self.other_step, self.other_lr)
+        return SearchSpace(steps, groups, reveal=reveal)
 
     def start(self, schedule: GenerationSchedule) -> StrategySearch:
-        """A new search at ``schedule``'s point."""
-        space = self.space(schedule.steps)
+        """A new search at ``schedule``'s point (its reveal policy kept)."""
+        space = self.space(schedule.steps, schedule.reveal)
         return StrategySearch(space, space.to_vector(schedule), self.momentum)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +112,7 @@ class SearchSession:
         search_state = dict(state.get("search", state))
         if search_state.get("best_fid") is None:  # JSON null: no finite FID yet
             search_state["best_fid"] = math.inf
-        space = self.settings.space(int(search_state["steps"]))
+        space = self.settings.space(int(search_state["steps"]), str(search_state.get("reveal", "confidence")))
         self.search = StrategySearch(space, np.asarray(search_state["xi"], dtype=np.float64), self.settings.momentum)
         self.search.load_state_dict(search_state)
         if self.cache is not None:
