@@ -47,7 +47,7 @@ def _panel(ax: Any, history: list[dict[str, float]], keys: dict[str, str], title
     for key, label in keys.items():
         steps, values = _series(history, key)
         if steps:
-            ax.plot(steps, values, marker="o", markersize=3, label=label, **(styles or {}).get(key, {}))
+            ax.plot(steps, values, label=label, **{"marker": "o", "markersize": 3, **(styles or {}).get(key, {})})
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.grid(alpha=0.3)
@@ -59,12 +59,11 @@ def health_figure(history: list[dict[str, float]]) -> Figure:
     """Small multiples of a run's ``health/*`` curves: loss and accuracy per mask-ratio bucket, codes used and
     perplexity (predictions, samples, data), and sample diversity with the alarm."""
     keys = sorted({k for h in history for k in h}, key=lambda k: [float(x) for x in re.findall(r"[\d.]+$", k)] or [0])
-    data = {"ls": "--", "color": "grey"}
+    data = {"ls": "--", "color": "grey", "marker": ""}
     fig = Figure(figsize=(12, 6), layout="constrained")  # no pyplot: no display, no global figure list to leak
     axes = fig.subplots(2, 3).reshape(-1)
-    _panel(axes[0], history, {k: k.split("_", 1)[1] for k in keys if k.startswith("loss_r")}, "loss per mask ratio r")
-    _panel(axes[1], history, {k: k.split("_", 1)[1] for k in keys if k.startswith("acc_r")},
-           "accuracy per mask ratio r")  # fmt: skip
+    _panel(axes[0], history, {k: f"r = {k[6:]}" for k in keys if k.startswith("loss_r")}, "loss per mask ratio r")
+    _panel(axes[1], history, {k: f"r = {k[5:]}" for k in keys if k.startswith("acc_r")}, "accuracy per mask ratio r")
     _panel(axes[2], history, {"codes_used": "predictions", "sample_codes_used": "samples",
                               "data_codes_used": "data"}, "codes used / K", {"data_codes_used": data})  # fmt: skip
     _panel(axes[3], history, {"perplexity": "predictions", "sample_perplexity": "samples",
@@ -72,8 +71,9 @@ def health_figure(history: list[dict[str, float]]) -> Figure:
     _panel(axes[4], history, {"sample_distinct": "distinct maps", "sample_one_colour": "one-colour maps"},
            "sample diversity (share of samples)")  # fmt: skip
     _panel(axes[5], history, {"alarm": "alarm (1: collapse)"}, "collapse alarm")
-    for ax in axes[2:]:
-        ax.set_ylim(bottom=0)
+    axes[3].set_ylim(bottom=0)
+    for ax in (axes[2], axes[4], axes[5]):  # shares: the whole [0, 1], so a fall is seen at its true size
+        ax.set_ylim(-0.03, 1.03)
     return fig
 
 

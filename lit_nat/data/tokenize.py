@@ -10,7 +10,8 @@ ids do not (the VQGAN encodes image by image by default for that reason). Files 
     <split>-000003.tar            # the shard (the format of lit_nat.data.shards)
     tokenize_<split>_report.json  # written by tokenize-verify (counts, token histogram, problems)
     tokenize_<split>_skipped.txt  # unreadable files and why ("path<TAB>reason"), written by tokenize-verify
-    meta.json                     # the split is added only by finalisation (tokenize-verify --finalize)
+    meta.json                     # the split and its codebook usage are added only by finalisation (tokenize-verify
+                                  # --finalize), the usage counted from the verified shards (a resumed run's too)
 
 Shard ``i`` holds images ``[i * S, (i + 1) * S)`` of the image list in plan order (class folders and files sorted,
 then, by default, a hash shuffle so every shard mixes classes; ``--sorted`` keeps the sorted order); with ``--flip``
