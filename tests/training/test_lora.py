@@ -164,6 +164,19 @@ def test_sampling_with_the_adapter_reproduces_the_merged_checkpoint(lora_run):
         torch.testing.assert_close(lora(ids, labels)[0], load_model(str(twice))(ids, labels)[0], atol=2e-5, rtol=1e-5)
 
 
+def test_editing_with_the_adapter_matches_the_merged_checkpoint(lora_run, tmp_path):
+    tmp, _, base, ckpt = lora_run
+    merged, images = tmp_path / "merged.ckpt", tmp_path / "images.npz"
+    main(["merge-adapter", f"--ckpt_path={ckpt}", f"--out={merged}"])
+    np.savez(images, arr_0=np.random.default_rng(0).integers(0, 256, (2, 4, 4), dtype=np.uint8))
+    edited = {}
+    for name, model in (("adapter", [f"--ckpt_path={base}", "--adapters", str(tmp / "lora" / "adapter")]),
+                        ("merged", [f"--ckpt_path={merged}"])):  # fmt: skip
+        main(["edit", *model, f"--images={images}", "--mask=half", f"--out={tmp_path / name}", "--labels", "1"])
+        edited[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name / "edited").glob("*.png"))}
+    assert len(edited["adapter"]) == 2 and edited["adapter"] == edited["merged"]
+
+
 def test_a_resumed_lora_fit_is_bit_identical_to_an_uninterrupted_one(lora_run, tmp_path):
     _, config, base, _ = lora_run
     # dropout: the resumed run must repeat the adapters' random draws too
