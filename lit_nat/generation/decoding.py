@@ -176,14 +176,39 @@ def initial_canvas(batch: int, num_tokens: int, mask_id: int, schedule: Generati
 
 def draw_tokens(log_probs: torch.Tensor, ids: torch.Tensor, is_masked: torch.Tensor, temperature: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Parallel decoding: a categorical draw at ``temperature`` (tau1) at every position via Gumbel-max, and each
-    draw's temperature-free log-probability as its confidence; visible positions keep their token with confidence
+    """Parallel decoding: a categorical draw at ``temperature`` (tau1) at every position
+    (:func:`categorical_draw`), and each draw's temperature-free log-probability as its confidence; visible positions keep their token with confidence
     +inf (never re-masked). Returns ``(sampled (B, N), confidence (B, N))``."""
-    noisy = log_probs / temperature + gumbel_noise(log_probs.shape, generator, generator.device)
-    sampled = noisy.argmax(dim=-1)  # (B, N)
+    sampled = categorical_draw(log_probs, temperature, generator)  # (B, N)
     score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
     sampled = torch.where(is_masked, sampled, ids)
     return sampled, score.masked_fill(~is_masked, float("inf"))
+
+
+#: From this many codes on (aMUSEd's 8,192), a token is drawn with one uniform (inverse CDF) instead of one Gumbel per
+#: code: the same distribution, with K times fewer random numbers and logarithms. Smaller codebooks (the VQGAN's 1,024)
+#: keep the Gumbel-max draw, so their samples stay bit-identical to earlier releases for a given seed.
+INVERSE_CDF_MIN_CODES = 4096
+
+
+def categorical_draw(log_probs: torch.Tensor, temperature: float, generator: torch.Generator,
+                     method: str | None = None) -> torch.Tensor:  # fmt: skip
+    """One draw from ``softmax(log_probs / temperature)`` per position: ``(..., K)`` -> ``(...)`` long.
+
+    ``method``: ``"gumbel"`` (``argmax(log p / tau + G)``, a Gumbel per code), ``"inverse_cdf"`` (one uniform per
+    position, located in the running sum of the probabilities), or None: by the codebook size (above)."""
+    codes = log_probs.shape[-1]
+    method = method or ("inverse_cdf" if codes >= INVERSE_CDF_MIN_CODES else "gumbel")
+    if method == "gumbel":
+        noisy = log_probs / temperature + gumbel_noise(log_probs.shape, generator, generator.device)
+        return noisy.argmax(dim=-1)
+    if method != "inverse_cdf":
+        raise ValueError(f"unknown draw method {method!r}; expected 'gumbel' or 'inverse_cdf'")
+    cdf = torch.softmax(log_probs / temperature, dim=-1).cumsum_(dim=-1)  # (..., K), last ~1
+    uniform = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=generator.device, dtype=cdf.dtype)
+    # right=True: code i takes [cdf[i-1], cdf[i]), so a code of probability 0 (an empty interval) is never drawn
+    index = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
+    return index.squeeze(-1).clamp_(max=codes - 1)  # (u * total may round up to total)
 
 
 def remask_lowest(ids: torch.Tensor, confidence: torch.Tensor, k: int | torch.Tensor, mask_id: int) -> torch.Tensor:
