@@ -13,6 +13,7 @@ from lit_nat.commands import adapters, autonat, edit, sample, search
 from lit_nat.commands.train import fit, predict, test, validate
 from lit_nat.data.tokenize import tokenize
 from lit_nat.data.tokenize_verify import tokenize_verify
+from lit_nat.metrics.evaluate import evaluate
 from lit_nat.metrics.reference import write_reference_stats
 from lit_nat.models.flops import flops
 from lit_nat.training.importer import import_checkpoint
@@ -55,6 +56,8 @@ COMMANDS: dict[str, Command] = {
     "import-checkpoint": Command(import_checkpoint, "official AutoNAT/ENAT weights or an aMUSEd folder -> a lit_nat "
                                  "checkpoint"),  # fmt: skip
     "reference-stats": Command(write_reference_stats, "FID reference statistics of real images or of token shards"),
+    "evaluate": Command(evaluate, "FID, IS, precision/recall of an ADM-layout .npz or image folder, with a protocol "
+                        "report that warns where it departs from the paper's"),  # fmt: skip
     "flops": Command(flops, "compute per generated image of one or more configs"),
     "autonat": Command(autonat.autonat, "AutoNAT Algorithm 1: alternate the strategy search and the line search on "
                        "(alpha, beta)"),  # fmt: skip

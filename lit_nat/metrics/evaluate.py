@@ -85,7 +85,7 @@ def inception_scores(features: Features, split_size: int) -> dict[str, Any] | No
         "adm_splits": len(per_split),
         "adm_split_size": split_size,
         "adm_is": f"ADM's evaluator: the mean over consecutive splits of {split_size} images (10 splits of 50k), "
-        "the value papers report; lower than the single split on the same images",
+        "the value papers report; usually lower than the single split on the same images",
     }
 
 

@@ -203,7 +203,7 @@ def test_top_level_help_lists_every_command_and_version(capsys):
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "sample", "edit", "search",
                                      "import-checkpoint", "reference-stats", "flops", "autonat", "tokenize",
-                                     "tokenize-verify", "merge-adapter"])  # fmt: skip
+                                     "tokenize-verify", "merge-adapter", "evaluate"])  # fmt: skip
 def test_every_command_has_help_and_refuses_an_unknown_option(command, capsys):
     from lit_nat.commands.cli import COMMANDS
 
@@ -231,6 +231,7 @@ MINIMAL_OPTIONS = {
     "import-checkpoint": ["--format", "enat", "--src", "nnet_ema.pth", "--dst", "model.ckpt"],
     "reference-stats": ["--out", "stats.npz"],
     "flops": ["--configs", str(REPO / "configs/enat_l.yaml")],
+    "evaluate": ["--samples", "samples.npz", "--reference", "fid_stats.npz"],
     "autonat": ["--fit_config", str(REPO / "configs/autonat_digits.yaml"), "--out", "run"],
     "tokenize": ["--images", "images", "--out", "data", "--sorted"],
     "tokenize-verify": ["--root", "data", "--finalize"],
