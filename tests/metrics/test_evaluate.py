@@ -188,3 +188,19 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, classifier):
         evaluate(request(reference, tmp_path / "nowhere.npz", classifier))
     with pytest.raises(ValueError, match=r"no_images.npz: neither 'mu'/'sigma' \(reference statistics\) nor 'arr_0'"):
         evaluate(request(reference, tmp_path / "no_images.npz", classifier))
+
+
+def test_an_adm_reference_batch_gives_its_statistics_fid_and_its_images_precision_recall(tmp_path, classifier):
+    """ADM's VIRTUAL_*.npz hold mu/sigma beside arr_0: the FID uses the statistics (as validation does), precision and
+    recall the images."""
+    samples = write_samples(tmp_path / "s.npz", 50)
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=64), np.cov(rng.normal(size=(100, 64)), rowvar=False)
+    np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    np.savez(tmp_path / "batch.npz", mu=mu, sigma=sigma, arr_0=np.load(samples)["arr_0"])
+    stats_only = evaluate(request(samples, tmp_path / "stats.npz", classifier, out=str(tmp_path / "a.json")))
+    batch = evaluate(request(samples, tmp_path / "batch.npz", classifier, out=str(tmp_path / "b.json")))
+    assert batch["protocol"]["reference"]["kind"] == "statistics+images"
+    assert batch["protocol"]["reference"]["num_images"] == 50 and batch["protocol"]["reference"]["image_size"] == [8, 8]
+    assert batch["fid"] == stats_only["fid"] > 1  # the statistics, not the (identical) images
+    assert batch["precision"] == batch["recall"] == 1.0 and stats_only["precision"] is None
