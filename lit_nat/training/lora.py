@@ -283,12 +283,13 @@ def merge_adapters(state: dict[str, torch.Tensor], adapters: list[tuple[Adapter,
     for adapter, weight in adapters:
         for layer, (a, b) in adapter.layers.items():
             key = next((k for k in (f"{layer}.weight", f"{layer}.base_layer.weight") if k in merged), None)
-            delta = (b @ a) * (adapter.scale * weight)
-            if key is None or merged[key].shape != delta.shape:
-                have = None if key is None else tuple(merged[key].shape)
-                raise CheckpointError(f"{adapter.source}: adapts {layer} {tuple(delta.shape)}, but the model's layer "
-                                      f"is {have}; was it trained on another base?")  # fmt: skip
-            merged[key] = (merged[key].float() + delta).to(merged[key].dtype)
+            have = None if key is None else merged[key]
+            if have is None or tuple(have.shape) != (b.shape[0], a.shape[1]):
+                raise CheckpointError(f"{adapter.source}: adapts {layer} {(b.shape[0], a.shape[1])}, but the model's "
+                                      f"layer is {None if have is None else tuple(have.shape)}; was it trained on "
+                                      "another base?")  # fmt: skip
+            delta = (b.to(have.device) @ a.to(have.device)) * (adapter.scale * weight)  # on the weights' device
+            merged[key] = (have.float() + delta).to(have.dtype)
     return merged
 
 
