@@ -19,6 +19,8 @@ partial load.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -98,7 +100,9 @@ def condition_name(text_encoder: dict[str, Any] | None) -> str:
     there is one, so a moved copy of the same encoder is the same condition)."""
     if not text_encoder:
         return "class labels"
-    weights = text_encoder.get("sha256") or text_encoder.get("path") or text_encoder.get("vocab") or ""
+    weights = text_encoder.get("sha256") or text_encoder.get("path")
+    if not weights:  # an encoder defined by its config alone (e.g. a word list): a digest of the whole config
+        weights = hashlib.sha256(json.dumps(text_encoder, sort_keys=True, default=str).encode()).hexdigest()
     return f"text ({text_encoder.get('name')} {str(weights)[:16]})"
 
 
