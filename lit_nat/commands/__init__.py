@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 # (modules, not their functions: ``lit_nat.commands.sample`` stays the module, for imports and monkeypatching)
 from lit_nat.commands import adapters, autonat, edit, sample, search
+from lit_nat.commands.benchmark import benchmark
 from lit_nat.commands.train import fit, predict, test, validate
 from lit_nat.data.tokenize import tokenize
 from lit_nat.data.tokenize_verify import tokenize_verify
@@ -59,6 +60,8 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(evaluate, "FID, IS, precision/recall of an ADM-layout .npz or image folder, with a protocol "
                         "report that warns where it departs from the paper's"),  # fmt: skip
     "flops": Command(flops, "compute per generated image of one or more configs"),
+    "benchmark": Command(benchmark, "images/s of sampling, a training step, VQ decode and the token draw, with "
+                         "GFLOPs per image and the fraction of the device's peak"),  # fmt: skip
     "autonat": Command(autonat.autonat, "AutoNAT Algorithm 1: alternate the strategy search and the line search on "
                        "(alpha, beta)"),  # fmt: skip
     "tokenize": Command(tokenize, "image folders (ImageNet, COCO, img2dataset) -> token shards; resumable, SLURM "

@@ -203,7 +203,7 @@ def test_top_level_help_lists_every_command_and_version(capsys):
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "sample", "edit", "search",
                                      "import-checkpoint", "reference-stats", "flops", "autonat", "tokenize",
-                                     "tokenize-verify", "merge-adapter", "evaluate"])  # fmt: skip
+                                     "tokenize-verify", "merge-adapter", "evaluate", "benchmark"])  # fmt: skip
 def test_every_command_has_help_and_refuses_an_unknown_option(command, capsys):
     from lit_nat.commands.cli import COMMANDS
 
@@ -232,6 +232,7 @@ MINIMAL_OPTIONS = {
     "reference-stats": ["--out", "stats.npz"],
     "flops": ["--configs", str(REPO / "configs/enat_l.yaml")],
     "evaluate": ["--samples", "samples.npz", "--reference", "fid_stats.npz"],
+    "benchmark": ["--arch", "enat-l", "--dtype", "fp32", "bf16", "--reuse", "false"],
     "autonat": ["--fit_config", str(REPO / "configs/autonat_digits.yaml"), "--out", "run"],
     "tokenize": ["--images", "images", "--out", "data", "--sorted"],
     "tokenize-verify": ["--root", "data", "--finalize"],

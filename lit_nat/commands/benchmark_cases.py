@@ -1,0 +1,226 @@
+"""The cases of ``python -m lit_nat benchmark``: each times one thing (the decoding loop, a training step, the VQ
+decode, the token draw, a dense matmul) after ``warmup`` untimed calls and returns the median of ``repeats`` timed
+calls, with the GFLOPs of one image from the same accounting as ``python -m lit_nat flops``
+(:mod:`lit_nat.models.flops`: measured by ``FlopCounterMode`` on a meta-device copy, so counting costs nothing)."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lit_nat.conditioning.condition import TextCondition
+from lit_nat.generation.decoding import categorical_draw, generate, make_generator
+from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.models.amused import AmusedBackbone
+from lit_nat.models.flops import WithoutReuse, generation_flops
+from lit_nat.training.objective import masked_token_loss
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``--compile`` values: eager, ``torch.compile`` (default mode), ``torch.compile(mode="reduce-overhead")`` (CUDA graphs)
+COMPILE_MODES = ("false", "true", "cuda_graphs")
+DRAW_METHODS = ("gumbel", "inverse_cdf")
+
+
+class Skip(Exception):
+    """A case that cannot run here; its message is the reason written in the case's JSON line."""
+
+
+@dataclass
+class Target:
+    """A model to benchmark: its real backbone (random or loaded weights), a builder of the same backbone on the meta
+    device (for the FLOPs), and its tokenizer when one is available (for ``decode``)."""
+
+    name: str
+    backbone: nn.Module
+    meta_builder: Callable[[], nn.Module]
+    tokenizer: Any = None
+    no_tokenizer_reason: str = "no tokenizer: give --model_configs with a model.tokenizer or --ckpt_path"
+
+    @property
+    def reuses(self) -> bool:
+        return bool(getattr(self.backbone, "supports_reuse", False))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (compilation, caches, allocator)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision as ``--trainer.precision bf16-mixed`` runs it (weights in fp32, matmuls in ``dtype``)."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def compiled(backbone: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    if mode == "false":
+        return backbone
+    if mode == "cuda_graphs" and device.type != "cuda":
+        raise Skip(f"CUDA graphs (torch.compile mode reduce-overhead) need a CUDA device, not {device.type}")
+    return torch.compile(backbone, mode="reduce-overhead" if mode == "cuda_graphs" else None)
+
+
+def conditions(backbone: nn.Module, batch: int, device: torch.device) -> tuple[Any, Any]:
+    """``(condition, null condition)`` of ``batch`` rows: class ids and the null class, or (for a text backbone such as
+    aMUSEd) random encoder states of 77 tokens standing in for CLIP's, whose cost is not part of the loop."""
+    if not isinstance(backbone, AmusedBackbone):
+        return torch.arange(batch, device=device) % backbone.num_classes, backbone.null_class
+    width = int(backbone.model.config.encoder_hidden_size)
+
+    def text() -> TextCondition:
+        return TextCondition(torch.randn(batch, 77, width, device=device),
+                             torch.ones(batch, 77, dtype=torch.bool, device=device),
+                             torch.randn(batch, width, device=device))  # fmt: skip
+
+    return text(), text()
+
+
+def sampling_gflops(target: Target, steps: int, reuse: bool) -> float:
+    """GFLOPs of one guided image over ``steps`` steps, as ``flops`` counts it (reuse off: :class:`WithoutReuse`)."""
+    with torch.device("meta"):
+        meta = target.meta_builder().eval()
+    model = meta if reuse or not getattr(meta, "supports_reuse", False) else WithoutReuse(meta)
+    if isinstance(meta, AmusedBackbone):
+        return sampling_gflops_text(model, steps)
+    return sum(generation_flops(model, GenerationSchedule.enat(steps), guided=True)) / 1e9
+
+
+def sampling_gflops_text(model: nn.Module, steps: int) -> float:
+    """A text backbone's guided image: two rows per step, every step the same cost (no reuse)."""
+    condition, _ = conditions(model, 2, torch.device("meta"))
+    ids = torch.zeros(2, model.num_tokens, dtype=torch.long, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(ids, condition, None, num_masked=model.num_tokens)
+    return steps * counter.get_total_flops() / 1e9
+
+
+def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool,
+             device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:  # fmt: skip
+    """The decoding loop of ``sample`` (guided ENAT schedule, two backbone rows per image and step), tokens out."""
+    backbone = target.backbone if reuse or not target.reuses else WithoutReuse(target.backbone)
+    model = compiled(backbone, compile, device)
+    condition, null = conditions(target.backbone, batch, device)
+    schedule = GenerationSchedule.enat(steps)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(device, dtype):
+            generate(model, condition, schedule, make_generator(0, device), num_tokens=target.backbone.num_tokens,
+                     mask_id=target.backbone.mask_id, null_condition=null)  # fmt: skip
+
+    seconds = median_seconds(run, warmup, repeats, device)
+    return {"seconds": seconds, "images": batch, "gflops_per_image": sampling_gflops(target, steps, reuse)}
+
+
+def training_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, batch: int, device: torch.device,
+                  dtype: str) -> None:  # fmt: skip
+    """One AdamW step of the masked-token objective on random tokens, half of each row masked (the same count in every
+    row, as ENAT needs), without reuse training."""
+    n, masked = backbone.num_tokens, backbone.num_tokens // 2
+    targets = torch.randint(0, backbone.codebook_size, (batch, n), device=device)
+    mask = torch.rand(batch, n, device=device).argsort(dim=1) < masked
+    condition, _ = conditions(backbone, batch, device)
+    with autocast(device, dtype):
+        logits, _ = backbone(targets.masked_fill(mask, backbone.mask_id), condition, None, num_masked=masked)
+    loss, _ = masked_token_loss(logits, targets.masked_fill(~mask, -100))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)  # keep the gradients allocated: they are part of the step's memory
+
+
+def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmup: int,
+          repeats: int) -> dict[str, Any]:  # fmt: skip
+    """Images/s of a training step and its memory: CUDA's peak allocation, or on CPU the bytes of parameters,
+    gradients and AdamW state (activations are freed by the step, and the process's peak RSS is shared with
+    everything else it ran)."""
+    backbone = target.backbone.train()
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        seconds = median_seconds(lambda: training_step(backbone, optimizer, batch, device, dtype), warmup,
+                                 max(repeats, 1), device)  # fmt: skip
+        if device.type == "cuda":
+            memory, measure = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+        else:
+            memory, measure = state_bytes(backbone, optimizer), "parameters + gradients + AdamW state (no activations)"
+    finally:
+        backbone.eval()
+        backbone.zero_grad(set_to_none=True)
+    return {"seconds": seconds, "images": batch, "gflops_per_image": train_gflops(target),
+            "memory_bytes": memory, "memory_measure": measure}  # fmt: skip
+
+
+def state_bytes(backbone: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    tensors = [p for p in backbone.parameters()] + [p.grad for p in backbone.parameters() if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def train_gflops(target: Target) -> float:
+    """Forward and backward of one image (half masked) on a meta copy; the optimizer's elementwise update is not a
+    matmul and is not counted."""
+    with torch.device("meta"):
+        meta = target.meta_builder().train()
+    n, masked = meta.num_tokens, meta.num_tokens // 2
+    ids = torch.zeros(1, n, dtype=torch.long, device="meta")
+    condition, _ = conditions(meta, 1, torch.device("meta"))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        logits, _ = meta(ids, condition, None, num_masked=masked)
+        logits.float().sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def decode(target: Target, *, batch: int, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """The tokenizer's decode of ``batch`` random token grids to images."""
+    if target.tokenizer is None:
+        raise Skip(target.no_tokenizer_reason)
+    tokenizer = target.tokenizer.to(device)
+    ids = torch.randint(0, tokenizer.codebook_size, (batch, tokenizer.num_tokens), device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        tokenizer.decode(ids[:1])
+    with torch.inference_mode():
+        seconds = median_seconds(lambda: tokenizer.decode(ids), warmup, repeats, device)
+    return {"seconds": seconds, "images": batch, "gflops_per_image": counter.get_total_flops() / 1e9}
+
+
+def draw(*, shape: tuple[int, int, int], method: str, device: torch.device, warmup: int,
+         repeats: int) -> dict[str, Any]:  # fmt: skip
+    """One step's token draw (:func:`categorical_draw`) at ``(B, N, K)``: images/s counts the B images of the step."""
+    log_probs = torch.log_softmax(torch.randn(*shape, device=device), dim=-1)
+    generator = make_generator(0, device)
+    seconds = median_seconds(lambda: categorical_draw(log_probs, 1.0, generator, method=method), warmup, repeats,
+                             device)  # fmt: skip
+    return {"seconds": seconds, "images": shape[0], "gflops_per_image": None}
+
+
+def matmul(*, size: int, dtype: str, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """A dense ``size``-square matmul in ``dtype``: the achieved TFLOP/s that serves as the peak of that dtype."""
+    a, b = (torch.randn(size, size, device=device, dtype=DTYPES[dtype]) for _ in range(2))
+    seconds = median_seconds(lambda: a @ b, max(warmup, 1), max(repeats, 3), device)
+    return {"seconds": seconds, "images": None, "gflops": 2 * size**3 / 1e9}

@@ -1,0 +1,84 @@
+"""``python -m lit_nat benchmark`` at tiny size on CPU: the JSON lines' fields and numbers, GFLOPs equal to ``flops``'
+accounting, both token draws, CUDA-only cases skipped with a reason, one-line errors. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lit_nat.commands.cli import main
+from lit_nat.core.errors import UsageError
+from lit_nat.models import build_backbone, count_parameters
+from lit_nat.models.flops import report_for
+from tests.helpers.tiny import ENAT_ARCH
+
+SPACE = dict(codebook_size=12, grid_size=4, num_classes=3)
+TINY = ["--arch", "enat-tiny", "--arch_overrides", json.dumps(ENAT_ARCH), "--codebook_size", "12", "--grid_size",
+        "4", "--num_classes", "3", "--batch", "2", "--steps", "3", "--warmup", "0", "--repeats", "1",
+        "--matmul_size", "64", "--device", "cpu"]  # fmt: skip
+
+
+def run(capsys, *options: str) -> list[dict]:
+    main(["benchmark", *options])
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_sampling_lines_have_positive_numbers_and_the_gflops_of_flops(capsys, tmp_path):
+    out = tmp_path / "results.jsonl"
+    rows = run(capsys, *TINY, "--cases", "matmul", "sampling", "--out", str(out))
+    assert [(r["case"], r["reuse"]) for r in rows] == [("matmul", None), ("sampling", True), ("sampling", False)]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{**r} for r in rows]
+    peak = rows[0]["tflops"]
+    assert rows[0]["fraction_of_peak"] == 1.0 and peak > 0
+    report = report_for("tiny", "enat-tiny", ENAT_ARCH, SPACE, steps=3)
+    expected = {True: report.per_image_gflops["guided"], False: report.per_image_gflops["guided, without reuse"]}
+    for row in rows[1:]:
+        assert row["skipped"] is None and (row["batch"], row["steps"], row["dtype"], row["compile"]) == (2, 3, "fp32",
+                                                                                                        "false")
+        assert row["images_per_s"] > 0 and row["ms_median"] > 0 and row["tflops"] > 0
+        assert row["gflops_per_image"] == pytest.approx(expected[row["reuse"]], rel=1e-5)
+        assert row["peak_tflops"] == peak and row["fraction_of_peak"] == pytest.approx(row["tflops"] / peak, rel=1e-3)
+    assert rows[1]["gflops_per_image"] < rows[2]["gflops_per_image"]  # reuse encodes only the new tokens
+
+
+def test_a_given_peak_replaces_the_measured_one_and_train_reports_its_memory(capsys):
+    rows = run(capsys, *TINY, "--cases", "train", "--peak_tflops", "2.0", "--dtype", "bf16")
+    (row,) = rows
+    backbone = build_backbone("enat-tiny", overrides=ENAT_ARCH, **SPACE)
+    params, tensors = count_parameters(backbone), len(list(backbone.parameters()))
+    assert row["case"] == "train" and row["dtype"] == "bf16" and row["images_per_s"] > 0 and row["gflops_per_image"] > 0
+    assert row["peak_tflops"] == 2.0 and row["fraction_of_peak"] == pytest.approx(row["tflops"] / 2.0, rel=1e-3)
+    # fp32 parameters, plus gradients, AdamW's two moments and step of those that had a gradient (reuse-only layers,
+    # unused by a step without reuse, have none)
+    assert 4 * params < row["memory_bytes"] <= 16 * params + 4 * tensors and "AdamW" in row["memory_measure"]
+
+
+def test_draw_reports_both_methods(capsys):
+    rows = run(capsys, "--cases", "draw", "--draw_shape", "2", "4", "16", "--repeats", "1", "--device", "cpu")
+    assert [(r["case"], r["method"], r["arch"]) for r in rows] == [("draw", "gumbel", "2x4x16"),
+                                                                   ("draw", "inverse_cdf", "2x4x16")]  # fmt: skip
+    assert all(r["images_per_s"] > 0 and r["skipped"] is None for r in rows)
+
+
+def test_cuda_only_and_tokenizer_cases_are_skipped_with_a_reason_on_cpu(capsys):
+    rows = run(capsys, *TINY, "--cases", "sampling", "decode", "--compile", "cuda_graphs", "--reuse", "true")
+    assert [r["case"] for r in rows] == ["sampling", "decode"]
+    assert "CUDA graphs" in rows[0]["skipped"] and "cpu" in rows[0]["skipped"] and "images_per_s" not in rows[0]
+    assert "no tokenizer" in rows[1]["skipped"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--arch", "enat-xl"], "--arch enat-xl: unknown architecture 'enat-xl'; valid names: "),
+        (["--arch", "enat-tiny", "--cases", "sampel"], "--cases 'sampel' is not one of matmul, sampling, train"),
+        (["--arch", "enat-tiny", "--dtype", "fp8"], "--dtype 'fp8' is not one of fp32, bf16, fp16"),
+        (["--arch", "enat-tiny", "--repeats", "0"], "--repeats must be >= 1"),
+        (["--cases", "train"], "cases train need a model: give --arch, --model_configs or --ckpt_path"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_value(options, message):
+    with pytest.raises(UsageError) as error:
+        main(["benchmark", *options, "--device", "cpu"])
+    assert message in str(error.value) and "\n" not in str(error.value)
