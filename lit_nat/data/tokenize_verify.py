@@ -259,7 +259,8 @@ def verify_split(
     if stray := sorted(name for name, n in numbered if not n.isdigit() or int(n) >= plan.num_shards):
         problems.append(f"shards beyond the plan's {plan.num_shards}: {stray[:3]} (from another plan?)")
     atomic_write_text(skipped_path(root, split), "".join(f"{f}\t{r}\n" for f, r in skipped))
-    if not finalize and (problem := usage_problem(root, split, counts)):  # finalising records the shards' usage anew
+    # only for a split read whole (a broken shard's tokens are missing from the counts); finalising records it anew
+    if not finalize and not problems and (problem := usage_problem(root, split, counts)):
         problems.append(problem)
     report: dict[str, Any] = {
         "split": split,
