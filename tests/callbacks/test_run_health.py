@@ -169,3 +169,13 @@ def test_a_resumed_fit_is_bit_identical_and_continues_the_curves(tmp_path, root)
     states = [next(v for k, v in c["callbacks"].items() if k.startswith("RunHealth")) for c in (whole, cut)]
     assert [h["step"] for h in states[1]["history"]] == [2, 4] and states[0] == states[1]
     assert (tmp_path / "cut" / "health.png").is_file()
+
+
+def test_a_text_model_samples_from_the_validation_captions(tmp_path):
+    words = {"name": "words", "vocab": ["a", "red", "bus", "cat", "digit", "seven"], "dim": 16, "max_length": 6}
+    root = write_random_shards(tmp_path / "text", codebook_size=12, grid=4, num_classes=3, text_encoder=words)
+    torch.manual_seed(0)
+    module = NATModule(arch="autonat-tiny", arch_overrides=UVIT_ONE_BLOCK_ARCH, codebook_size=12, grid_size=4,
+                       num_classes=3, text_encoder=words)  # fmt: skip
+    metrics = validate(root, RunHealth(samples=5, buckets=1), module, tmp_path / "run")
+    assert metrics["health/sample_distinct"] == 1.0 and 0 < metrics["health/sample_codes_used"] <= 1
