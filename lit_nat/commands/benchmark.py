@@ -147,12 +147,14 @@ def config_target(path: str, request: BenchmarkRequest, device: torch.device) ->
 
 
 def checkpoint_target(path: str, device: torch.device) -> cases.Target:
+    from lit_nat.conditioning import text_space
     from lit_nat.training.loading import load_model
 
     module = load_model(path, map_location=device)
     hp = module.hparams
+    context = text_space(hp["text_encoder"]) if hp.get("text_encoder") else None
     build = partial(build_backbone, hp["arch"], overrides=hp.get("arch_overrides"), codebook_size=module.codebook_size,
-                    grid_size=module.backbone.grid_size, num_classes=hp["num_classes"])  # fmt: skip
+                    grid_size=module.backbone.grid_size, num_classes=hp["num_classes"], context=context)  # fmt: skip
     return cases.Target(Path(path).stem, module.backbone, build, module.tokenizer, f"{path}: no tokenizer recorded")
 
 

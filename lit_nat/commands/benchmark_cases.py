@@ -83,16 +83,26 @@ def compiled(backbone: nn.Module, mode: str, device: torch.device) -> nn.Module:
     return torch.compile(backbone, mode="reduce-overhead" if mode == "cuda_graphs" else None)
 
 
+def text_shape(backbone: nn.Module) -> tuple[int, int] | None:
+    """``(width, tokens)`` of the text states a text backbone takes (aMUSEd's CLIP-L: 768 x 77), None for classes."""
+    inner = getattr(backbone, "inner", backbone)  # (WithoutReuse)
+    if isinstance(inner, AmusedBackbone):
+        return int(inner.model.config.encoder_hidden_size), 77
+    embed = getattr(inner, "context_embed", None)  # U-ViT and ENAT built with a text encoder's context
+    return (embed.proj.in_features, embed.position.shape[0]) if embed is not None else None
+
+
 def conditions(backbone: nn.Module, batch: int, device: torch.device) -> tuple[Any, Any]:
-    """``(condition, null condition)`` of ``batch`` rows: class ids and the null class, or (for a text backbone such as
-    aMUSEd) random encoder states of 77 tokens standing in for CLIP's, whose cost is not part of the loop."""
-    if not isinstance(backbone, AmusedBackbone):
+    """``(condition, null condition)`` of ``batch`` rows: class ids and the null class, or (a text backbone) random
+    encoder states standing in for the text tower's, whose cost is not part of the loop."""
+    shape = text_shape(backbone)
+    if shape is None:
         return torch.arange(batch, device=device) % backbone.num_classes, backbone.null_class
-    width = int(backbone.model.config.encoder_hidden_size)
+    width, length = shape
 
     def text() -> TextCondition:
-        return TextCondition(torch.randn(batch, 77, width, device=device),
-                             torch.ones(batch, 77, dtype=torch.bool, device=device),
+        return TextCondition(torch.randn(batch, length, width, device=device),
+                             torch.ones(batch, length, dtype=torch.bool, device=device),
                              torch.randn(batch, width, device=device))  # fmt: skip
 
     return text(), text()
@@ -103,13 +113,14 @@ def sampling_gflops(target: Target, steps: int, reuse: bool) -> float:
     with torch.device("meta"):
         meta = target.meta_builder().eval()
     model = meta if reuse or not getattr(meta, "supports_reuse", False) else WithoutReuse(meta)
-    if isinstance(meta, AmusedBackbone):
+    if text_shape(meta) is not None:  # (generation_flops emulates class conditions)
         return sampling_gflops_text(model, steps)
     return sum(generation_flops(model, GenerationSchedule.enat(steps), guided=True)) / 1e9
 
 
 def sampling_gflops_text(model: nn.Module, steps: int) -> float:
-    """A text backbone's guided image: two rows per step, every step the same cost (no reuse)."""
+    """A text backbone's guided image: two rows per step, each step counted as the first (all masked), exact for
+    backbones without reuse such as aMUSEd."""
     condition, _ = conditions(model, 2, torch.device("meta"))
     ids = torch.zeros(2, model.num_tokens, dtype=torch.long, device="meta")
     counter = FlopCounterMode(display=False)

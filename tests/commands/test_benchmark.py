@@ -11,7 +11,8 @@ from lit_nat.commands.cli import main
 from lit_nat.core.errors import UsageError
 from lit_nat.models import build_backbone, count_parameters
 from lit_nat.models.flops import report_for
-from tests.helpers.tiny import ENAT_ARCH
+from tests.conftest import fit_tiny_checkpoint
+from tests.helpers.tiny import ENAT_ARCH, SHARDS_SPACE, UVIT_ONE_BLOCK_ARCH
 
 SPACE = dict(codebook_size=12, grid_size=4, num_classes=3)
 TINY = ["--arch", "enat-tiny", "--arch_overrides", json.dumps(ENAT_ARCH), "--codebook_size", "12", "--grid_size",
@@ -82,3 +83,14 @@ def test_bad_input_is_one_line_naming_the_value(options, message):
     with pytest.raises(UsageError) as error:
         main(["benchmark", *options, "--device", "cpu"])
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_gives_its_backbone_and_its_tokenizer_for_decode(capsys, tmp_path, tiny_shards):
+    _, ckpt = fit_tiny_checkpoint(tmp_path, tiny_shards, steps=2)
+    capsys.readouterr()
+    rows = run(capsys, "--ckpt_path", str(ckpt), "--cases", "sampling", "decode", "--batch", "2", "--steps", "2",
+               "--warmup", "0", "--repeats", "1", "--device", "cpu")  # fmt: skip
+    assert [(r["case"], r["skipped"]) for r in rows] == [("sampling", None), ("decode", None)]
+    space = {k: SHARDS_SPACE[k] for k in ("codebook_size", "grid_size", "num_classes")}
+    expected = report_for("tiny", "autonat-tiny", UVIT_ONE_BLOCK_ARCH, space, steps=2).per_image_gflops["guided"]
+    assert rows[0]["gflops_per_image"] == pytest.approx(expected, rel=1e-5) and rows[1]["images_per_s"] > 0
