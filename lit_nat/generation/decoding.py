@@ -12,6 +12,8 @@ Works with any backbone that follows the call contract
   host-device synchronisation inside the loop.
 - The conditional and unconditional passes run as one forward over the doubled batch. A reuse state (ENAT) is per
   row, so each guidance branch keeps its own state automatically.
+- What depends on the condition alone is computed once per call, not once per step (:func:`prepare_condition`:
+  ENAT's adaLN modulations and projected text tokens).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def generate(
     guided = any(scale != 0.0 for scale in schedule.guidance)
     null_condition = unconditional_rows(condition, null_condition)
     # One forward for both branches: rows [0, B) conditional, rows [B, 2B) unconditional.
-    condition = conditions.concat(condition, null_condition) if guided else condition
+    condition = prepare_condition(backbone, conditions.concat(condition, null_condition) if guided else condition)
 
     state = None
     history: list[torch.Tensor] = []
@@ -145,6 +147,14 @@ def unconditional_rows(condition: Condition, null_condition: Condition | int) ->
     if isinstance(null_condition, int):
         null_condition = torch.full_like(condition, null_condition)
     return null_condition
+
+
+def prepare_condition(backbone: nn.Module, condition: Condition) -> Any:
+    """The step-invariant part of ``condition`` for ``backbone`` (its ``prepare_condition``, e.g. ENAT's adaLN
+    modulations), which every step then takes in the condition's place; the condition itself for a backbone that has
+    none (U-ViT, aMUSEd)."""
+    prepare = getattr(backbone, "prepare_condition", None)
+    return condition if prepare is None else prepare(condition)
 
 
 def guided_forward(backbone: nn.Module, ids: torch.Tensor, condition: Condition, state: Any, num_masked: int | None,

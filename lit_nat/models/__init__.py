@@ -32,7 +32,7 @@ from lit_nat.models.convert import (
     load_official_autonat,
     load_official_enat,
 )
-from lit_nat.models.enat import ENAT, ENATBlock, ENATState
+from lit_nat.models.enat import ENAT, ENATBlock, ENATCondition, ENATState
 from lit_nat.models.layers import Attention, Mlp, TiedMLMHead, TokenEmbedding, multihead_attention
 from lit_nat.models.registry import ARCHITECTURES, ArchSpec, build_backbone, count_parameters, resolve_arch
 from lit_nat.models.uvit import UViT, UViTBlock
@@ -46,6 +46,7 @@ __all__ = [
     "ConversionReport",
     "ENAT",
     "ENATBlock",
+    "ENATCondition",
     "ENATState",
     "Mlp",
     "TiedMLMHead",

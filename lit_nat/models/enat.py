@@ -30,12 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_nat.conditioning.condition import Condition, TextCondition
+from lit_nat.conditioning.condition import Condition, TextCondition, batch_size
 from lit_nat.models.base import TokenSpaceBackbone
-from lit_nat.models.enat_blocks import ContextAttention, ENATBlock, ENATState, PrevProjection, gather_tokens
+from lit_nat.models.enat_blocks import (
+    ContextAttention,
+    ENATBlock,
+    ENATCondition,
+    ENATState,
+    PrevProjection,
+    gather_tokens,
+)
 from lit_nat.models.layers import TextEmbedding, TiedMLMHead, TokenEmbedding, class_ids, condition_tokens
 
-__all__ = ["ENAT", "ENATBlock", "ENATState", "ContextAttention", "PrevProjection"]
+__all__ = ["ENAT", "ENATBlock", "ENATCondition", "ENATState", "ContextAttention", "PrevProjection"]
 
 
 def to_raster_order(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -205,7 +212,7 @@ class ENAT(TokenSpaceBackbone):
     def forward(
         self,
         ids: torch.Tensor,
-        condition: Condition,
+        condition: Condition | ENATCondition,
         state: ENATState | None = None,
         num_masked: int | None = None,
     ) -> tuple[torch.Tensor, ENATState]:
@@ -215,7 +222,8 @@ class ENAT(TokenSpaceBackbone):
             ids: ``(B, N)`` long token ids in ``[0, K]``, ``K`` marking masked positions; every row must have the same
                 number of masked positions.
             condition: ``(B,)`` or ``(B, 1)`` long class ids in ``[0, C]``, ``C`` being the null class, or a
-                :class:`~lit_nat.conditioning.TextCondition` of B prompts (with ``context_dim`` set).
+                :class:`~lit_nat.conditioning.TextCondition` of B prompts (with ``context_dim`` set), or the
+                :class:`ENATCondition` that :meth:`prepare_condition` made of one (the decoding loop's, once per call).
             state: The state returned for the same rows by the previous decoding step (whose masked set must contain
                 the current one), or None for no reuse.
             num_masked: Masked count of every row, if the caller knows it; otherwise it is read from ``ids`` once.
@@ -228,7 +236,7 @@ class ENAT(TokenSpaceBackbone):
         """
         self._check_ids(ids)
         b, n = ids.shape
-        cond, text = self._condition(condition, b)  # (B, D) adaLN input; (B, L, D) text context or None
+        prepared = self._prepared(condition, b)  # every block's adaLN modulation; text context (B, L, D) or None
         is_masked = ids == self.mask_id  # (B, N)
         m = self._masked_count(is_masked, num_masked)
         v = n - m
@@ -243,10 +251,10 @@ class ENAT(TokenSpaceBackbone):
         visible_pos, masked_pos = order[:, :v], order[:, v:]  # (B, V), (B, M)
 
         if state is None:
-            visible, context_pos = self._encode(x, cond, visible_pos, text), visible_pos  # (B, V, D), (B, V)
+            visible, context_pos = self._encode(x, prepared, visible_pos), visible_pos  # (B, V, D), (B, V)
         else:
-            visible, context_pos = self._encode_with_reuse(x, cond, visible_pos, state, text)  # (B, V, D), (B, V)
-        masked = self._decode(gather_tokens(x, masked_pos), cond, visible, text)  # (B, M, D)
+            visible, context_pos = self._encode_with_reuse(x, prepared, visible_pos, state)  # (B, V, D), (B, V)
+        masked = self._decode(gather_tokens(x, masked_pos), prepared, visible)  # (B, M, D)
 
         features = to_raster_order(torch.cat([visible, masked], dim=1), torch.cat([context_pos, masked_pos], dim=1))
         logits = self.head(self.final_norm(features), self.token_embed.word.weight)  # (B, N, K)
@@ -259,27 +267,41 @@ class ENAT(TokenSpaceBackbone):
                 f"got {tuple(ids.shape)}"
             )
 
-    def _encode(
-        self, x: torch.Tensor, cond: torch.Tensor, visible_pos: torch.Tensor, text: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, prepared: ENATCondition, visible_pos: torch.Tensor) -> torch.Tensor:
         """Encode the visible tokens from scratch (no reuse): the encoder blocks' self-attention among the visible
         tokens ``visible_pos`` ``(B, V)`` of ``x`` ``(B, N, D)`` (and the text tokens) -> ``(B, V, D)``."""
         visible = gather_tokens(x, visible_pos)  # (B, V, D)
         if visible_pos.shape[1] > 0:  # with nothing visible the encoder has nothing to do
-            for block in self.encoder:
-                visible = block(visible, cond, context=text)  # self-attention among visible tokens (+ text)
+            for block, modulation in zip(self.encoder, prepared.modulations):
+                visible = block(visible, modulation, context=prepared.text)  # self-attention among visible (+ text)
         return visible
 
-    def _decode(
-        self, masked: torch.Tensor, cond: torch.Tensor, visible: torch.Tensor, text: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _decode(self, masked: torch.Tensor, prepared: ENATCondition, visible: torch.Tensor) -> torch.Tensor:
         """The decoder blocks over the [MASK] tokens ``masked`` ``(B, M, D)``, with the encoded visible tokens
         ``(B, V, D)`` (and the text tokens) as the same read-only context of every block -> ``(B, M, D)``."""
         if masked.shape[1] > 0:
+            text = prepared.text
             context = visible if text is None else torch.cat([text, visible], dim=1)  # (B, [L +] V, D)
-            for block in self.decoder:
-                masked = block(masked, cond, context=context)
+            for block, modulation in zip(self.decoder, prepared.modulations[self.encoder_layers :]):
+                masked = block(masked, modulation, context=context)
         return masked
+
+    def prepare_condition(self, condition: Condition) -> ENATCondition:
+        """The step-invariant part of ``condition``: every block's adaLN modulation and the projected text tokens.
+
+        The decoding loop calls this once and passes the result to every step, which then skips the per-block
+        modulation products (memory-bound: a third of the weights read for a few rows); the logits are the same bit
+        for bit. (In train mode the in-model label dropout is drawn here, so prepare once per forward there.)
+        """
+        cond, text = self._condition(condition, batch_size(condition))
+        return ENATCondition(modulations=[block.modulation(cond) for block in self.blocks], text=text)
+
+    def _prepared(self, condition: Condition | ENATCondition, b: int) -> ENATCondition:
+        if not isinstance(condition, ENATCondition):
+            condition = self.prepare_condition(condition)
+        if condition.batch_size != b:
+            raise ValueError(f"the condition has {condition.batch_size} rows but ids has {b}")
+        return condition
 
     def _condition(self, condition: Condition, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(SiLU(adaLN input) (B, D), text tokens (B, L, D) or None)`` of a class or text condition."""
@@ -295,19 +317,17 @@ class ENAT(TokenSpaceBackbone):
     def _encode_with_reuse(
         self,
         x: torch.Tensor,
-        cond: torch.Tensor,
+        prepared: ENATCondition,
         visible_pos: torch.Tensor,
         state: ENATState,
-        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the newly revealed tokens against the projected previous features.
 
         Args:
             x: Embedded tokens ``(B, N, D)``.
-            cond: ``SiLU(class embedding)`` ``(B, D)``.
+            prepared: The condition's adaLN modulations and text context tokens.
             visible_pos: Currently visible positions ``(B, V)``, ascending.
             state: Previous step's state (checked; at least one token was visible then).
-            text: Text context tokens ``(B, L, D)`` or None.
 
         Returns:
             ``(visible, positions)``: features ``(B, V, D)`` of all visible tokens -- projected previous features
@@ -329,9 +349,10 @@ class ENAT(TokenSpaceBackbone):
         previous = self.prev_proj(previous)  # computed once, shared by every encoder block
         new = gather_tokens(x, new_pos)  # (B, R, D)
         if v > kept:  # with nothing newly revealed, every visible feature comes from the previous step
+            text = prepared.text
             context = previous if text is None else torch.cat([text, previous], dim=1)  # (B, [L +] V_prev, D)
-            for block in self.encoder:
-                new = block(new, cond, context=context)
+            for block, modulation in zip(self.encoder, prepared.modulations):
+                new = block(new, modulation, context=context)
         return torch.cat([previous, new], dim=1), ordered
 
     def extra_repr(self) -> str:

@@ -20,6 +20,7 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lit_nat.generation.decoding import prepare_condition
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models import build_backbone, count_parameters
 
@@ -32,6 +33,9 @@ class WithoutReuse(nn.Module):
         self.inner = backbone
         for name in ("codebook_size", "mask_id", "num_classes", "null_class", "num_tokens", "grid_size"):
             setattr(self, name, getattr(backbone, name))
+
+    def prepare_condition(self, condition: Any) -> Any:
+        return prepare_condition(self.inner, condition)
 
     def forward(self, ids: torch.Tensor, condition: torch.Tensor, state: Any = None, num_masked: int | None = None):
         logits, _ = self.inner(ids, condition, None, num_masked=num_masked)
@@ -74,7 +78,8 @@ def generation_flops(backbone: nn.Module, schedule: GenerationSchedule, guided: 
     n, mask_id = backbone.num_tokens, backbone.mask_id
     rows = 2 if guided else 1
     order = torch.randperm(n).to(device)  # reveal order: any fixed permutation
-    condition = torch.zeros(rows, dtype=torch.long, device=device)
+    labels = torch.zeros(rows, dtype=torch.long, device=device)
+    prepare_flops, condition = count_flops(prepare_condition, backbone, labels)  # once per call, as generate does
     state, masked, per_step = None, n, []
     for kept in schedule.masked_counts(n):
         ids = torch.zeros(rows, n, dtype=torch.long, device=device)
@@ -82,6 +87,7 @@ def generation_flops(backbone: nn.Module, schedule: GenerationSchedule, guided: 
         flops, (_, state) = count_flops(backbone, ids, condition, state, num_masked=masked)
         per_step.append(flops)
         masked = kept
+    per_step[0] += prepare_flops  # the condition's step-invariant part, computed once before the first step
     return per_step
 
 
