@@ -29,19 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_nat.models.amused import AMUSED_256_TRANSFORMER, AMUSED_REDUCED_TRANSFORMER  # noqa: E402
 from lit_nat.models.amused_folder import save_random_amused  # noqa: E402
 from lit_nat.training.importer import amused_module  # noqa: E402
 
 PROMPT = "a red double decker bus driving down a city street next to a tall building"
-#: aMUSEd-256's conditioning sizes (CLIP-L pooled 768, micro-conditions 5 x 256 -> 1280) and token space
-AMUSED_256 = dict(cond_embed_dim=768, encoder_hidden_size=768, micro_cond_encode_dim=256, micro_cond_embed_dim=1280,
-                  downsample=False, upsample=False)  # fmt: skip
-SIZES = {
-    "reduced": dict(hidden_size=256, in_channels=256, block_out_channels=256, block_num_heads=4, num_res_blocks=1,
-                    num_hidden_layers=4, num_attention_heads=4, intermediate_size=704),
-    "full": dict(hidden_size=1024, in_channels=768, block_out_channels=768, block_num_heads=12, num_res_blocks=3,
-                 num_hidden_layers=22, num_attention_heads=16, intermediate_size=2816),
-}  # fmt: skip
+#: aMUSEd-256's transformer (its config.json) and a reduced one of the same layout for a quick look
+SIZES = {"full": AMUSED_256_TRANSFORMER, "reduced": AMUSED_REDUCED_TRANSFORMER}
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -74,7 +68,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_random_amused(Path(tmp) / "amused", grid=16, codebook=8192, vq_levels=5, text_width=768,
-                                    text_layers=12, text_heads=12, transformer={**AMUSED_256, **SIZES[args.size]})
+                                    text_layers=12, text_heads=12, transformer=SIZES[args.size])
         ours = amused_module(folder).to(args.device)
         params = sum(p.numel() for p in ours.backbone.parameters())
         for dtype in args.dtypes:

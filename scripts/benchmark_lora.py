@@ -30,16 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: aMUSEd-256's transformer (its config.json) and a reduced one for a quick look
-SIZES = {
-    "full": dict(hidden_size=1024, in_channels=768, block_out_channels=768, block_num_heads=12, num_res_blocks=3,
-                 num_hidden_layers=22, num_attention_heads=16, intermediate_size=2816),
-    "reduced": dict(hidden_size=256, in_channels=256, block_out_channels=256, block_num_heads=4, num_res_blocks=1,
-                    num_hidden_layers=4, num_attention_heads=4, intermediate_size=704),
-}  # fmt: skip
-AMUSED_256 = dict(codebook_size=8192, vocab_size=8256, cond_embed_dim=768, encoder_hidden_size=768,
-                  micro_cond_encode_dim=256, micro_cond_embed_dim=1280, downsample=False, upsample=False,
-                  use_bias=False)  # fmt: skip
+from lit_nat.models.amused import AMUSED_256_TRANSFORMER, AMUSED_REDUCED_TRANSFORMER  # noqa: E402
+
+#: aMUSEd-256's transformer (its config.json) and a reduced one of the same layout for a quick look
+SIZES = {"full": AMUSED_256_TRANSFORMER, "reduced": AMUSED_REDUCED_TRANSFORMER}
 
 
 def run_case(case: str, size: str, batch: int, steps: int, rank: int) -> dict:
@@ -53,7 +47,7 @@ def run_case(case: str, size: str, batch: int, steps: int, rank: int) -> dict:
     from lit_nat.training.lora import LoraSettings, adapter_parameters, adapter_state, add_adapters
 
     torch.manual_seed(0)
-    transformer = {**AMUSED_256, **SIZES[size]}
+    transformer = SIZES[size]
     backbone = AmusedBackbone(codebook_size=8192, grid_size=16, num_classes=1, transformer=transformer)
     out = {"case": case, "size": size, "batch": batch, "params": sum(p.numel() for p in backbone.parameters())}
     if case == "lora":

@@ -28,6 +28,19 @@ from lit_nat.core.errors import UsageError
 from lit_nat.models.amused_folder import default_micro_conds
 from lit_nat.models.base import TokenSpaceBackbone
 
+#: aMUSEd-256's transformer as its ``transformer/config.json`` gives it (diffusers ``UVit2DModel`` arguments, 603.5M
+#: parameters over CLIP-L's 768-wide states, 8,192 codes on 16 x 16 tokens): random-weight runs of the real shape
+#: without the hub files (``benchmark --arch amused-256``, scripts/benchmark_amused.py, scripts/benchmark_lora.py)
+AMUSED_256_TRANSFORMER = dict(hidden_size=1024, use_bias=False, cond_embed_dim=768, micro_cond_encode_dim=256,
+                              micro_cond_embed_dim=1280, encoder_hidden_size=768, vocab_size=8256, codebook_size=8192,
+                              in_channels=768, block_out_channels=768, num_res_blocks=3, downsample=False,
+                              upsample=False, block_num_heads=12, num_hidden_layers=22, num_attention_heads=16,
+                              intermediate_size=2816)  # fmt: skip
+#: the same layout reduced for a quick look (4 layers of width 256)
+AMUSED_REDUCED_TRANSFORMER = {**AMUSED_256_TRANSFORMER, **dict(hidden_size=256, in_channels=256, block_out_channels=256,
+                              block_num_heads=4, num_res_blocks=1, num_hidden_layers=4, num_attention_heads=4,
+                              intermediate_size=704)}  # fmt: skip
+
 
 class AmusedBackbone(TokenSpaceBackbone):
     """diffusers' ``UVit2DModel`` as a lit_nat backbone (text conditions only; no feature reuse).
