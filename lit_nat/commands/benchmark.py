@@ -6,6 +6,7 @@ dense-matmul TFLOP/s in the same dtype). One JSON line per case, then a Markdown
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -15,19 +16,17 @@ import torch
 import yaml
 
 from lit_nat.commands import benchmark_cases as cases
+from lit_nat.commands import benchmark_official as official
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_text
 from lit_nat.core.progress import progress
 from lit_nat.models import build_backbone
+from lit_nat.models.amused import AMUSED_256_TRANSFORMER
 
 CASES = ("matmul", "sampling", "train", "decode", "draw")
-#: the aMUSEd-256 transformer (22 layers of width 1024 over CLIP-L's 768-wide states, 8,192 codes on 16 x 16 tokens):
-#: registered as "amused" with its sizes in a config.json, so named here for random-weight runs (diffusers needed)
-AMUSED_256 = dict(hidden_size=1024, use_bias=False, cond_embed_dim=768, micro_cond_encode_dim=256,
-                  micro_cond_embed_dim=1280, encoder_hidden_size=768, vocab_size=8256, codebook_size=8192,
-                  in_channels=768, block_out_channels=768, num_res_blocks=3, downsample=False, upsample=False,
-                  block_num_heads=12, num_hidden_layers=22, num_attention_heads=16, intermediate_size=2816)  # fmt: skip
-SHAPES = {"amused-256": ("amused", {"transformer": AMUSED_256}, dict(codebook_size=8192, grid_size=16, num_classes=1))}
+#: shapes of --arch beyond the registry's names: aMUSEd-256's transformer with random weights (diffusers needed)
+SHAPES = {"amused-256": ("amused", {"transformer": AMUSED_256_TRANSFORMER}, dict(codebook_size=8192, grid_size=16,
+                                                                                num_classes=1))}
 
 
 @dataclass
@@ -45,19 +44,25 @@ class BenchmarkRequest:
             (the tokenizer's decode), draw (one step's token draw, gumbel and inverse_cdf, at --draw_shape).
         batch: images per call (default 8); each value is a case.
         steps: decoding steps T (default 8; guided ENAT schedule); each value is a case.
-        dtype: fp32 (default), bf16, fp16 (autocast); each value is a case.
+        dtype: fp32 (default), bf16 or fp16 (autocast, as bf16-mixed training runs), bf16-true (weights cast to
+            bfloat16, as sample --precision bf16-true; sampling only); each value is a case.
         compile: false (default), true (torch.compile), cuda_graphs (torch.compile reduce-overhead; CUDA only); each
             value is a case.
         reuse: ENAT's feature reuse: both (with and without), true or false; other backbones run once.
         device: cpu, cuda, cuda:1, or auto.
         warmup: untimed calls before the timed ones (compilation, caches).
         repeats: timed calls; the median is reported.
-        peak_tflops: the device's peak TFLOP/s for the fraction of peak (default: the matmul case's, per dtype).
-        matmul_size: side of the square matmul (default 2048 on CPU, 8192 on CUDA).
+        peak_tflops: the device's peak TFLOP/s for the fraction of peak (default: a --matmul_size matmul in the same
+            dtype timed right before each timed call, since a shared machine's peak drifts; the matmul case's
+            without --adjacent_peak).
+        adjacent_peak: measure the peak next to every sampling and train repeat (true) or only in the matmul case.
+        matmul_size: side of the square matmul (default 4096 on CPU, 8192 on CUDA; 2048 under-reads a CPU's peak).
         draw_shape: (B, N, K) of the draw case (default aMUSEd's 8 x 256 x 8192).
         codebook_size: token codes K of --arch (ImageNet VQGAN: 1024).
         grid_size: token grid side of --arch.
         num_classes: classes of --arch.
+        official_enat: a clone of LeapLabTHU/ENAT: its sampling loop, at the size of each ENAT --arch, timed beside
+            each of our sampling cases with reuse (see lit_nat.commands.benchmark_official).
         out: also write the JSON lines to this file (whole or not at all).
     """
 
@@ -75,11 +80,13 @@ class BenchmarkRequest:
     warmup: int = 1
     repeats: int = 3
     peak_tflops: float | None = None
+    adjacent_peak: bool = True
     matmul_size: int | None = None
     draw_shape: list[int] | None = None
     codebook_size: int = 1024
     grid_size: int = 16
     num_classes: int = 1000
+    official_enat: str | None = None
     out: str | None = None
 
 
@@ -106,6 +113,8 @@ def check_request(request: BenchmarkRequest) -> None:
             ("--batch", b) for b in request.batch), *(("--steps", s) for s in request.steps)):  # fmt: skip
         if value < 1:
             raise UsageError(f"benchmark: {flag} must be >= 1 (--warmup >= 0), got {value - (flag == '--warmup')}")
+    if request.official_enat:
+        official.check_official_root(request.official_enat)
     if len(request.draw_shape) != 3:
         raise UsageError(f"benchmark: --draw_shape takes three sizes B N K, got {request.draw_shape}")
     needs_model = set(request.cases) & {"sampling", "train", "decode"}
@@ -158,11 +167,31 @@ def checkpoint_target(path: str, device: torch.device) -> cases.Target:
     return cases.Target(Path(path).stem, module.backbone, build, module.tokenizer, f"{path}: no tokenizer recorded")
 
 
+def matmul_size(request: BenchmarkRequest, device: torch.device) -> int:
+    return request.matmul_size or (8192 if device.type == "cuda" else 4096)
+
+
+def probes(request: BenchmarkRequest, device: torch.device) -> Callable[[str], Callable[[], float] | None]:
+    """``dtype -> probe``: the matmul that measures the peak next to each timed call, one per dtype, made on first
+    use; None where the peak is given or --adjacent_peak is false."""
+    made: dict[str, Callable[[], float]] = {}
+
+    def probe_for(dtype: str) -> Callable[[], float] | None:
+        if request.peak_tflops or not request.adjacent_peak:
+            return None
+        name = "bf16" if dtype == "bf16-true" else dtype
+        if name not in made:
+            made[name] = cases.matmul_probe(matmul_size(request, device), name, device)
+        return made[name]
+
+    return probe_for
+
+
 def plan(request: BenchmarkRequest, targets: list[cases.Target], device: torch.device) -> list[tuple[dict, Any]]:
     """Every case to run, in order: ``(its identity in the JSON line, the call that measures it)``."""
     timing = dict(device=device, warmup=request.warmup, repeats=request.repeats)
     out: list[tuple[dict, Any]] = []
-    size = request.matmul_size or (8192 if device.type == "cuda" else 2048)
+    size = matmul_size(request, device)
     if "matmul" in request.cases:
         out += [({"case": "matmul", "arch": f"{size}x{size}", "dtype": d}, partial(cases.matmul, size=size, dtype=d,
                  **timing)) for d in request.dtype]  # fmt: skip
@@ -171,11 +200,12 @@ def plan(request: BenchmarkRequest, targets: list[cases.Target], device: torch.d
         out += [({"case": "draw", "arch": "x".join(map(str, shape)), "method": m}, partial(cases.draw, shape=shape,
                  method=m, **timing)) for m in cases.DRAW_METHODS]  # fmt: skip
     for target in targets:
-        out += target_plan(request, target, timing)
+        out += target_plan(request, target, timing, probes(request, device))
     return out
 
 
-def target_plan(request: BenchmarkRequest, target: cases.Target, timing: dict) -> list[tuple[dict, Any]]:
+def target_plan(request: BenchmarkRequest, target: cases.Target, timing: dict,
+                probe_for: Callable[[str], Callable[[], float] | None]) -> list[tuple[dict, Any]]:  # fmt: skip
     out: list[tuple[dict, Any]] = []
     reuses = {"both": [True, False], "true": [True], "false": [False]}[request.reuse] if target.reuses else [None]
     for batch in request.batch:
@@ -184,15 +214,31 @@ def target_plan(request: BenchmarkRequest, target: cases.Target, timing: dict) -
                 out += [({"case": "sampling", "arch": target.name, "batch": batch, "steps": steps, "dtype": dtype,
                           "compile": str(mode).lower(), "reuse": reuse},
                          partial(cases.sampling, target, batch=batch, steps=steps, dtype=dtype,
-                                 compile=str(mode).lower(), reuse=reuse is not False, **timing))
+                                 compile=str(mode).lower(), reuse=reuse is not False, probe=probe_for(dtype),
+                                 **timing))
                         for steps in request.steps for mode in request.compile for reuse in reuses]  # fmt: skip
+                out += official_plan(request, target, timing, batch, dtype)
             if "train" in request.cases:
                 out.append(({"case": "train", "arch": target.name, "batch": batch, "dtype": dtype},
-                            partial(cases.train, target, batch=batch, dtype=dtype, **timing)))  # fmt: skip
+                            partial(cases.train, target, batch=batch, dtype=dtype, probe=probe_for(dtype),
+                                    **timing)))  # fmt: skip
         if "decode" in request.cases:
             out.append(({"case": "decode", "arch": target.name, "batch": batch},
                         partial(cases.decode, target, batch=batch, **timing)))  # fmt: skip
     return out
+
+
+def official_plan(request: BenchmarkRequest, target: cases.Target, timing: dict, batch: int,
+                  dtype: str) -> list[tuple[dict, Any]]:  # fmt: skip
+    """The official ENAT loop beside our sampling cases of ``target`` (with --official_enat, on ENAT backbones)."""
+    if not (request.official_enat and target.reuses):
+        return []
+    size = matmul_size(request, timing["device"])
+    return [({"case": "sampling", "arch": f"official:{target.name}", "batch": batch, "steps": steps, "dtype": dtype,
+              "compile": "false", "reuse": True},
+             partial(official.sampling, target, Path(request.official_enat), batch=batch, steps=steps, dtype=dtype,
+                     matmul_size=size, adjacent_peak=request.adjacent_peak and not request.peak_tflops, **timing))
+            for steps in request.steps]  # fmt: skip
 
 
 def measured(identity: dict, call: Any, peaks: dict[str, float], request: BenchmarkRequest) -> dict[str, Any]:
@@ -213,11 +259,14 @@ def measured(identity: dict, call: Any, peaks: dict[str, float], request: Benchm
     tflops = gflops / seconds / 1e3 if gflops is not None else None
     if identity["case"] == "matmul":
         peaks.setdefault(identity["dtype"], tflops)
-    peak = request.peak_tflops or peaks.get(identity.get("dtype"))
+    adjacent = result.pop("adjacent_peak_tflops", None)
+    peak, source = ((request.peak_tflops, "given") if request.peak_tflops else (adjacent, "adjacent matmul")
+                    if adjacent else (peaks.get(identity.get("dtype")), "matmul case"))  # fmt: skip
     fraction = tflops / peak if tflops is not None and peak else None
     return {**row, "ms_median": significant(seconds * 1e3), "images_per_s": significant(images / seconds if images
             else None), "gflops_per_image": significant(per_image, 7), "tflops": significant(tflops),
-            "peak_tflops": significant(peak), "fraction_of_peak": significant(fraction), **result,
+            "peak_tflops": significant(peak), "peak_source": source if peak else None,
+            "fraction_of_peak": significant(fraction), **result,
             "skipped": None}  # fmt: skip
 
 
@@ -228,7 +277,7 @@ def significant(value: float | None, digits: int = 4) -> float | None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     keys = ["case", "arch", "batch", "steps", "dtype", "compile", "reuse", "method", "images_per_s", "ms_median",
-            "gflops_per_image", "tflops", "fraction_of_peak", "skipped"]  # fmt: skip
+            "gflops_per_image", "tflops", "peak_tflops", "fraction_of_peak", "skipped"]  # fmt: skip
     keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join("" if r.get(k) is None else str(r[k]) for k in keys) + " |" for r in rows]

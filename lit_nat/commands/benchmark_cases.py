@@ -6,6 +6,7 @@ calls, with the GFLOPs of one image from the same accounting as ``python -m lit_
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -18,12 +19,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lit_nat.conditioning.condition import TextCondition
 from lit_nat.generation.decoding import categorical_draw, generate, make_generator
+from lit_nat.generation.precision import cast_for_sampling, sampling_context
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models.amused import AmusedBackbone
 from lit_nat.models.flops import WithoutReuse, generation_flops
 from lit_nat.training.objective import masked_token_loss
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-true": torch.bfloat16}
+#: ``--dtype`` -> sampling precision (:mod:`lit_nat.generation.precision`): bf16 and fp16 are autocast, as training
+#: runs them; bf16-true casts the weights once, as ``sample --precision bf16-true`` does
+PRECISION_OF = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "bf16-true": "bf16-true"}
 #: ``--compile`` values: eager, ``torch.compile`` (default mode), ``torch.compile(mode="reduce-overhead")`` (CUDA graphs)
 COMPILE_MODES = ("false", "true", "cuda_graphs")
 DRAW_METHODS = ("gumbel", "inverse_cdf")
@@ -54,24 +59,49 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_of(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
     """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (compilation, caches, allocator)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
+    return statistics.median(seconds_of(fn, device) for _ in range(repeats))
+
+
+def paired_timing(fn: Callable[[], Any], probe: Callable[[], float] | None, warmup: int, repeats: int,
+                  device: torch.device) -> tuple[float, float | None]:  # fmt: skip
+    """``(median seconds of fn, median of probe())``, the probe (the matmul peak) measured right before each timed
+    call: on a shared or throttling machine the peak moves by 2x within minutes (seen on this project's CPU), so a
+    fraction of peak is only meaningful against a peak measured next to the work."""
+    for _ in range(warmup):
         fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times, peaks = [], []
+    for _ in range(repeats):
+        if probe is not None:
+            peaks.append(probe())
+        times.append(seconds_of(fn, device))
+    return statistics.median(times), statistics.median(peaks) if peaks else None
+
+
+def matmul_probe(size: int, dtype: str, device: torch.device) -> Callable[[], float]:
+    """A callable returning the TFLOP/s of one ``size``-square matmul in ``dtype`` (the best of two)."""
+    a, b = (torch.randn(size, size, device=device, dtype=DTYPES[dtype]) for _ in range(2))
+    a @ b  # warm: allocator and kernel choice
+    return lambda: 2 * size**3 / min(seconds_of(lambda: a @ b, device) for _ in range(2)) / 1e12
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     """Mixed precision as ``--trainer.precision bf16-mixed`` runs it (weights in fp32, matmuls in ``dtype``)."""
     if dtype == "fp32":
         return contextlib.nullcontext()
+    if dtype == "bf16-true":
+        raise Skip("bf16-true (weights cast to bfloat16) is a sampling precision; train in bf16 with autocast (bf16)")
     return torch.autocast(device.type, dtype=DTYPES[dtype])
 
 
@@ -130,20 +160,27 @@ def sampling_gflops_text(model: nn.Module, steps: int) -> float:
 
 
 def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool,
-             device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:  # fmt: skip
-    """The decoding loop of ``sample`` (guided ENAT schedule, two backbone rows per image and step), tokens out."""
-    backbone = target.backbone if reuse or not target.reuses else WithoutReuse(target.backbone)
+             device: torch.device, warmup: int, repeats: int, probe: Callable[[], float] | None = None,
+             ) -> dict[str, Any]:  # fmt: skip
+    """The decoding loop of ``sample`` (guided ENAT schedule, two backbone rows per image and step) in the precision
+    ``sample --precision`` gives (:data:`PRECISION_OF`), tokens out."""
+    precision = PRECISION_OF[dtype]
+    backbone = target.backbone
+    if precision == "bf16-true":  # a copy: the fp32 weights serve the other cases
+        backbone = cast_for_sampling(copy.deepcopy(backbone), precision)
+    backbone = backbone if reuse or not target.reuses else WithoutReuse(backbone)
     model = compiled(backbone, compile, device)
     condition, null = conditions(target.backbone, batch, device)
     schedule = GenerationSchedule.enat(steps)
 
     def run() -> None:
-        with torch.inference_mode(), autocast(device, dtype):
+        with sampling_context(device, precision):
             generate(model, condition, schedule, make_generator(0, device), num_tokens=target.backbone.num_tokens,
                      mask_id=target.backbone.mask_id, null_condition=null)  # fmt: skip
 
-    seconds = median_seconds(run, warmup, repeats, device)
-    return {"seconds": seconds, "images": batch, "gflops_per_image": sampling_gflops(target, steps, reuse)}
+    seconds, peak = paired_timing(run, probe, warmup, repeats, device)
+    return {"seconds": seconds, "images": batch, "gflops_per_image": sampling_gflops(target, steps, reuse),
+            "adjacent_peak_tflops": peak}  # fmt: skip
 
 
 def training_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, batch: int, device: torch.device,
@@ -162,8 +199,8 @@ def training_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, batch: 
     optimizer.zero_grad(set_to_none=False)  # keep the gradients allocated: they are part of the step's memory
 
 
-def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmup: int,
-          repeats: int) -> dict[str, Any]:  # fmt: skip
+def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmup: int, repeats: int,
+          probe: Callable[[], float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Images/s of a training step and its memory: CUDA's peak allocation, or on CPU the bytes of parameters,
     gradients and AdamW state (activations are freed by the step, and the process's peak RSS is shared with
     everything else it ran)."""
@@ -172,8 +209,8 @@ def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmu
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        seconds = median_seconds(lambda: training_step(backbone, optimizer, batch, device, dtype), warmup,
-                                 max(repeats, 1), device)  # fmt: skip
+        seconds, peak = paired_timing(lambda: training_step(backbone, optimizer, batch, device, dtype), probe, warmup,
+                                      max(repeats, 1), device)  # fmt: skip
         if device.type == "cuda":
             memory, measure = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
         else:
@@ -182,7 +219,7 @@ def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmu
         backbone.eval()
         backbone.zero_grad(set_to_none=True)
     return {"seconds": seconds, "images": batch, "gflops_per_image": train_gflops(target),
-            "memory_bytes": memory, "memory_measure": measure}  # fmt: skip
+            "adjacent_peak_tflops": peak, "memory_bytes": memory, "memory_measure": measure}  # fmt: skip
 
 
 def state_bytes(backbone: nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -1,0 +1,114 @@
+"""``benchmark --official_enat PATH``: the official ENAT loop is imported from the user's clone in a child process,
+built at the benchmarked ENAT's size and timed beside ours. CI has no clone (no network), so a stand-in with the
+official module layout and call signatures records what it was given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_nat.commands.cli import main
+from lit_nat.core.errors import UsageError
+from tests.helpers.tiny import ENAT_ARCH, UVIT_ONE_BLOCK_ARCH
+
+STAND_IN_MODELS = '''
+import json, os
+import torch
+from torch import nn
+from timm.models.vision_transformer import Mlp  # resolved from the clone, as the official code does
+
+
+class DiT(nn.Module):
+    def __init__(self, input_size=32, hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1,
+                 num_classes=1000, learn_sigma=True, codebook_size=1024, args=None):
+        super().__init__()
+        record = dict(input_size=input_size, hidden_size=hidden_size, depth=depth, num_heads=num_heads,
+                      mlp_ratio=mlp_ratio, num_classes=num_classes, codebook_size=codebook_size,
+                      enc_dec=list(args.enc_dec), cfg_scale=args.cfg_scale)
+        with open(os.environ["STAND_IN_RECORD"], "w") as f:
+            json.dump(record, f)
+        self.embed = nn.Embedding(codebook_size + 1, hidden_size)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.codebook_size = codebook_size
+
+    def forward(self, ids, context=None, prev_dict=None, return_dict=False):
+        logits = self.mlp(self.embed(ids)) @ self.embed.weight[: self.codebook_size].T
+        return {"logits": logits, "feat": None, "masking": ids == self.codebook_size}
+'''
+
+STAND_IN_SCHEDULE = '''
+import torch
+
+
+class NATSchedule:
+    def __init__(self, codebook_size, device, ignore_ind=-1, smoothing=0.1, beta_alpha_beta=(12, 3), args=None):
+        self.mask_ind, self.device, self.args = codebook_size, device, args
+
+    @torch.no_grad()
+    def generate(self, sample_steps, _n_samples, nnet, decode_fn, latent_size, **kwargs):
+        ids = torch.full((_n_samples, latent_size * latent_size), self.mask_ind, device=self.device)
+        for _ in range(sample_steps):
+            ids = nnet(ids, **kwargs, return_dict=True)["logits"].argmax(-1)
+        return decode_fn(ids)
+'''
+
+STAND_IN_TIMM = '''
+from torch import nn
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, in_features, hidden_features):
+        super().__init__(nn.Linear(in_features, hidden_features), nn.GELU(), nn.Linear(hidden_features, in_features))
+'''
+
+TINY = ["--arch_overrides", json.dumps(ENAT_ARCH), "--codebook_size", "12", "--grid_size", "4", "--num_classes", "1000",
+        "--batch", "2", "--steps", "3", "--warmup", "0", "--repeats", "1", "--matmul_size", "64", "--device", "cpu",
+        "--cases", "sampling", "--reuse", "true"]  # fmt: skip
+
+
+def stand_in_clone(root: Path) -> Path:
+    files = [("libs/__init__.py", ""), ("libs/models.py", STAND_IN_MODELS), ("libs/nat_misc.py", STAND_IN_SCHEDULE),
+             ("timm/__init__.py", ""), ("timm/models/__init__.py", ""),
+             ("timm/models/vision_transformer.py", STAND_IN_TIMM)]  # fmt: skip
+    for path, text in files:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+def run(capsys, *options: str) -> list[dict]:
+    main(["benchmark", *options])
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_the_official_loop_runs_beside_ours_at_the_same_size(capsys, tmp_path, monkeypatch):
+    record = tmp_path / "record.json"
+    monkeypatch.setenv("STAND_IN_RECORD", str(record))
+    clone = stand_in_clone(tmp_path / "ENAT")
+    ours, official = run(capsys, "--arch", "enat-tiny", *TINY, "--official_enat", str(clone))
+    assert (ours["arch"], official["arch"]) == ("enat-tiny", "official:enat-tiny")
+    assert official["skipped"] is None and official["images_per_s"] > 0
+    assert official["gflops_per_image"] == ours["gflops_per_image"]  # the same blocks on the same tokens
+    assert official["peak_source"] == "adjacent matmul" and official["peak_tflops"] > 0
+    width, encoder, decoder, heads = (ENAT_ARCH[k] for k in ("width", "encoder_layers", "decoder_layers", "num_heads"))
+    assert json.loads(record.read_text()) == dict(
+        input_size=4, hidden_size=width, depth=encoder + decoder, num_heads=heads, mlp_ratio=4.0, num_classes=1000,
+        codebook_size=12, enc_dec=[encoder, decoder], cfg_scale=2.5)  # fmt: skip
+
+
+def test_a_failing_clone_or_another_backbone_is_a_skipped_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("STAND_IN_RECORD", str(tmp_path / "record.json"))
+    clone = stand_in_clone(tmp_path / "ENAT")
+    (clone / "libs/nat_misc.py").write_text("raise ImportError('numpy too new for this clone')\n")
+    _, official = run(capsys, "--arch", "enat-tiny", *TINY, "--official_enat", str(clone))
+    assert "failed: ImportError: numpy too new for this clone" in official["skipped"]
+    rows = run(capsys, "--arch", "autonat-tiny", *TINY[2:], "--arch_overrides", json.dumps(UVIT_ONE_BLOCK_ARCH),
+               "--official_enat", str(clone))  # fmt: skip
+    assert [r["arch"] for r in rows] == ["autonat-tiny"]  # the official ENAT loop is offered for ENAT backbones only
+
+
+def test_a_path_that_is_not_a_clone_is_one_line(tmp_path):
+    with pytest.raises(UsageError, match=r"--official_enat .*: no libs/models.py there; give a clone of LeapLabTHU"):
+        main(["benchmark", "--arch", "enat-tiny", *TINY, "--official_enat", str(tmp_path)])
