@@ -35,8 +35,7 @@ def merge_adapter(ckpt_path: str, out: str, adapters: AdapterSet = AdapterSet(),
     merged = module_from_hparams(hparams, ckpt_path, schedule=model.schedule.to_dict())
     merged.backbone.load_state_dict(state)
     merged.ema_backbone.load_state_dict(state)
-    record = {"merged_from": str(ckpt_path), "adapters": list(adapters.adapters or []),
-              "adapter_weights": list(adapters.adapter_weights or [])}  # fmt: skip
+    record = {"merged_from": str(ckpt_path), "adapters": [], "adapter_weights": [], **adapters.record()}
     save_checkpoint_file(build_checkpoint(merged, record), path)
     rank_zero_info(f"merge-adapter: wrote {path}")
     return path

@@ -232,11 +232,13 @@ def sample(trainer: NATTrainer, model: L.LightningModule, ckpt_path: str | None 
     """
     assets.apply(model)
     with adapters.merged_in(trainer):  # after the checkpoint is restored, before the weights' digest is taken
-        return run_sample(trainer, model, ckpt_path, request)
+        return run_sample(trainer, model, ckpt_path, request, adapters.record())
 
 
-def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | None, request: SampleRequest) -> Path:
-    """:func:`sample` once the model's assets are in place; returns the written ``.npz``."""
+def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | None, request: SampleRequest,
+               adapters: dict[str, list] | None = None) -> Path:  # fmt: skip
+    """:func:`sample` once the model's assets are in place; returns the written ``.npz``. ``adapters``: what
+    :meth:`AdapterSet.record` says was merged, for ``samples.json``."""
     files, labels = SampleFiles.at(request.out), request.labels
     if files.npz.exists() and not request.overwrite:
         raise FileExistsError(f"{files.npz} exists; pass --overwrite true or another --out")
@@ -253,7 +255,7 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
                 "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
     if prompts is not None:
         settings = {**settings, "labels": None, "prompts": prompts}
-    info = {"checkpoint": ckpt_path, **settings, "schedule_source": request.schedule or "checkpoint"}
+    info = {"checkpoint": ckpt_path, **(adapters or {}), **settings, "schedule_source": request.schedule or "checkpoint"}
     # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
     lock = DirectoryLock(files.folder, "lit_nat sample").acquire() if trainer.is_global_zero else None
     try:

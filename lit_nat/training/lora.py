@@ -312,6 +312,12 @@ class AdapterSet:
             raise UsageError(f"--adapter_weights: {len(weights)} weights for {len(paths)} adapters; give one each")
         return [(read_adapter(p), float(w)) for p, w in zip(paths, weights or [1.0] * len(paths))]
 
+    def record(self) -> dict[str, list]:
+        """What was merged, for the files a run writes (``samples.json``, a merged checkpoint); empty without any."""
+        if not self.adapters:
+            return {}
+        return {"adapters": list(self.adapters), "adapter_weights": list(self.adapter_weights or [1.0] * len(self.adapters))}
+
     def apply(self, model: Any) -> None:
         """Merge the adapters into ``model``'s online and EMA backbones (nothing when none is given)."""
         if not self.adapters:

@@ -179,3 +179,28 @@ def test_search_shows_its_own_progress_not_an_idle_validation_bar(setup, tmp_pat
     assert "update 1:   0%|" in err and "/7 [" in err  # its FID evaluations: 6 forward differences + the new point
     assert "digits-FID-6:   0%|" in err and "0/6 [" in err  # the images of each FID
     assert "Validation" not in err
+
+
+def test_search_with_adapters_searches_the_merged_weights(setup, tmp_path):
+    """``--adapters`` merges LoRA adapters before the search: the same search, FID for FID, as on the checkpoint that
+    merge-adapter writes; and the state belongs to the merged weights (resuming without the adapter is refused)."""
+    from lit_nat import load_model
+    from lit_nat.training.lora import LoraSettings, adapter_parameters, add_adapters, base_identity, write_adapter
+
+    config, ckpt = setup
+    backbone = load_model(str(ckpt)).ema_backbone
+    lora = {"base": base_identity(str(ckpt)), "peft_config": add_adapters(backbone, LoraSettings(rank=2, alpha=2))}
+    torch.manual_seed(0)
+    for parameter in adapter_parameters(backbone):  # (B starts at zero: an adapter that changes nothing)
+        parameter.data.normal_(std=0.5)
+    adapter = write_adapter(tmp_path / "adapter", backbone, lora).parent
+    merged = tmp_path / "merged.ckpt"
+    main(["merge-adapter", f"--ckpt_path={ckpt}", f"--out={merged}", "--adapters", str(adapter)])
+    search(config, ckpt, tmp_path / "with_adapter", "--updates=1", "--adapters", str(adapter))
+    search(config, merged, tmp_path / "merged", "--updates=1")
+    history = [[{k: v for k, v in update.items() if k != "seconds"}  # (the wall time of each update differs)
+                for update in json.loads((tmp_path / run / "state.json").read_text())["search"]["history"]]
+               for run in ("with_adapter", "merged")]  # fmt: skip
+    assert history[0] == history[1] and history[0][0]["fid"] > 0
+    with pytest.raises(ValueError, match="other weights"):
+        search(config, ckpt, tmp_path / "with_adapter", "--updates=1")  # the base alone is other weights

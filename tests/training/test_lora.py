@@ -4,6 +4,7 @@ fresh adapter is the base exactly, merged and unmerged adapters agree, the adapt
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,9 @@ def test_sampling_with_the_adapter_reproduces_the_merged_checkpoint(lora_run):
     with_adapter = sample_npz(tmp, base, "with_adapter", "--adapters", str(tmp / "lora" / "adapter"))
     assert np.array_equal(with_adapter, sample_npz(tmp, merged, "merged"))
     assert not np.array_equal(with_adapter, sample_npz(tmp, base, "base"))  # the adapter does change the samples
+    info = json.loads((tmp / "with_adapter" / "samples.json").read_text())  # what made the images, on record
+    assert (info["adapters"], info["adapter_weights"]) == ([str(tmp / "lora" / "adapter")], [1.0])
+    assert "adapters" not in json.loads((tmp / "base" / "samples.json").read_text())
     assert read_checkpoint(merged)["hyper_parameters"]["lora"] is None
     lora, plain = load_model(str(ckpt)), load_model(str(merged))  # unmerged (peft layers) vs merged weights
     ids, labels = torch.randint(0, 13, (4, 16)), torch.tensor([0, 1, 2, 3])
