@@ -11,6 +11,9 @@ counts, guidance, text conditions and ENAT's feature reuse are the loop's busine
   is this policy under an annealed tau1 = tau2 (:meth:`GenerationSchedule.titok`).
 - ``halton`` (Halton-MaskGIT): a fixed order of the grid, the first-visit order of the 2-D Halton sequence (bases 2
   and 3, from index 1) over the cells; each step reveals the next tokens of that order. No randomness.
+- ``halton_roll`` (Halton-MaskGIT's ``randomize``): each image follows the Halton order rotated by its own random
+  offset in ``[0, N)`` (``torch.roll`` of the order), drawn once per generation from the loop's generator, so images
+  of one batch do not all reveal the same cells first.
 - ``random``: a uniformly random order per image, the ablation baseline. One uniform per position.
 """
 
@@ -23,7 +26,7 @@ from functools import lru_cache
 import torch
 
 #: the policies a schedule may name
-POLICIES = ("confidence", "halton", "random")
+POLICIES = ("confidence", "halton", "halton_roll", "random")
 
 
 def radical_inverse(index: int, base: int) -> float:
@@ -66,23 +69,35 @@ class RevealPolicy:
 
     name: str
     rank: torch.Tensor | None = None  # (N,) halton places, on the loop's device
+    offset: torch.Tensor | None = None  # (B, 1) halton_roll's rotation of each image's order, drawn at the first step
 
     @classmethod
     def of(cls, name: str, num_tokens: int, device: torch.device) -> RevealPolicy:
         if name not in POLICIES:
             raise ValueError(f"unknown reveal policy {name!r}; expected one of {list(POLICIES)}")
-        return cls(name, halton_rank(num_tokens).to(device) if name == "halton" else None)
+        return cls(name, halton_rank(num_tokens).to(device) if name.startswith("halton") else None)
 
     def priority(self, score: torch.Tensor, remask_temperature: float, generator: torch.Generator) -> torch.Tensor:
         """``(B, N)``: the lowest ``k`` are re-masked. ``score`` is the draw's confidence, +inf where visible."""
         if self.name == "confidence":
             return score + remask_temperature * gumbel_noise(score.shape, generator, score.device)
         visible = score == float("inf")
-        if self.name == "halton":  # later in the order = lower priority = stays masked longer
-            order = (-self.rank).expand_as(score)
+        if self.name.startswith("halton"):  # later in the order = lower priority = stays masked longer
+            order = -self.rolled_rank(score, generator)
         else:
             order = torch.rand(score.shape, generator=generator, device=score.device)
         return order.masked_fill(visible, float("inf"))
+
+    def rolled_rank(self, score: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``(B, N)`` Halton places; for ``halton_roll`` each row's order rotated by the row's offset: the position
+        at place ``i`` moves to place ``(i + offset) mod N``, as ``torch.roll(order, offset)`` does."""
+        rank = self.rank.expand_as(score)
+        if self.name != "halton_roll":
+            return rank
+        if self.offset is None:
+            batch, n = score.shape
+            self.offset = torch.randint(0, n, (batch, 1), generator=generator, device=score.device)
+        return (rank + self.offset) % score.shape[1]
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,8 @@ Conventions (those of both official code bases):
   re-masked (Gumbel-top-k = sampling without replacement from softmax(C / tau2)); it is unused at the last step.
 - ``guidance[t]`` (s) is the classifier-free guidance scale w in ``cond + w * (cond - uncond)`` (0 = no guidance).
 - ``reveal`` names the policy that picks which drawn tokens stay (:mod:`lit_nat.generation.reveal`): ``confidence``
-  (the default, the one both official code bases use; tau2 is its only knob), ``halton`` or ``random``.
+  (the default, the one both official code bases use; tau2 is its only knob), ``halton``, ``halton_roll`` or
+  ``random``.
 
 Count rule, :meth:`GenerationSchedule.masked_counts`: after step t < T-1 the number kept masked is
 ``max(1, min(m_prev - 1, floor(N * r[t])))`` (the official AutoNAT guard: every step reveals at least one token and

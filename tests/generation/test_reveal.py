@@ -104,3 +104,26 @@ def test_the_schedule_search_keeps_the_start_schedules_policy():
     assert probe.reveal == "halton"
     resumed = SearchSession(SearchSettings()).restore({"search": search.state_dict()})
     assert resumed.space.to_schedule(resumed.xi).reveal == "halton"
+
+
+def test_halton_roll_rotates_the_order_per_image_and_keeps_it_across_steps():
+    """Halton-MaskGIT's ``randomize``: each image follows ``torch.roll(order, offset)`` with its own offset."""
+    model, schedule = model_for("uvit"), schedule_for("halton_roll")
+    result = model.generate(torch.tensor([0, 1, 2, 0, 1, 2]), seed=3, schedule=schedule, return_history=True)
+    order = torch.tensor(halton_order(GRID))
+    offsets = set()
+    for row in range(6):
+        fits = []
+        for offset in range(N):  # the offsets whose rolled order explains every step of this row
+            rolled = torch.roll(order, offset).tolist()
+            ok = True
+            for t, ids in enumerate(result.history[:-1]):
+                want = torch.zeros(N, dtype=torch.bool)
+                want[rolled[: N - schedule.masked_counts(N)[t]]] = True
+                ok = ok and bool(((ids[row] != K) == want).all())
+            fits += [offset] if ok else []
+        assert len(fits) >= 1, row  # one rotation of the Halton order, held through all steps
+        offsets.add(fits[0])
+    assert len(offsets) > 1  # not the same rotation for every image
+    again = model.generate(torch.tensor([0, 1, 2, 0, 1, 2]), seed=3, schedule=schedule, return_history=True)
+    assert torch.equal(again.ids, result.ids)
