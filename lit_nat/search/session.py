@@ -6,7 +6,8 @@ around it that both callers need: the FID objective through a
 :class:`~lit_nat.callbacks.evaluation.GenerativeEvaluation` (with the search's own number of images per evaluation),
 an optional FID cache keyed by xi (the command's: its model is fixed, so a point is never evaluated twice; inside
 ``fit`` the model changes between updates, so nothing is cached), a progress bar of FID evaluations per update, and
-the files: ``search_{k}.yaml`` (ours), ``stp_{k}.yaml`` (official format), ``best.yaml`` and ``state.json``.
+the files: ``search_{k}.yaml`` (ours), ``stp_{k}.yaml`` (official format; only for the ``confidence`` policy, the
+one that format can express), ``best.yaml`` and ``state.json``.
 
 ``state.json`` has one schema for both callers: ``search`` (xi, momentum buffer, updates, best, history), ``names``
 (the coordinates of xi), ``cache`` (xi key -> FID, non-finite as null) and ``fingerprint`` (what the cached FIDs
@@ -194,7 +195,8 @@ class SearchSession:
         folder.mkdir(parents=True, exist_ok=True)
         if new_point:
             search.schedule.save(folder / f"search_{search.updates}.yaml")
-            search.schedule.save(folder / f"stp_{search.updates}.yaml", official=True)
+            if search.schedule.reveal == "confidence":  # the official format has no reveal policy
+                search.schedule.save(folder / f"stp_{search.updates}.yaml", official=True)
         best_xi, best_fid = search.best_xi, search.best_fid
         if best_xi is None:  # only the starting point is known
             known = self.cached(search.xi)

@@ -204,3 +204,15 @@ def test_search_with_adapters_searches_the_merged_weights(setup, tmp_path):
     assert history[0] == history[1] and history[0][0]["fid"] > 0
     with pytest.raises(ValueError, match="other weights"):
         search(config, ckpt, tmp_path / "with_adapter", "--updates=1")  # the base alone is other weights
+
+
+def test_a_search_from_another_reveal_policy_keeps_it_in_its_files(setup, tmp_path):
+    """The official strategy format has no reveal policy: a halton search writes lit_nat's files only, each with
+    the policy, and no stp_k.yaml (it used to stop at the first update trying to write one)."""
+    config, ckpt = setup
+    start = GenerationSchedule.preset("heuristic", steps=2, reveal="halton").save(tmp_path / "halton.yaml")
+    out = tmp_path / "search"
+    search(config, ckpt, out, "--updates=1", f"--schedule={start}")
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == ["best.yaml", "search_0.yaml", "search_1.yaml", "state.json"]
+    assert {GenerationSchedule.load(out / n).reveal for n in names if n.endswith(".yaml")} == {"halton"}
