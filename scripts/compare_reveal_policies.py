@@ -8,6 +8,10 @@ with the digits extractor against the digits' val statistics (the validation pro
 The schedules are the demo's heuristic one (tau2 = 1 annealed, guidance 1) at T steps under each policy, and TiTok's
 randomized temperature (tau0 = 1) for the ``titok`` row. Prints a markdown table; writes results.json (atomic).
 Text checkpoints take ``--prompts_file`` (one prompt per line, cycled) instead of labels.
+
+With ``--search_updates N --config CONFIG`` each policy's schedule is also searched (``python -m lit_nat search``, N
+updates, its FID on ``--search_samples`` images of the config's evaluation; the search keeps the policy) and its
+``best.yaml`` is evaluated by the same protocol as a "(searched)" row; a killed run resumes each search.
 """
 
 from __future__ import annotations
@@ -34,13 +38,26 @@ POLICIES = {
 
 
 def run_case(args: argparse.Namespace, name: str, steps: int, out: Path) -> dict:
-    schedule = POLICIES[name](steps)
-    schedule_file = schedule.save(out / f"{name}_T{steps}.yaml")
-    samples = out / f"{name}_T{steps}.npz"
+    return evaluate_schedule(args, name, steps, out, POLICIES[name](steps).save(out / f"{name}_T{steps}.yaml"))
+
+
+def run_search(args: argparse.Namespace, name: str, steps: int, out: Path) -> dict:
+    """The policy's schedule searched for ``--search_updates`` updates, then evaluated like the others."""
+    start = POLICIES[name](steps).save(out / f"{name}_T{steps}.yaml")
+    folder = out / f"search_{name}_T{steps}"
+    main(["search", "--config", args.config, "--ckpt_path", args.ckpt, "--schedule", str(start), "--updates",
+          str(args.search_updates), "--num_samples", str(args.search_samples), "--out", str(folder)])  # fmt: skip
+    return evaluate_schedule(args, f"{name} (searched)", steps, out, folder / "best.yaml")
+
+
+def evaluate_schedule(args: argparse.Namespace, name: str, steps: int, out: Path, schedule_file: Path) -> dict:
+    schedule = GenerationSchedule.load(schedule_file)
+    stem = name.replace(" (searched)", "_searched")
+    samples = out / f"{stem}_T{steps}.npz"
     condition = ["--prompts_file", args.prompts_file] if args.prompts_file else []
     main(["sample", "--ckpt_path", args.ckpt, "--schedule", str(schedule_file), "--num_samples", "200",
           "--batch_size", "200", "--seed", "0", "--out", str(samples), "--overwrite", "true", *condition])  # fmt: skip
-    report = out / f"{name}_T{steps}.eval.json"
+    report = out / f"{stem}_T{steps}.eval.json"
     main(["evaluate", "--samples", str(samples), "--reference", f"{args.data}/digits_fid_stats_val.npz",
           "--extractor", "digits", "--weights_path", f"{args.data}/digits_classifier.pt", "--out", str(report),
           "--paper_samples", "200", "--precision_recall", "false", "--device", "cpu"])  # fmt: skip
@@ -59,14 +76,21 @@ def main_script() -> None:
     parser.add_argument("--prompts_file", default=None)
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--out", default="runs/reveal_policies")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--search_updates", type=int, default=0, help="also search each policy's schedule")
+    parser.add_argument("--search_samples", type=int, default=200, help="images per FID of the search")
+    parser.add_argument("--config", default="configs/demo_digits.yaml", help="the search's evaluation")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.time()
     for steps in args.steps:
-        for name in POLICIES:
+        for name in args.policies:
             rows.append(run_case(args, name, steps, out))
             print(json.dumps(rows[-1]), flush=True)
+            if args.search_updates:
+                rows.append(run_search(args, name, steps, out))
+                print(json.dumps(rows[-1]), flush=True)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
     print(f"\n{len(rows)} cases in {time.time() - start:.0f} s\n")
     print("| policy | T | digits-FID | IS | GFLOPs/image |\n|---|---|---|---|---|")
