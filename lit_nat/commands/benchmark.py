@@ -44,8 +44,8 @@ class BenchmarkRequest:
             (the tokenizer's decode), draw (one step's token draw, gumbel and inverse_cdf, at --draw_shape).
         batch: images per call (default 8); each value is a case.
         steps: decoding steps T (default 8; guided ENAT schedule); each value is a case.
-        dtype: fp32 (default), bf16 or fp16 (autocast, as bf16-mixed training runs), bf16-true (weights cast to
-            bfloat16, as sample --precision bf16-true; sampling only); each value is a case.
+        dtype: fp32 (default), bf16 or fp16 (autocast, as bf16-mixed training runs), bf16-true (weights cast once to
+            bfloat16, Lightning's bf16-true; sampling only); each value is a case.
         compile: false (default), true (torch.compile), cuda_graphs (torch.compile reduce-overhead; CUDA only); each
             value is a case.
         reuse: ENAT's feature reuse: both (with and without), true or false; other backbones run once.
@@ -172,8 +172,8 @@ def matmul_size(request: BenchmarkRequest, device: torch.device) -> int:
 
 
 def probes(request: BenchmarkRequest, device: torch.device) -> Callable[[str], Callable[[], float] | None]:
-    """``dtype -> probe``: the matmul that measures the peak next to each timed call, one per dtype, made on first
-    use; None where the peak is given or --adjacent_peak is false."""
+    """``dtype -> probe``: the matmul that measures the peak next to each timed call, one per dtype (its matrices
+    made when the plan first names the dtype); None where the peak is given or --adjacent_peak is false."""
     made: dict[str, Callable[[], float]] = {}
 
     def probe_for(dtype: str) -> Callable[[], float] | None:

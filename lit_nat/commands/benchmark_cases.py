@@ -27,7 +27,7 @@ from lit_nat.training.objective import masked_token_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-true": torch.bfloat16}
 #: ``--dtype`` -> sampling precision (:mod:`lit_nat.generation.precision`): bf16 and fp16 are autocast, as training
-#: runs them; bf16-true casts the weights once, as ``sample --precision bf16-true`` does
+#: runs them; bf16-true casts the weights once (Lightning's bf16-true)
 PRECISION_OF = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "bf16-true": "bf16-true"}
 #: ``--compile`` values: eager, ``torch.compile`` (default mode), ``torch.compile(mode="reduce-overhead")`` (CUDA graphs)
 COMPILE_MODES = ("false", "true", "cuda_graphs")
@@ -162,8 +162,8 @@ def sampling_gflops_text(model: nn.Module, steps: int) -> float:
 def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool,
              device: torch.device, warmup: int, repeats: int, probe: Callable[[], float] | None = None,
              ) -> dict[str, Any]:  # fmt: skip
-    """The decoding loop of ``sample`` (guided ENAT schedule, two backbone rows per image and step) in the precision
-    ``sample --precision`` gives (:data:`PRECISION_OF`), tokens out."""
+    """The decoding loop of ``sample`` (guided ENAT schedule, two backbone rows per image and step) in the sampling
+    precision of ``dtype`` (:data:`PRECISION_OF`), tokens out."""
     precision = PRECISION_OF[dtype]
     backbone = target.backbone
     if precision == "bf16-true":  # a copy: the fp32 weights serve the other cases

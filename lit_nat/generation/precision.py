@@ -19,7 +19,7 @@ import contextlib
 import torch
 from torch import nn
 
-#: ``--precision`` values: autocast dtype of the ``-mixed`` ones, weight dtype of the ``-true`` ones
+#: the precisions by name: autocast dtype of the ``-mixed`` ones, weight dtype of the ``-true`` ones
 PRECISIONS = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16,
               "bf16-true": torch.bfloat16}  # fmt: skip
 
