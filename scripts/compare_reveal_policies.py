@@ -31,6 +31,8 @@ POLICIES = {
     "confidence": lambda t: GenerationSchedule.preset("heuristic", steps=t, remask_temperature=1.0, guidance=1.0),
     "halton": lambda t: GenerationSchedule.preset("heuristic", steps=t, remask_temperature=1.0, guidance=1.0,
                                                   reveal="halton"),  # fmt: skip
+    "halton_roll": lambda t: GenerationSchedule.preset("heuristic", steps=t, remask_temperature=1.0, guidance=1.0,
+                                                       reveal="halton_roll"),  # fmt: skip
     "random": lambda t: GenerationSchedule.preset("heuristic", steps=t, remask_temperature=1.0, guidance=1.0,
                                                   reveal="random"),  # fmt: skip
     "titok": lambda t: GenerationSchedule.preset("titok", steps=t, randomize_temperature=1.0, guidance=1.0),
