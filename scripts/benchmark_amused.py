@@ -21,7 +21,6 @@ import contextlib
 import json
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_nat.commands.benchmark_cases import median_seconds  # noqa: E402
 from lit_nat.models.amused import AMUSED_256_TRANSFORMER, AMUSED_REDUCED_TRANSFORMER  # noqa: E402
 from lit_nat.models.amused_folder import save_random_amused  # noqa: E402
 from lit_nat.training.importer import amused_module  # noqa: E402
@@ -39,18 +39,8 @@ SIZES = {"full": AMUSED_256_TRANSFORMER, "reduced": AMUSED_REDUCED_TRANSFORMER}
 
 
 def timed(fn, repeats: int, device: str) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call (benchmark's own timer)."""
+    return median_seconds(fn, 1, repeats, torch.device(device))
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lit_nat.conditioning.condition import TextCondition
 from lit_nat.generation.decoding import categorical_draw, generate, make_generator
-from lit_nat.generation.precision import cast_for_sampling, sampling_context
+from lit_nat.generation.precision import autocast_for, cast_for_sampling, sampling_context
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models.amused import AmusedBackbone
 from lit_nat.models.flops import WithoutReuse, generation_flops
@@ -69,9 +69,7 @@ def seconds_of(fn: Callable[[], Any], device: torch.device) -> float:
 
 def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
     """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (compilation, caches, allocator)."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median(seconds_of(fn, device) for _ in range(repeats))
+    return paired_timing(fn, None, warmup, repeats, device)[0]
 
 
 def paired_timing(fn: Callable[[], Any], probe: Callable[[], float] | None, warmup: int, repeats: int,
@@ -98,11 +96,9 @@ def matmul_probe(size: int, dtype: str, device: torch.device) -> Callable[[], fl
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     """Mixed precision as ``--trainer.precision bf16-mixed`` runs it (weights in fp32, matmuls in ``dtype``)."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
     if dtype == "bf16-true":
         raise Skip("bf16-true (weights cast to bfloat16) is a sampling precision; train in bf16 with autocast (bf16)")
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+    return autocast_for(device, PRECISION_OF[dtype])
 
 
 def compiled(backbone: nn.Module, mode: str, device: torch.device) -> nn.Module:
@@ -139,24 +135,13 @@ def conditions(backbone: nn.Module, batch: int, device: torch.device) -> tuple[A
 
 
 def sampling_gflops(target: Target, steps: int, reuse: bool) -> float:
-    """GFLOPs of one guided image over ``steps`` steps, as ``flops`` counts it (reuse off: :class:`WithoutReuse`)."""
+    """GFLOPs of one guided image over ``steps`` steps, as ``flops`` counts it (reuse off: :class:`WithoutReuse`);
+    a text backbone is counted with text conditions of its width."""
     with torch.device("meta"):
         meta = target.meta_builder().eval()
     model = meta if reuse or not getattr(meta, "supports_reuse", False) else WithoutReuse(meta)
-    if text_shape(meta) is not None:  # (generation_flops emulates class conditions)
-        return sampling_gflops_text(model, steps)
-    return sum(generation_flops(model, GenerationSchedule.enat(steps), guided=True)) / 1e9
-
-
-def sampling_gflops_text(model: nn.Module, steps: int) -> float:
-    """A text backbone's guided image: two rows per step, each step counted as the first (all masked), exact for
-    backbones without reuse such as aMUSEd."""
-    condition, _ = conditions(model, 2, torch.device("meta"))
-    ids = torch.zeros(2, model.num_tokens, dtype=torch.long, device="meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(ids, condition, None, num_masked=model.num_tokens)
-    return steps * counter.get_total_flops() / 1e9
+    rows = conditions(meta, 2, torch.device("meta"))[0] if text_shape(meta) is not None else None
+    return sum(generation_flops(model, GenerationSchedule.enat(steps), guided=True, condition=rows)) / 1e9
 
 
 def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool,

@@ -30,17 +30,23 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def autocast_for(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast in the dtype of a ``-mixed`` precision; nothing for a ``-true`` one."""
+    if check_precision(precision).endswith("-mixed"):
+        return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision])
+    return contextlib.nullcontext()
+
+
 def sampling_context(device: torch.device | str, precision: str = "32-true") -> contextlib.ExitStack:
     """No gradients, and autocast for a ``-mixed`` precision (see the module's note on inference mode)."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.no_grad())
-    if check_precision(precision).endswith("-mixed"):
-        stack.enter_context(torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision]))
+    stack.enter_context(autocast_for(device, precision))
     return stack
 
 
 def cast_for_sampling(backbone: nn.Module, precision: str = "32-true") -> nn.Module:
     """The backbone in the weight dtype of ``precision``: cast in place for ``bf16-true``, unchanged otherwise."""
-    if check_precision(precision).endswith("-true") and precision != "32-true":
+    if check_precision(precision) == "bf16-true":
         backbone.to(PRECISIONS[precision])
     return backbone

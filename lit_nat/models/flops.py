@@ -68,18 +68,21 @@ def format_gflops(parts: dict[str, float]) -> str:
     return f"{sum(parts.values()):,.1f} GFLOPs ({detail})"
 
 
-def generation_flops(backbone: nn.Module, schedule: GenerationSchedule, guided: bool) -> list[int]:
+def generation_flops(backbone: nn.Module, schedule: GenerationSchedule, guided: bool,
+                     condition: Any = None) -> list[int]:  # fmt: skip
     """FLOPs of each decoding step for ONE image (two backbone rows per image with guidance).
 
     Emulates :func:`lit_nat.generation.decoding.generate`'s backbone calls: the same batch layout, the same masked
     counts and the state threaded from step to step; which positions are revealed does not change the count.
+    ``condition``: the rows' condition (a text condition of 1 or 2 rows for a text backbone); default class 0.
     """
     device = next(backbone.parameters()).device
     n, mask_id = backbone.num_tokens, backbone.mask_id
     rows = 2 if guided else 1
     order = torch.randperm(n).to(device)  # reveal order: any fixed permutation
-    labels = torch.zeros(rows, dtype=torch.long, device=device)
-    prepare_flops, condition = count_flops(prepare_condition, backbone, labels)  # once per call, as generate does
+    if condition is None:
+        condition = torch.zeros(rows, dtype=torch.long, device=device)
+    prepare_flops, condition = count_flops(prepare_condition, backbone, condition)  # once per call, as generate does
     state, masked, per_step = None, n, []
     for kept in schedule.masked_counts(n):
         ids = torch.zeros(rows, n, dtype=torch.long, device=device)
