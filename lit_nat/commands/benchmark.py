@@ -63,6 +63,8 @@ class BenchmarkRequest:
         num_classes: classes of --arch.
         official_enat: a clone of LeapLabTHU/ENAT: its sampling loop, at the size of each ENAT --arch, timed beside
             each of our sampling cases with reuse (see lit_nat.commands.benchmark_official).
+        official_autonat: a clone of LeapLabTHU/ImprovedNAT: the official AutoNAT loop, at the size of each U-ViT
+            --arch (16 x 16 grid), timed beside each of our sampling cases.
         out: also write the JSON lines to this file (whole or not at all).
     """
 
@@ -87,6 +89,7 @@ class BenchmarkRequest:
     grid_size: int = 16
     num_classes: int = 1000
     official_enat: str | None = None
+    official_autonat: str | None = None
     out: str | None = None
 
 
@@ -113,8 +116,8 @@ def check_request(request: BenchmarkRequest) -> None:
             ("--batch", b) for b in request.batch), *(("--steps", s) for s in request.steps)):  # fmt: skip
         if value < 1:
             raise UsageError(f"benchmark: {flag} must be >= 1 (--warmup >= 0), got {value - (flag == '--warmup')}")
-    if request.official_enat:
-        official.check_official_root(request.official_enat)
+    for code, path in official_roots(request).items():
+        official.check_official_root(path, code)
     if len(request.draw_shape) != 3:
         raise UsageError(f"benchmark: --draw_shape takes three sizes B N K, got {request.draw_shape}")
     needs_model = set(request.cases) & {"sampling", "train", "decode"}
@@ -228,16 +231,22 @@ def target_plan(request: BenchmarkRequest, target: cases.Target, timing: dict,
     return out
 
 
+def official_roots(request: BenchmarkRequest) -> dict[str, str]:
+    """The official clones given: ``{"enat": path, "autonat": path}``, each only where its option was given."""
+    given = {"enat": request.official_enat, "autonat": request.official_autonat}
+    return {code: path for code, path in given.items() if path}
+
+
 def official_plan(request: BenchmarkRequest, target: cases.Target, timing: dict, batch: int,
                   dtype: str) -> list[tuple[dict, Any]]:  # fmt: skip
-    """The official ENAT loop beside our sampling cases of ``target`` (with --official_enat, on ENAT backbones)."""
-    if not (request.official_enat and target.reuses):
-        return []
+    """The official loops beside our sampling cases of ``target``: ENAT's on ENAT backbones (--official_enat),
+    AutoNAT's on U-ViTs (--official_autonat)."""
     size = matmul_size(request, timing["device"])
     return [({"case": "sampling", "arch": f"official:{target.name}", "batch": batch, "steps": steps, "dtype": dtype,
-              "compile": "false", "reuse": True},
-             partial(official.sampling, target, Path(request.official_enat), batch=batch, steps=steps, dtype=dtype,
+              "compile": "false", "reuse": True if code == "enat" else None},
+             partial(official.sampling, target, Path(path), batch=batch, steps=steps, dtype=dtype, code=code,
                      matmul_size=size, adjacent_peak=request.adjacent_peak and not request.peak_tflops, **timing))
+            for code, path in official_roots(request).items() if official.applies(code, target)
             for steps in request.steps]  # fmt: skip
 
 

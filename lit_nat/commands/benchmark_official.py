@@ -1,24 +1,32 @@
-"""The official ENAT sampling code timed beside ours: ``python -m lit_nat benchmark --official_enat PATH``.
+"""The official sampling code timed beside ours: ``benchmark --official_enat PATH`` and ``--official_autonat PATH``.
 
-``PATH`` is the user's clone of LeapLabTHU/ENAT. Its ``DiT`` is built at the size of the ENAT being benchmarked (random
-weights: the time does not depend on them) and its ``NATSchedule.generate`` runs the same batch, steps and precision
-as our sampling case, with the release's ImageNet-256 sampling arguments (``--cfg_scale 2.5 --mask_temp 1.5
---samp_temp 6``). Nothing of that code is copied into lit_nat: it is imported from ``PATH``, in a child process, because
-its ``libs``, ``timm`` and ``taming`` packages would shadow installed ones. The child measures the matmul peak next to
-each repeat as the parent does, and prints one JSON line.
+``PATH`` is the user's clone of LeapLabTHU/ENAT or LeapLabTHU/ImprovedNAT (AutoNAT). Its model is built at the size
+of the backbone being benchmarked (random weights: the time does not depend on them) and its ``NATSchedule.generate``
+runs the same batch, steps and precision as our sampling case. Nothing of that code is copied into lit_nat: it is
+imported from ``PATH``, in a child process, because its ``libs``, ``timm`` and ``taming`` packages would shadow
+installed ones. The child measures the matmul peak next to each repeat as the parent does, and prints one JSON line.
 
-Differences worth knowing when reading the numbers: the official loop runs the conditional and the unconditional
-branch as two forwards of B rows (ours: one of 2B), draws tokens with ``torch.distributions.Categorical`` and the
-re-masking noise with NumPy on the host, and always reuses features. Its GFLOPs per image equal ours (the same
-blocks on the same tokens; its unused ``prev_embedder`` costs nothing).
+Differences worth knowing when reading the numbers:
+
+* both official loops run the conditional and the unconditional branch as two forwards of B rows (ours: one of 2B),
+  draw tokens with ``torch.distributions.Categorical`` and the re-masking noise with NumPy on the host;
+* ENAT: the release's ImageNet-256 sampling arguments (``--cfg_scale 2.5 --mask_temp 1.5 --samp_temp 6``), features
+  always reused; its unused ``prev_embedder`` costs nothing, so its GFLOPs per image equal ours;
+* AutoNAT: our case's schedule in the official strategy format (the official generate takes per-step lists; times do
+  not depend on the values), guided as its ``train.py`` evaluation guides (``cond + w (cond - uncond)``, null class
+  1000); attention through xformers where the child can import it, else its plain softmax attention (the line's
+  ``official_attention``); its grid is fixed at 16 x 16. ``loguru``, which it imports only to log, is stood in for
+  by the standard library's logger when not installed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +34,76 @@ import torch
 
 from lit_nat.commands import benchmark_cases as cases
 from lit_nat.core.errors import UsageError
+from lit_nat.generation.schedule import GenerationSchedule
 
-#: the release's ImageNet-256 sampling arguments (its README's evaluation command)
+#: the ENAT release's ImageNet-256 sampling arguments (its README's evaluation command)
 RELEASE_SAMPLING = {"cfg_scale": 2.5, "mask_temp": 1.5, "samp_temp": 6.0}
-#: the class id the official loop uses for the unconditional branch (hard-coded there)
+#: the class id both official loops use for the unconditional branch (hard-coded there)
 OFFICIAL_NULL_CLASS = 1000
+#: the token grid side the official AutoNAT ``generate`` hard-codes
+AUTONAT_GRID = 16
 
 
-def check_official_root(path: str) -> Path:
-    root = Path(path)
-    for part in ("libs/models.py", "libs/nat_misc.py", "timm/models/vision_transformer.py"):
+@dataclass(frozen=True)
+class OfficialCode:
+    """One official code base: the option naming its clone, the repository, files that show a clone is one."""
+
+    flag: str
+    repo: str
+    files: tuple[str, ...]
+
+
+OFFICIAL = {
+    "enat": OfficialCode("--official_enat", "LeapLabTHU/ENAT",
+                         ("libs/models.py", "libs/nat_misc.py", "timm/models/vision_transformer.py")),
+    "autonat": OfficialCode("--official_autonat", "LeapLabTHU/ImprovedNAT",
+                            ("libs/nat_model.py", "libs/nat_misc.py", "timm/models/vision_transformer.py")),
+}  # fmt: skip
+
+
+def check_official_root(path: str, code: str = "enat") -> Path:
+    official, root = OFFICIAL[code], Path(path)
+    for part in official.files:
         if not (root / part).is_file():
-            raise UsageError(f"benchmark: --official_enat {path}: no {part} there; give a clone of LeapLabTHU/ENAT")
+            raise UsageError(f"benchmark: {official.flag} {path}: no {part} there; give a clone of {official.repo}")
     return root
 
 
-def official_spec(target: cases.Target) -> dict[str, Any]:
-    """The official ``DiT`` arguments of the same size as ``target``'s ENAT (a Skip where the official loop cannot
-    run it)."""
+def applies(code: str, target: cases.Target) -> bool:
+    """Whether ``code``'s loop is offered beside ``target``: ENAT's for ENAT backbones, AutoNAT's for U-ViTs."""
     backbone = target.backbone
-    if not target.reuses or not hasattr(backbone, "encoder_layers"):
-        raise cases.Skip(f"the official ENAT code runs ENAT backbones only, not {type(backbone).__name__}")
+    return target.reuses if code == "enat" else hasattr(backbone, "in_blocks") and hasattr(backbone, "mid_block")
+
+
+def official_spec(target: cases.Target, code: str = "enat") -> dict[str, Any]:
+    """The official model's arguments of the same size as ``target``'s backbone (a Skip where its loop cannot run)."""
+    backbone = target.backbone
+    if not applies(code, target):
+        raise cases.Skip(f"the official {code} code runs {'ENAT' if code == 'enat' else 'U-ViT'} backbones only")
     if backbone.num_classes != OFFICIAL_NULL_CLASS or backbone.grid_size[0] != backbone.grid_size[1]:
-        raise cases.Skip("the official ENAT loop needs 1000 classes (its null class is 1000) on a square grid")
-    return dict(input_size=backbone.grid_size[0], hidden_size=backbone.width, num_heads=backbone.num_heads,
-                mlp_ratio=backbone.blocks[0].mlp.fc1.out_features / backbone.width,
-                codebook_size=backbone.codebook_size,
-                enc_dec=[backbone.encoder_layers, backbone.decoder_layers])  # fmt: skip
+        raise cases.Skip("the official loops need 1000 classes (their null class is 1000) on a square grid")
+    if getattr(backbone, "context_embed", None) is not None:
+        raise cases.Skip("the official class-conditional loops take class ids, not text")
+    block = backbone.blocks[0] if code == "enat" else backbone.mid_block
+    common = dict(num_heads=backbone.num_heads, codebook_size=backbone.codebook_size,
+                  mlp_ratio=block.mlp.fc1.out_features / backbone.width)  # fmt: skip
+    if code == "enat":
+        return dict(input_size=backbone.grid_size[0], hidden_size=backbone.width,
+                    enc_dec=[backbone.encoder_layers, backbone.decoder_layers], **common)  # fmt: skip
+    if backbone.grid_size[0] != AUTONAT_GRID:
+        raise cases.Skip(f"the official AutoNAT generate is fixed at a {AUTONAT_GRID} x {AUTONAT_GRID} grid")
+    return dict(img_size=AUTONAT_GRID, embed_dim=backbone.width, depth=backbone.num_layers - 1,
+                qkv_bias=backbone.mid_block.attn.qkv.bias is not None, **common)  # fmt: skip
 
 
 def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype: str, device: torch.device,
-             warmup: int, repeats: int, matmul_size: int, adjacent_peak: bool) -> dict[str, Any]:  # fmt: skip
+             warmup: int, repeats: int, matmul_size: int, adjacent_peak: bool,
+             code: str = "enat") -> dict[str, Any]:  # fmt: skip
     """Our sampling case's numbers for the official loop, measured in a child process."""
     if dtype == "bf16-true":
         raise cases.Skip("the official code samples in float32 or under autocast; bf16-true is lit_nat's")
-    request = dict(root=str(root), model=official_spec(target), batch=batch, steps=steps, dtype=dtype,
-                   device=str(device), warmup=warmup, repeats=repeats, matmul_size=matmul_size,
+    request = dict(code=code, root=str(root), model=official_spec(target, code), batch=batch, steps=steps,
+                   dtype=dtype, device=str(device), warmup=warmup, repeats=repeats, matmul_size=matmul_size,
                    adjacent_peak=adjacent_peak)  # fmt: skip
     child = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)], capture_output=True, text=True)
     lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
@@ -69,14 +111,28 @@ def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype:
         last = (child.stderr.strip().splitlines() or ["no output"])[-1]
         raise cases.Skip(f"the official code at {root} failed: {last}")
     result = json.loads(lines[-1])
+    extra = {"official_attention": result["attention"]} if "attention" in result else {}
     gflops = cases.sampling_gflops(target, steps, True)
     return {"seconds": result["seconds"], "images": batch, "gflops_per_image": gflops,
-            "adjacent_peak_tflops": result["peak"]}  # fmt: skip
+            "adjacent_peak_tflops": result["peak"], **extra}  # fmt: skip
 
 
-def run_official(request: dict[str, Any]) -> dict[str, float | None]:
-    """In the child: import the official code from ``root``, build its DiT and time its ``generate``."""
-    sys.path.insert(0, request["root"])
+# ------------------------------------------------------------------------------------------------ in the child
+def timed(request: dict[str, Any], device: torch.device, generate: Any) -> dict[str, Any]:
+    """Median seconds of ``generate()`` as its evaluation runs it (no_grad, the accelerator's autocast)."""
+    dtype = request["dtype"]
+
+    def run() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=cases.DTYPES[dtype], enabled=dtype != "fp32"):
+            generate()
+
+    probe = cases.matmul_probe(request["matmul_size"], dtype, device) if request["adjacent_peak"] else None
+    seconds, peak = cases.paired_timing(run, probe, request["warmup"], request["repeats"], device)
+    return {"seconds": seconds, "peak": peak}
+
+
+def run_official_enat(request: dict[str, Any]) -> dict[str, Any]:
+    """Build the official ENAT ``DiT`` and time its ``NATSchedule.generate``."""
     from libs.models import DiT  # the user's clone of LeapLabTHU/ENAT
     from libs.nat_misc import NATSchedule
 
@@ -86,16 +142,39 @@ def run_official(request: dict[str, Any]) -> dict[str, float | None]:
     nnet = DiT(depth=sum(args.enc_dec), num_classes=OFFICIAL_NULL_CLASS, args=args, **spec).to(device).eval()
     schedule = NATSchedule(codebook_size=spec["codebook_size"], device=device, args=args)
     labels = torch.arange(batch, device=device) % OFFICIAL_NULL_CLASS
-    dtype = request["dtype"]
+    return timed(request, device, lambda: schedule.generate(request["steps"], batch, nnet, lambda ids: ids,
+                                                           spec["input_size"], context=labels))  # fmt: skip
 
-    def run() -> None:  # as its eval_step: no_grad, the accelerator's autocast
-        with torch.no_grad(), torch.autocast(device.type, dtype=cases.DTYPES[dtype], enabled=dtype != "fp32"):
-            schedule.generate(request["steps"], batch, nnet, lambda ids: ids, spec["input_size"], context=labels)
 
-    probe = cases.matmul_probe(request["matmul_size"], dtype, device) if request["adjacent_peak"] else None
-    seconds, peak = cases.paired_timing(run, probe, request["warmup"], request["repeats"], device)
-    return {"seconds": seconds, "peak": peak}
+def run_official_autonat(request: dict[str, Any]) -> dict[str, Any]:
+    """Build the official AutoNAT ``UViT`` and time its ``NATSchedule.generate`` with its evaluation's guidance."""
+    if "loguru" not in sys.modules:
+        try:
+            import loguru  # noqa: F401
+        except ModuleNotFoundError:  # the official model logs through loguru.logger only
+            sys.modules["loguru"] = types.SimpleNamespace(logger=logging.getLogger("official_autonat"))
+    from libs import nat_model  # the user's clone of LeapLabTHU/ImprovedNAT
+    from libs.nat_misc import NATSchedule
+
+    spec, device, batch = dict(request["model"]), torch.device(request["device"]), request["batch"]
+    torch.manual_seed(0)
+    nnet = nat_model.UViT(num_classes=OFFICIAL_NULL_CLASS + 1, skip=True, **spec).to(device).eval()
+    schedule = NATSchedule(codebook_size=spec["codebook_size"], device=device)
+    labels = (torch.arange(batch, device=device) % OFFICIAL_NULL_CLASS)[:, None]  # (B, 1), as its test generator
+    null = torch.full_like(labels, OFFICIAL_NULL_CLASS)
+
+    def guided(ids: torch.Tensor, scale: float, context: torch.Tensor) -> torch.Tensor:  # its evaluation's guidance
+        cond, uncond = nnet(ids, context=context), nnet(ids, context=null)
+        return cond + scale * (cond - uncond)
+
+    strategy = GenerationSchedule.enat(request["steps"]).to_official()  # the schedule of our sampling case
+    result = timed(request, device, lambda: schedule.generate(request["steps"], batch, guided, lambda ids: ids,
+                                                             context=labels, **strategy))  # fmt: skip
+    return {**result, "attention": "xformers" if getattr(nat_model, "XFORMERS_IS_AVAILBLE", False) else "plain"}
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_official(json.loads(sys.argv[1]))), flush=True)
+    child_request = json.loads(sys.argv[1])
+    sys.path.insert(0, child_request["root"])
+    runner = run_official_enat if child_request["code"] == "enat" else run_official_autonat
+    print(json.dumps(runner(child_request)), flush=True)

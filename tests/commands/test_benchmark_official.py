@@ -11,7 +11,7 @@ import pytest
 
 from lit_nat.commands.cli import main
 from lit_nat.core.errors import UsageError
-from tests.helpers.tiny import ENAT_ARCH, UVIT_ONE_BLOCK_ARCH
+from tests.helpers.tiny import ENAT_ARCH, UVIT_ARCH, UVIT_ONE_BLOCK_ARCH
 
 STAND_IN_MODELS = '''
 import json, os
@@ -112,3 +112,102 @@ def test_a_failing_clone_or_another_backbone_is_a_skipped_line(capsys, tmp_path,
 def test_a_path_that_is_not_a_clone_is_one_line(tmp_path):
     with pytest.raises(UsageError, match=r"--official_enat .*: no libs/models.py there; give a clone of LeapLabTHU"):
         main(["benchmark", "--arch", "enat-tiny", *TINY, "--official_enat", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------ --official_autonat (LeapLabTHU/ImprovedNAT)
+STAND_IN_UVIT = '''
+import json, os
+import torch
+from torch import nn
+from loguru import logger  # the official model imports it to log; the child stands in for it when not installed
+from timm.models.vision_transformer import Mlp
+
+XFORMERS_IS_AVAILBLE = False
+RECORD = {}  # what the model was built with and called on, read by the stand-in schedule
+
+
+class UViT(nn.Module):
+    def __init__(self, img_size=16, in_chans=8, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4., qkv_bias=False,
+                 qk_scale=None, norm_layer=nn.LayerNorm, use_checkpoint=False, skip=True, codebook_size=1024,
+                 args=None, num_classes=None):
+        super().__init__()
+        logger.debug(f"codebook size in nnet: {codebook_size}")
+        RECORD.update(img_size=img_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, skip=skip, codebook_size=codebook_size,
+                           num_classes=num_classes, contexts=[])
+        self.embed = nn.Embedding(codebook_size + 1, embed_dim)
+        self.mlp = Mlp(embed_dim, int(embed_dim * mlp_ratio))
+        self.codebook_size = codebook_size
+
+    def forward(self, masked_ids, timesteps=None, context=None):
+        RECORD["contexts"].append(context[:, 0].tolist())
+        return self.mlp(self.embed(masked_ids)) @ self.embed.weight[: self.codebook_size].T
+'''
+
+STAND_IN_AUTONAT_SCHEDULE = '''
+import json, os
+import torch
+from libs.nat_model import RECORD
+
+
+class NATSchedule:
+    def __init__(self, codebook_size, device, ignore_ind=-1, smoothing=0., beta_alpha_beta=(12, 3)):
+        self.mask_ind, self.device = codebook_size, device
+
+    @torch.no_grad()
+    def generate(self, gen_steps, _n_samples, nnet, decode_fn, manual_ratios, manual_temp, manual_samp_temp,
+                 manual_cfg, **kwargs):
+        ids = torch.full((_n_samples, 256), self.mask_ind, device=self.device)
+        for step in range(gen_steps):
+            ids = nnet(ids, **kwargs, scale=manual_cfg[step]).argmax(-1)
+        lengths = [len(manual_ratios), len(manual_temp), len(manual_samp_temp), len(manual_cfg)]
+        record = dict(RECORD, steps=gen_steps, lengths=lengths)
+        with open(os.environ["STAND_IN_RECORD"], "w") as f:
+            json.dump(record, f)
+        return decode_fn(ids)
+'''
+
+
+
+def autonat_tiny(grid: int = 16) -> list[str]:
+    return ["--arch", "autonat-tiny", "--arch_overrides", json.dumps(UVIT_ARCH), "--codebook_size", "12", "--grid_size",
+            str(grid), "--num_classes", "1000", "--batch", "2", "--steps", "3", "--warmup", "0", "--repeats", "1",
+            "--matmul_size", "64", "--device", "cpu", "--cases", "sampling"]  # fmt: skip
+
+
+def stand_in_improvednat(root: Path) -> Path:
+    files = [("libs/__init__.py", ""), ("libs/nat_model.py", STAND_IN_UVIT),
+             ("libs/nat_misc.py", STAND_IN_AUTONAT_SCHEDULE), ("timm/__init__.py", ""),
+             ("timm/models/__init__.py", ""), ("timm/models/vision_transformer.py", STAND_IN_TIMM)]  # fmt: skip
+    for path, text in files:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+def test_the_official_autonat_loop_runs_beside_ours_at_the_same_size(capsys, tmp_path, monkeypatch):
+    record = tmp_path / "record.json"
+    monkeypatch.setenv("STAND_IN_RECORD", str(record))
+    clone = stand_in_improvednat(tmp_path / "ImprovedNAT")
+    ours, official = run(capsys, *autonat_tiny(), "--official_autonat", str(clone))
+    assert (ours["arch"], official["arch"]) == ("autonat-tiny", "official:autonat-tiny")
+    assert official["skipped"] is None and official["images_per_s"] > 0 and official["official_attention"] == "plain"
+    assert official["gflops_per_image"] == ours["gflops_per_image"]
+    seen = json.loads(record.read_text())
+    contexts = seen.pop("contexts")
+    assert seen == dict(img_size=16, embed_dim=UVIT_ARCH["width"], depth=UVIT_ARCH["num_layers"] - 1,
+                        num_heads=UVIT_ARCH["num_heads"], mlp_ratio=4.0, qkv_bias=False, skip=True, codebook_size=12,
+                        num_classes=1001, steps=3, lengths=[2, 2, 3, 3])  # fmt: skip
+    # every step: the batch's classes, then the null class (1000) for the unguided branch, as its evaluation guides
+    assert contexts[-6:] == [[0, 1], [1000, 1000]] * 3
+
+
+def test_the_official_autonat_loop_is_offered_for_16x16_uvits_only(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("STAND_IN_RECORD", str(tmp_path / "record.json"))
+    clone = stand_in_improvednat(tmp_path / "ImprovedNAT")
+    rows = run(capsys, "--arch", "enat-tiny", *TINY, "--official_autonat", str(clone))
+    assert [r["arch"] for r in rows] == ["enat-tiny"]
+    _, official = run(capsys, *autonat_tiny(grid=4), "--official_autonat", str(clone))
+    assert official["skipped"] == "the official AutoNAT generate is fixed at a 16 x 16 grid"
+    with pytest.raises(UsageError, match=r"--official_autonat .*: no libs/nat_model.py there; give a clone of Leap"):
+        main(["benchmark", *autonat_tiny(), "--official_autonat", str(tmp_path)])
