@@ -8,7 +8,7 @@ it):
 - ``grid.png``: the first ``grid_samples`` images (class-balanced labels: column c shows class c when the row length
   equals the class count);
 - ``samples.json``: what was generated (checkpoint, schedule and the masked counts it gives, seed, batch size, N, labels
-  rule, world size);
+  rule, precision, world size);
 - ``images/NNNNNN.png`` with ``--save_png true``.
 
 Which images: the plan of :mod:`lit_nat.data.labels` (batch b = samples [bB, (b+1)B), seeded ``seed + b B``), so the
@@ -89,7 +89,7 @@ class SampleWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.schedule is not None:
             pl_module.set_schedule(self.schedule)  # validated against the model's token count
-        plan = {**self.settings, "schedule": pl_module.schedule.to_dict(),
+        plan = {**self.settings, "precision": str(trainer.precision), "schedule": pl_module.schedule.to_dict(),
                 "weights": weights_digest(pl_module.ema_backbone.state_dict())}  # fmt: skip
         path = self.files.parts / PLAN_FILE
         trainer.strategy.barrier("lit_nat-sample-check")
@@ -135,6 +135,7 @@ class SampleWriter(BasePredictionWriter):
         schedule: GenerationSchedule = pl_module.schedule
         info = {
             **self.info,
+            "precision": str(trainer.precision),  # --trainer.precision: bf16 samples differ from fp32 ones
             "schedule": schedule.to_dict(),
             "masked_counts": schedule.masked_counts(pl_module.num_tokens),  # what the loop did with the ratios
             "arr_0_shape": shape,

@@ -154,6 +154,8 @@ def test_a_stopped_sample_keeps_its_batches_and_resumes_with_the_rest(setup, tmp
 
     with pytest.raises(ValueError, match="parts of an interrupted run with other seed"):
         sample(config, ckpt, out, "--num_samples=9", "--batch_size=2", "--seed=5")
+    with pytest.raises(ValueError, match="parts of an interrupted run with other precision"):
+        sample(config, ckpt, out, *args, "--trainer.precision=bf16-true")
     calls = []
     original = NATModule.predict_step
     monkeypatch.setattr(NATModule, "predict_step", lambda self, batch, i: calls.append(i) or original(self, batch, i))
@@ -164,3 +166,16 @@ def test_a_stopped_sample_keeps_its_batches_and_resumes_with_the_rest(setup, tmp
         np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
     info = json.loads((out / "samples.json").read_text())
     assert info["masked_counts"][-1] == 0 and len(info["masked_counts"]) == len(info["schedule"]["mask_ratio"])
+    assert info["precision"] == "32-true"
+
+
+def test_sample_in_bf16_weights_records_its_precision(setup, tmp_path):
+    """``--trainer.precision bf16-true`` samples with the weights cast to bfloat16: valid images, said in
+    samples.json (a resume in another precision is refused: see the stopped-sample test)."""
+    config, ckpt = setup
+    sample(config, ckpt, tmp_path / "fp32", "--num_samples=6", "--batch_size=3")
+    sample(config, ckpt, tmp_path / "bf16", "--num_samples=6", "--batch_size=3", "--trainer.precision=bf16-true")
+    info = json.loads((tmp_path / "bf16" / "samples.json").read_text())
+    assert info["precision"] == "bf16-true" and info["arr_0_shape"] == [6, 4, 4, 3]
+    with np.load(tmp_path / "bf16" / "samples.npz") as data:
+        assert data["arr_0"].dtype == np.uint8 and data["arr_1"].tolist() == [i % 3 for i in range(6)]
