@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--inference_mode", default="false", choices=["true", "false"])
     parser.add_argument("--rows", type=int, default=15, help="operators to list")
     parser.add_argument("--activations", default="false", choices=["true", "false"])
+    parser.add_argument("--compare_inference_mode", default="false", choices=["true", "false"],
+                        help="wall time of calls in inference mode and under no_grad, interleaved, no profiler")
     args = parser.parse_args()
     if args.activations == "true":
         return time_activations(args.arch, rows=args.batch * 2 * 100)
@@ -47,7 +50,7 @@ def main() -> None:
                                  args.precision)  # fmt: skip
     labels, schedule = torch.arange(args.batch) % 1000, GenerationSchedule.enat(args.steps)
     def context() -> contextlib.AbstractContextManager:
-        if args.inference_mode == "true":  # as Lightning's predict: inference mode, then autocast
+        if args.inference_mode == "true":  # as Lightning's predict (compare_modes flips it)
             return _inference(args.precision)
         return sampling_context("cpu", args.precision)
 
@@ -56,6 +59,8 @@ def main() -> None:
             generate(backbone, labels, schedule, make_generator(0, "cpu"), num_tokens=backbone.num_tokens,
                      mask_id=backbone.mask_id, null_condition=backbone.null_class)  # fmt: skip
 
+    if args.compare_inference_mode == "true":
+        return compare_modes(run, args)
     run()  # warm
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
@@ -68,6 +73,21 @@ def main() -> None:
     for event in events[: args.rows]:
         share = event.self_cpu_time_total / total
         print(f"| {event.key} | {event.count} | {event.self_cpu_time_total / 1e6:.3f} | {share:.1%} |")
+
+
+def compare_modes(run: Callable[[], None], args: argparse.Namespace, calls: int = 4) -> None:
+    """Seconds per call with ``--inference_mode`` true and false, alternating, after one warm call of each."""
+    seconds: dict[str, list[float]] = {"true": [], "false": []}
+    for index in range(calls + 1):
+        for mode in seconds:
+            args.inference_mode = mode
+            start = time.perf_counter()
+            run()
+            if index:  # the first round warms
+                seconds[mode].append(time.perf_counter() - start)
+    for mode, values in seconds.items():
+        label = "inference mode" if mode == "true" else "no_grad"
+        print(f"{label}: {' '.join(f'{v:.2f}' for v in values)} s per call (best {min(values):.2f})")
 
 
 def time_activations(arch: str, rows: int) -> None:

@@ -5,7 +5,7 @@ options and whose docstring is its ``--help`` (read by :mod:`lit_nat.commands.pa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # (modules, not their functions: ``lit_nat.commands.sample`` stays the module, for imports and monkeypatching)
@@ -31,11 +31,20 @@ class Command:
         objects: what the command runs on: nothing (``none``), a config's model, data and Trainer (``config``), or
             those or a checkpoint alone when no config names a model or data: the model rebuilt from the checkpoint
             (``config_or_checkpoint_module``) or loaded by the command (``config_or_checkpoint_path``).
+        trainer_defaults: the command's own defaults of ``--trainer.*`` options (a config or the command line still
+            overrides them).
     """
 
     function: Callable[..., Any]
     summary: str
     objects: Literal["none", "config", "config_or_checkpoint_module", "config_or_checkpoint_path"] = "none"
+    trainer_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+#: generation commands predict under ``torch.no_grad``, not Lightning's inference mode: under autocast
+#: (``--trainer.precision bf16-mixed``) inference mode re-casts every weight at every decoding step
+#: (:mod:`lit_nat.generation.precision`); the tokens are the same
+GENERATION_TRAINER = {"inference_mode": False}
 
 
 #: every command of ``python -m lit_nat``, in the order ``--help`` lists them
@@ -45,9 +54,9 @@ COMMANDS: dict[str, Command] = {
     "validate": Command(validate, "validation loss and FID (and CLIP score) of a checkpoint with its or the config's "
                         "schedule", "config"),  # fmt: skip
     "test": Command(test, "loss on the config's test split", "config"),
-    "predict": Command(predict, "generate the data module's prediction plan of images", "config"),
+    "predict": Command(predict, "generate the data module's prediction plan of images", "config", GENERATION_TRAINER),
     "sample": Command(sample.sample, "generate images from a checkpoint: samples.npz, grid.png (--ckpt_path alone is "
-                      "enough)", "config_or_checkpoint_module"),  # fmt: skip
+                      "enough)", "config_or_checkpoint_module", GENERATION_TRAINER),  # fmt: skip
     "edit": Command(edit.edit, "inpaint, outpaint or re-generate regions of images with a checkpoint",
                     "config_or_checkpoint_path"),  # fmt: skip
     "search": Command(search.search, "search a checkpoint's generation strategy by FID (AutoNAT Sec. 4.2); resumable",

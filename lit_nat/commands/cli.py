@@ -84,9 +84,9 @@ def run_command(name: str, argv: list[str]) -> Any:
     quiet_lightning()
     if command.objects != "config" and not names_config_objects(argv):
         build_model = command.objects == "config_or_checkpoint_module"
-        trainer, model, kwargs = checkpoint_run(command.function, argv, prog, build_model)
+        trainer, model, kwargs = checkpoint_run(command.function, argv, prog, build_model, command.trainer_defaults)
         return call(command.function, kwargs, trainer=trainer, model=model, datamodule=None)
-    run = ConfiguredRun(command.function, argv, prog)
+    run = ConfiguredRun(command.function, argv, prog, command.trainer_defaults)
     return call(command.function, run.command_kwargs(), trainer=run.trainer, model=run.model,
                 datamodule=run.datamodule)  # fmt: skip
 

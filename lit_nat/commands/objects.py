@@ -62,12 +62,14 @@ class ConfiguredRun(LightningCLI):
         prog: the program name in ``--help``.
     """
 
-    def __init__(self, command: Callable, argv: list[str], prog: str) -> None:
+    def __init__(self, command: Callable, argv: list[str], prog: str,
+                 trainer_defaults: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.command = command
         super().__init__(
             NATModule,
             TokenShardDataModule,
             trainer_class=NATTrainer,
+            trainer_defaults=dict(trainer_defaults or {}),
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},  # a requeued SLURM job logs into the same run directory
             save_config_callback=SaveConfigCallback,  # the resolved config.yaml in the run's log directory
@@ -168,14 +170,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def checkpoint_run(command: Callable, argv: list[str], prog: str, build_model: bool) -> tuple[Any, Any, dict]:
+def checkpoint_run(command: Callable, argv: list[str], prog: str, build_model: bool,
+                   trainer_defaults: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:  # fmt: skip
     """``(trainer, model, kwargs)`` of a command run from ``--ckpt_path`` alone: the model rebuilt from the checkpoint's
     hyper-parameters (``build_model``; else None: the command loads it itself), a Trainer from ``--trainer.*``."""
     parser = LightningArgumentParser(prog=prog, exit_on_error=False, description=description(command))
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (--print_config "
                         "writes one)")  # fmt: skip
     parser.add_class_arguments(NATTrainer, "trainer", fail_untyped=False, sub_configs=True)
-    parser.set_defaults({"trainer.logger": False})  # nothing is trained
+    defaults = {f"trainer.{key}": value for key, value in (trainer_defaults or {}).items()}
+    parser.set_defaults({"trainer.logger": False, **defaults})  # nothing is trained: no logger
     add_function_options(parser, command)
     config = parse(parser, argv)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # (renamed in jsonargparse 4.49)

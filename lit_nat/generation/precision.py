@@ -5,9 +5,11 @@ itself (``benchmark``); ``sample`` takes the same names through ``--trainer.prec
 - ``*-mixed`` is autocast, as ``--trainer.precision bf16-mixed`` trains: weights stay float32 and each matmul casts
   them. The loop runs under ``torch.no_grad`` rather than ``torch.inference_mode`` on purpose: autocast keeps the
   casts of the weights for the rest of the region only outside inference mode, and inside it re-casts every weight
-  at every step (ENAT-L on CPU, batch 8, T = 8: 6,328 copies against 3,047, a fifth of the call's time in the
-  profile). Lightning's predict and validation loops run in inference mode, so there the casts repeat; on a GPU
-  they are a few percent of a step.
+  at every step (ENAT-L on CPU, batch 8, T = 8: 6,328 copies against 3,047; in wall time the best of four
+  interleaved calls took 5.10 s against 4.62, the same tokens: ``scripts/profile_sampling.py
+  --compare_inference_mode true``). ``sample`` and ``predict`` therefore run
+  Lightning's predict loop with ``inference_mode=False``; validation (FID) keeps inference mode for its metric
+  states.
 - ``bf16-true`` casts the backbone's weights to bfloat16 once, halves its memory and runs without autocast; the
   decoding loop still draws tokens from float32 log-probabilities.
 """

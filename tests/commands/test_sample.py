@@ -179,3 +179,26 @@ def test_sample_in_bf16_weights_records_its_precision(setup, tmp_path):
     assert info["precision"] == "bf16-true" and info["arr_0_shape"] == [6, 4, 4, 3]
     with np.load(tmp_path / "bf16" / "samples.npz") as data:
         assert data["arr_0"].dtype == np.uint8 and data["arr_1"].tolist() == [i % 3 for i in range(6)]
+
+
+def test_sample_predicts_under_no_grad_not_inference_mode(setup, tmp_path, monkeypatch):
+    """Under autocast, inference mode would re-cast every weight at every step; the tokens do not depend on it, and
+    ``--trainer.inference_mode true`` (or a config) still chooses Lightning's default."""
+    from lit_nat.training.module import NATModule
+
+    config, ckpt = setup
+    modes = []
+    original = NATModule.predict_step
+
+    def recording(self, batch, index):
+        modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        return original(self, batch, index)
+
+    monkeypatch.setattr(NATModule, "predict_step", recording)
+    args = ["--num_samples=4", "--batch_size=2", "--trainer.precision=bf16-mixed"]
+    sample(config, ckpt, tmp_path / "no_grad", *args)
+    main(["sample", f"--ckpt_path={ckpt}", f"--out={tmp_path / 'alone'}", *args])  # from the checkpoint alone
+    sample(config, ckpt, tmp_path / "inference", *args, "--trainer.inference_mode=true")
+    assert modes == [(False, False)] * 4 + [(True, False)] * 2
+    with np.load(tmp_path / "no_grad" / "samples.npz") as a, np.load(tmp_path / "inference" / "samples.npz") as b:
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
