@@ -11,7 +11,8 @@ Text checkpoints take ``--prompts_file`` (one prompt per line, cycled) instead o
 
 With ``--search_updates N --config CONFIG`` each policy's schedule is also searched (``python -m lit_nat search``, N
 updates, its FID on ``--search_samples`` images of the config's evaluation; the search keeps the policy) and its
-``best.yaml`` is evaluated by the same protocol as a "(searched)" row; a killed run resumes each search.
+``best.yaml`` is evaluated by the same protocol as a "(searched)" row; a killed run resumes each search. With
+``--heldout N`` every row also gets the FID/IS of N other images (seed 1; the search's objective sees seed 0's).
 """
 
 from __future__ import annotations
@@ -54,21 +55,30 @@ def run_search(args: argparse.Namespace, name: str, steps: int, out: Path) -> di
 
 def evaluate_schedule(args: argparse.Namespace, name: str, steps: int, out: Path, schedule_file: Path) -> dict:
     schedule = GenerationSchedule.load(schedule_file)
-    stem = name.replace(" (searched)", "_searched")
-    samples = out / f"{stem}_T{steps}.npz"
-    condition = ["--prompts_file", args.prompts_file] if args.prompts_file else []
-    main(["sample", "--ckpt_path", args.ckpt, "--schedule", str(schedule_file), "--num_samples", "200",
-          "--batch_size", "200", "--seed", "0", "--out", str(samples), "--overwrite", "true", *condition])  # fmt: skip
-    report = out / f"{stem}_T{steps}.eval.json"
-    main(["evaluate", "--samples", str(samples), "--reference", f"{args.data}/digits_fid_stats_val.npz",
-          "--extractor", "digits", "--weights_path", f"{args.data}/digits_classifier.pt", "--out", str(report),
-          "--paper_samples", "200", "--precision_recall", "false", "--device", "cpu"])  # fmt: skip
-    result = json.loads(report.read_text())
+    stem = f"{name.replace(' (searched)', '_searched')}_T{steps}"
+    fid, inception = fid_and_is(args, schedule_file, out / f"{stem}.npz", num=200, seed=0)
     model = load_model(args.ckpt)
     guided = any(g != 0 for g in schedule.guidance)
     gflops = sum(generation_flops(model.ema_backbone, schedule, guided)) / 1e9
-    return {"policy": name, "steps": steps, "fid": result["fid"], "is": result["inception_score"]["single_split"],
-            "gflops_per_image": gflops}  # fmt: skip
+    row = {"policy": name, "steps": steps, "fid": fid, "is": inception, "gflops_per_image": gflops}
+    if args.heldout:  # other images than the ones a search saw (its objective is seed 0's 200)
+        row["fid_heldout"], row["is_heldout"] = fid_and_is(args, schedule_file, out / "heldout" / f"{stem}.npz",
+                                                           num=args.heldout, seed=1)  # fmt: skip
+    return row
+
+
+def fid_and_is(args: argparse.Namespace, schedule_file: Path, samples: Path, *, num: int, seed: int) -> tuple:
+    """``sample`` ``num`` images of ``schedule_file`` from ``seed``, then ``evaluate`` them: (digits-FID, IS)."""
+    condition = ["--prompts_file", args.prompts_file] if args.prompts_file else []
+    main(["sample", "--ckpt_path", args.ckpt, "--schedule", str(schedule_file), "--num_samples", str(num),
+          "--batch_size", str(min(num, 500)), "--seed", str(seed), "--out", str(samples), "--overwrite", "true",
+          *condition])  # fmt: skip
+    report = samples.with_suffix(".eval.json")
+    main(["evaluate", "--samples", str(samples), "--reference", f"{args.data}/digits_fid_stats_val.npz",
+          "--extractor", "digits", "--weights_path", f"{args.data}/digits_classifier.pt", "--out", str(report),
+          "--paper_samples", str(num), "--precision_recall", "false", "--device", "cpu"])  # fmt: skip
+    result = json.loads(report.read_text())
+    return result["fid"], result["inception_score"]["single_split"]
 
 
 def main_script() -> None:
@@ -82,6 +92,7 @@ def main_script() -> None:
     parser.add_argument("--search_updates", type=int, default=0, help="also search each policy's schedule")
     parser.add_argument("--search_samples", type=int, default=200, help="images per FID of the search")
     parser.add_argument("--config", default="configs/demo_digits.yaml", help="the search's evaluation")
+    parser.add_argument("--heldout", type=int, default=0, help="also FID/IS of this many images from seed 1")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,9 +106,11 @@ def main_script() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
     print(f"\n{len(rows)} cases in {time.time() - start:.0f} s\n")
-    print("| policy | T | digits-FID | IS | GFLOPs/image |\n|---|---|---|---|---|")
+    print("| policy | T | digits-FID | IS | held out: digits-FID | IS | GFLOPs/image |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['policy']} | {r['steps']} | {r['fid']:.2f} | {r['is']:.2f} | {r['gflops_per_image']:.2f} |")
+        heldout = f"{r['fid_heldout']:.2f} | {r['is_heldout']:.2f}" if "fid_heldout" in r else " | "
+        cells = [r["policy"], r["steps"], f"{r['fid']:.2f}", f"{r['is']:.2f}", heldout, f"{r['gflops_per_image']:.2f}"]
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":
