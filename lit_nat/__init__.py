@@ -33,12 +33,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lit_nat' has no attribute {name!r}")
 
 
-def load_model(ckpt_path: str, map_location: str = "cpu"):
-    """Load a lit_nat checkpoint in eval mode; its ``backbone`` holds the EMA weights. See
-    ``lit_nat.training.module``."""
+def load_model(ckpt_path: str, map_location: str = "cpu", **moved: str):
+    """Load a lit_nat checkpoint in eval mode; its ``backbone`` holds the EMA weights. ``moved``: where recorded
+    files are now (``tokenizer_checkpoint``, ``text_encoder``, a LoRA model's ``lora_base``), each checked against
+    its recorded sha256. See ``lit_nat.training.loading``."""
     from lit_nat.training.loading import load_model as _load_model
 
-    return _load_model(ckpt_path, map_location=map_location)
+    return _load_model(ckpt_path, map_location=map_location, **moved)
 
 
 def load_tokenizer(name: str, **kwargs):

@@ -142,7 +142,8 @@ def base_identity(path: str) -> dict[str, Any]:
     """What a LoRA run records of its base: the path and its file's sha256 (the base is never copied)."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: the base checkpoint of this LoRA model is missing; a LoRA run's checkpoints "
-                              "hold only its adapters, so give the base again with --model.init_from")  # fmt: skip
+                              "hold only its adapters, so give the base again: --model.init_from (fit, a config), "
+                              "--lora_base (sample, edit, load_model)")  # fmt: skip
     size, digest = file_sha256(path)
     return {"path": str(path), "sha256": digest, "bytes": size}
 
@@ -199,7 +200,7 @@ def restore_lora_state(module: Any, checkpoint: dict[str, Any], lora: dict[str, 
     if saved.get("sha256") != have["sha256"]:
         raise CheckpointError(f"{have['path']}: not the base these adapters were trained on (sha256 "
                               f"{have['sha256'][:12]}..., recorded {str(saved.get('sha256'))[:12]}... of "
-                              f"{saved.get('path')}); give the original with --model.init_from")  # fmt: skip
+                              f"{saved.get('path')}); give the original with --model.init_from or --lora_base")  # fmt: skip
     state = {k: v for k, v in module.state_dict().items() if not is_adapter_key(k)}
     checkpoint["state_dict"] = {**state, **checkpoint["state_dict"]}
 

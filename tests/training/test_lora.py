@@ -219,6 +219,28 @@ def test_a_missing_or_another_base_is_one_line_naming_it(lora_run, tmp_path):
         shutil.move(saved, base)
 
 
+def test_a_moved_base_is_given_with_lora_base(lora_run, tmp_path):
+    """The base moved (the LoRA checkpoint names its old path): ``lora_base`` points at it, checked by sha256, in
+    ``load_model`` and in ``sample`` from the checkpoint alone; the same images as before the move."""
+    tmp, _, base, ckpt = lora_run
+    before = sample_npz(tmp_path, ckpt, "before")
+    reference = load_model(str(ckpt))
+    moved = tmp_path / "elsewhere" / "base.ckpt"
+    moved.parent.mkdir()
+    shutil.move(base, moved)
+    try:
+        model = load_model(str(ckpt), lora_base=str(moved))
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+        assert np.array_equal(sample_npz(tmp_path, ckpt, "after", f"--lora_base={moved}"), before)
+        with pytest.raises(UsageError, match=rf"--lora_base {moved}: {moved} is not a LoRA model"):
+            load_model(str(moved), lora_base=str(moved))
+        _, other = fit_tiny_checkpoint(tmp_path, write_random_shards(tmp_path / "s", 12, 4, 3, seed=3), steps=4)
+        with pytest.raises(CheckpointError, match=rf"{other}: not the base these adapters were trained on"):
+            load_model(str(ckpt), lora_base=str(other))
+    finally:
+        shutil.move(moved, base)
+
+
 def test_a_bad_adapter_is_one_line_naming_it(lora_run, tmp_path):
     tmp, _, base, _ = lora_run
     bad = tmp_path / "adapter"
