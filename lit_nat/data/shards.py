@@ -37,6 +37,7 @@ from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's 
     TOKENS_FIELD,
     DatasetMeta,
     MetadataError,
+    codebook_usage,
     ShardInfo,
     SplitInfo,
     read_metadata,
@@ -175,8 +176,9 @@ class ShardWriter:
         num_classes: labels are in ``[0, num_classes)``.
         tokenizer_config: :meth:`Tokenizer.config` of the tokenizer that made the ids.
         samples_per_shard: samples per tar (the last may hold fewer).
-        update_metadata: merge the split into ``meta.json`` on close. A preparation writing several splits can pass
-            ``False`` and publish them together with :func:`write_metadata`, so ``meta.json`` appears only complete.
+        update_metadata: merge the split, with its codebook usage, into ``meta.json`` on close. A preparation
+            writing several splits can pass ``False`` and publish them together with :func:`write_metadata` (each
+            writer's :attr:`codebook_usage` beside its split), so ``meta.json`` appears only complete.
         overwrite: allow replacing this split's shards and metadata entry.
         extra: provenance stored under ``extra`` in ``meta.json``.
         text_encoder: config of the text encoder the captions are for (and whose states ``text_states`` are).
@@ -222,6 +224,7 @@ class ShardWriter:
         self._file: AtomicFile | None = None
         self._count = 0  # samples in the open shard
         self._index = 0  # samples written to the split
+        self._code_counts = np.zeros(codebook_size, dtype=np.int64)  # the split's histogram of token ids
         self._fields: tuple[str, ...] | None = None
         self._closed = False
 
@@ -302,6 +305,8 @@ class ShardWriter:
             self._file = AtomicFile(self._path(len(self._shards)))
             self._tar = shard_tar(self._file.file)
         self._tar.write(sample)
+        ids = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+        self._code_counts += np.bincount(ids.reshape(-1), minlength=self.meta.codebook_size)  # (validated above)
         self._count += 1
         self._index += 1
         if self._count == self.samples_per_shard:
@@ -339,8 +344,14 @@ class ShardWriter:
             if diffs := self.meta.differences(base):  # someone changed the root while we were writing
                 raise ValueError(f"{meta_path} changed during writing ({'; '.join(diffs)}); not updating it")
             base = replace(base, fields=self.fields, extra={**base.extra, **self.meta.extra})
-            write_metadata(self.root, base.with_split(self.split, info))
+            write_metadata(self.root, base.with_split(self.split, info, self.codebook_usage))
         return info
+
+    @property
+    def codebook_usage(self) -> dict[str, Any]:
+        """How the samples written so far use the codebook (:func:`~lit_nat.data.meta.codebook_usage`), recorded in
+        ``meta.json`` on close, where a run's health compares its predictions and samples with it."""
+        return codebook_usage(self._code_counts)
 
     def abort(self) -> None:
         """Remove the partial shard and the shards this writer completed; ``meta.json`` is not touched."""

@@ -42,3 +42,23 @@ def test_meta_without_usage_reads_and_writes_as_before():
 def test_a_bad_usage_is_one_line_naming_the_key(usage, message):
     with pytest.raises(MetadataError, match=f"^x/meta.json: .*{message}"):
         DatasetMeta.from_dict({**GOOD, "codebook_usage": usage}, source="x/meta.json")
+
+
+def test_shard_writer_records_its_splits_usage(tmp_path):
+    """A split written through ShardWriter (own data from Python, a test's shards) has its usage in meta.json, the
+    histogram of exactly the ids written (tensors and lists alike); rewriting the split replaces it."""
+    import numpy as np
+    import torch
+
+    from lit_nat.data.shards import ShardWriter, read_metadata
+
+    space = dict(codebook_size=5, grid_size=(1, 3), num_classes=2, tokenizer_config={"name": "pixel"})
+    rows = [torch.tensor([0, 0, 1]), [1, 2, 0], np.array([2, 2, 2])]
+    with ShardWriter(tmp_path, "train", samples_per_shard=2, **space) as writer:
+        for i, row in enumerate(rows):
+            writer.write(row, label=i % 2)
+    expected = codebook_usage([3, 2, 4, 0, 0])
+    assert read_metadata(tmp_path).codebook_usage == {"train": expected} and expected["codes_used"] == 0.6
+    with ShardWriter(tmp_path, "train", overwrite=True, **space) as writer:
+        writer.write([4, 4, 4], label=0)
+    assert read_metadata(tmp_path).codebook_usage["train"] == codebook_usage([0, 0, 0, 0, 3])
