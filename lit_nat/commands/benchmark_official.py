@@ -35,6 +35,7 @@ import torch
 from lit_nat.commands import benchmark_cases as cases
 from lit_nat.core.errors import UsageError
 from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.models.uvit import UViT
 
 #: the ENAT release's ImageNet-256 sampling arguments (its README's evaluation command)
 RELEASE_SAMPLING = {"cfg_scale": 2.5, "mask_temp": 1.5, "samp_temp": 6.0}
@@ -71,8 +72,7 @@ def check_official_root(path: str, code: str = "enat") -> Path:
 
 def applies(code: str, target: cases.Target) -> bool:
     """Whether ``code``'s loop is offered beside ``target``: ENAT's for ENAT backbones, AutoNAT's for U-ViTs."""
-    backbone = target.backbone
-    return target.reuses if code == "enat" else hasattr(backbone, "in_blocks") and hasattr(backbone, "mid_block")
+    return target.reuses if code == "enat" else isinstance(target.backbone, UViT)
 
 
 def official_spec(target: cases.Target, code: str = "enat") -> dict[str, Any]:
