@@ -37,9 +37,9 @@ from lit_nat.data.meta import (  # noqa: F401  (re-exported: the shard format's 
     TOKENS_FIELD,
     DatasetMeta,
     MetadataError,
-    codebook_usage,
     ShardInfo,
     SplitInfo,
+    codebook_usage,
     read_metadata,
     write_metadata,
 )

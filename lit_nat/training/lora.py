@@ -200,7 +200,8 @@ def restore_lora_state(module: Any, checkpoint: dict[str, Any], lora: dict[str, 
     if saved.get("sha256") != have["sha256"]:
         raise CheckpointError(f"{have['path']}: not the base these adapters were trained on (sha256 "
                               f"{have['sha256'][:12]}..., recorded {str(saved.get('sha256'))[:12]}... of "
-                              f"{saved.get('path')}); give the original with --model.init_from or --lora_base")  # fmt: skip
+                              f"{saved.get('path')}); give the original with --model.init_from or "
+                              "--lora_base")  # fmt: skip
     state = {k: v for k, v in module.state_dict().items() if not is_adapter_key(k)}
     checkpoint["state_dict"] = {**state, **checkpoint["state_dict"]}
 
