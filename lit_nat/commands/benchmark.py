@@ -260,6 +260,10 @@ def measured(identity: dict, call: Any, peaks: dict[str, float], request: Benchm
         result = call()
     except cases.Skip as reason:
         return {**row, "skipped": str(reason)}
+    except torch.OutOfMemoryError:  # a batch too large for this device: the other cases still run
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {**row, "skipped": f"out of memory at batch {identity.get('batch')} on this device"}
     seconds, images = result.pop("seconds"), result.pop("images")
     gflops = result.pop("gflops", None)
     per_image = result.pop("gflops_per_image", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from lit_nat.commands.cli import main
 from lit_nat.core.errors import UsageError
@@ -110,3 +111,16 @@ def test_a_checkpoint_gives_its_backbone_and_its_tokenizer_for_decode(capsys, tm
     space = {k: SHARDS_SPACE[k] for k in ("codebook_size", "grid_size", "num_classes")}
     expected = report_for("tiny", "autonat-tiny", UVIT_ONE_BLOCK_ARCH, space, steps=2).per_image_gflops["guided"]
     assert rows[0]["gflops_per_image"] == pytest.approx(expected, rel=1e-5) and rows[1]["images_per_s"] > 0
+
+
+def test_an_out_of_memory_case_is_a_skipped_line_and_the_others_run(capsys, monkeypatch):
+    """A batch too large for the device (batch 256 ENAT-L training on a smaller card) skips that case only."""
+    from lit_nat.commands import benchmark_cases
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(benchmark_cases, "train", out_of_memory)
+    rows = run(capsys, *TINY, "--cases", "sampling", "train", "--reuse", "true")
+    assert [r["case"] for r in rows] == ["sampling", "train"] and rows[0]["images_per_s"] > 0
+    assert rows[1]["skipped"] == "out of memory at batch 2 on this device"
