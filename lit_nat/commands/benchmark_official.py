@@ -123,7 +123,7 @@ def timed(request: dict[str, Any], device: torch.device, generate: Any) -> dict[
     dtype = request["dtype"]
 
     def run() -> None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=cases.DTYPES[dtype], enabled=dtype != "fp32"):
+        with torch.no_grad(), cases.autocast(device, dtype):
             generate()
 
     probe = cases.matmul_probe(request["matmul_size"], dtype, device) if request["adjacent_peak"] else None

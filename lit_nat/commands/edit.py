@@ -77,8 +77,7 @@ def edit(trainer: NATTrainer, model: NATModule | None, request: EditRequest, ckp
     Args:
         ckpt_path: checkpoint to edit with (its EMA weights and schedule); without it, the model of --config.
     """
-    editor = load_model(ckpt_path, tokenizer_checkpoint=assets.tokenizer_checkpoint, text_encoder=assets.text_encoder,
-                        lora_base=assets.lora_base) if ckpt_path else model.eval()  # fmt: skip
+    editor = load_model(ckpt_path, **assets.when_built()) if ckpt_path else model.eval()
     assets.apply(editor)
     adapters.apply(editor)
     editor = editor.to(trainer.strategy.root_device)

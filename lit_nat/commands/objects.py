@@ -188,7 +188,5 @@ def checkpoint_run(command: Callable, argv: list[str], prog: str, build_model: b
     model = None
     if build_model:  # (with the moved assets' new locations: a CLIP folder gives the backbone's width)
         ckpt_path, assets = str(kwargs["ckpt_path"]), kwargs["assets"]
-        model = module_from_checkpoint(read_checkpoint(ckpt_path, mmap=True), ckpt_path,
-                                       tokenizer_checkpoint=assets.tokenizer_checkpoint,
-                                       text_encoder=assets.text_encoder, lora_base=assets.lora_base)  # fmt: skip
+        model = module_from_checkpoint(read_checkpoint(ckpt_path, mmap=True), ckpt_path, **assets.when_built())
     return trainer, model, kwargs

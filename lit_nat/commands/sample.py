@@ -60,7 +60,8 @@ class SampleWriter(BasePredictionWriter):
         out: output folder, or the ``.npz`` to write (see :class:`SampleFiles`).
         num_samples: total number of samples over all ranks (for the merge's completeness check).
         batch_size: images per generation batch (batch b starts at sample b * batch_size).
-        settings: what the parts depend on besides the weights and the schedule (N, batch size, seed, labels).
+        settings: what the parts depend on besides the weights and the schedule (N, batch size, seed, labels,
+            precision).
         schedule: schedule to install at predict start, after the checkpoint (which carries its own) is restored.
         save_png: also write every image to ``images/NNNNNN.png``.
         grid_samples: images in ``grid.png``.
@@ -89,7 +90,7 @@ class SampleWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.schedule is not None:
             pl_module.set_schedule(self.schedule)  # validated against the model's token count
-        plan = {**self.settings, "precision": str(trainer.precision), "schedule": pl_module.schedule.to_dict(),
+        plan = {**self.settings, "schedule": pl_module.schedule.to_dict(),
                 "weights": weights_digest(pl_module.ema_backbone.state_dict())}  # fmt: skip
         path = self.files.parts / PLAN_FILE
         trainer.strategy.barrier("lit_nat-sample-check")
@@ -135,7 +136,6 @@ class SampleWriter(BasePredictionWriter):
         schedule: GenerationSchedule = pl_module.schedule
         info = {
             **self.info,
-            "precision": str(trainer.precision),  # --trainer.precision: bf16 samples differ from fp32 ones
             "schedule": schedule.to_dict(),
             "masked_counts": schedule.masked_counts(pl_module.num_tokens),  # what the loop did with the ratios
             "arr_0_shape": shape,
@@ -253,7 +253,8 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
     if ckpt_path is None:
         rank_zero_warn("sample: no --ckpt_path; sampling from the model's initial (untrained) weights")
     settings = {"num_samples": request.num_samples, "batch_size": request.batch_size, "seed": request.seed,
-                "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}"}  # fmt: skip
+                "labels": labels if labels is not None else f"class-balanced: i mod {num_classes}",
+                "precision": str(trainer.precision)}  # fmt: skip  # bf16 samples are other images than fp32 ones
     if prompts is not None:
         settings = {**settings, "labels": None, "prompts": prompts}
     info = {"checkpoint": ckpt_path, **(adapters or {}), **settings, "schedule_source": request.schedule or "checkpoint"}

@@ -38,6 +38,11 @@ class AssetLocations:
     text_encoder: str | None = None
     lora_base: str | None = None
 
+    def when_built(self) -> dict[str, str | None]:
+        """The keyword arguments of :func:`load_model` / :func:`module_from_checkpoint` for a model built here."""
+        return {"tokenizer_checkpoint": self.tokenizer_checkpoint, "text_encoder": self.text_encoder,
+                "lora_base": self.lora_base}  # fmt: skip
+
     def apply(self, model: Any) -> None:
         """Point ``model``'s recorded assets to these locations (nothing when neither is given); ``lora_base`` is
         used where the model is built (:func:`module_from_hparams`), since a LoRA model loads its base then."""
