@@ -176,8 +176,15 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None, model: Any
 
 
 def check_parts_plan(path: Path, plan: dict[str, Any]) -> None:
-    """The parts of an interrupted run may be resumed only by the same generation (settings, schedule, weights)."""
-    changed = sorted(changed_entries(json.loads(path.read_text()), plan))
+    """The parts of an interrupted run may be resumed only by the same generation (settings, schedule, weights). The
+    saved schedule is read as a schedule file is (a plan written before a schedule field existed has its default)."""
+    saved = json.loads(path.read_text())
+    if isinstance(saved, dict) and isinstance(saved.get("schedule"), dict):
+        try:
+            saved["schedule"] = GenerationSchedule.from_dict(saved["schedule"], source=str(path)).to_dict()
+        except ValueError:
+            pass  # an unreadable schedule is simply another one: refused below
+    changed = sorted(changed_entries(saved, plan))
     if changed:
         raise UsageError(
             f"{path.parent}: parts of an interrupted run with other {', '.join(changed)}; rerun it as it was to "

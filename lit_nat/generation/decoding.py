@@ -5,8 +5,9 @@ Works with any backbone that follows the call contract
 (see :mod:`lit_nat.models`). Design choices, each for speed or reproducibility:
 
 - All randomness comes from one ``torch.Generator`` on the backbone's device, so a seed fixes the images.
-- Tokens are drawn with the Gumbel-max trick (``argmax(log p / tau + G)``), an exact categorical sample that needs
-  no host-side validation (``torch.distributions.Categorical`` checks its arguments on the host).
+- Tokens are drawn with the Gumbel-max trick (``argmax(log p / tau + G)``) or by inverse CDF (one uniform per token;
+  the schedule's ``draw``), exact categorical samples that need no host-side validation
+  (``torch.distributions.Categorical`` checks its arguments on the host).
 - The number of tokens to re-mask at each step follows from the schedule alone
   (:meth:`~lit_nat.generation.schedule.GenerationSchedule.masked_counts`), so the loop never reads a device value: no
   host-device synchronisation inside the loop.
@@ -28,7 +29,7 @@ from torch import nn
 from lit_nat.conditioning import condition as conditions
 from lit_nat.conditioning.condition import Condition
 from lit_nat.generation.reveal import RevealPolicy, gumbel_noise
-from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.generation.schedule import GenerationSchedule, resolve_draw
 
 
 @dataclass
@@ -96,7 +97,8 @@ def generate(
         is_masked = ids == mask_id  # (B, N)
         log_probs, state = guided_forward(backbone, ids, condition, state, counts.before(t), schedule.guidance[t],
                                           guided=guided)  # fmt: skip
-        sampled, score = draw_tokens(log_probs, ids, is_masked, schedule.sample_temperature[t], generator)
+        sampled, score = draw_tokens(log_probs, ids, is_masked, schedule.sample_temperature[t], generator,
+                                     method=schedule.draw)  # fmt: skip
         if not counts.remasks(t):
             ids = sampled
         else:
@@ -185,35 +187,27 @@ def initial_canvas(batch: int, num_tokens: int, mask_id: int, schedule: Generati
 
 
 def draw_tokens(log_probs: torch.Tensor, ids: torch.Tensor, is_masked: torch.Tensor, temperature: float,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Parallel decoding: a categorical draw at ``temperature`` (tau1) at every position
-    (:func:`categorical_draw`), and each draw's temperature-free log-probability as its confidence; visible positions keep their token with confidence
-    +inf (never re-masked). Returns ``(sampled (B, N), confidence (B, N))``."""
-    sampled = categorical_draw(log_probs, temperature, generator)  # (B, N)
+                generator: torch.Generator, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Parallel decoding: a categorical draw at ``temperature`` (tau1) at every position (:func:`categorical_draw` by
+    ``method``), and each draw's temperature-free log-probability as its confidence; visible positions keep their
+    token with confidence +inf (never re-masked). Returns ``(sampled (B, N), confidence (B, N))``."""
+    sampled = categorical_draw(log_probs, temperature, generator, method)  # (B, N)
     score = log_probs.gather(-1, sampled[..., None]).squeeze(-1)  # (B, N) confidence of the draw
     sampled = torch.where(is_masked, sampled, ids)
     return sampled, score.masked_fill(~is_masked, float("inf"))
 
 
-#: From this many codes on (aMUSEd's 8,192), a token is drawn with one uniform (inverse CDF) instead of one Gumbel per
-#: code: the same distribution, with K times fewer random numbers and logarithms. Smaller codebooks (the VQGAN's 1,024)
-#: keep the Gumbel-max draw, so their samples stay bit-identical to earlier releases for a given seed.
-INVERSE_CDF_MIN_CODES = 4096
-
-
 def categorical_draw(log_probs: torch.Tensor, temperature: float, generator: torch.Generator,
-                     method: str | None = None) -> torch.Tensor:  # fmt: skip
+                     method: str = "auto") -> torch.Tensor:  # fmt: skip
     """One draw from ``softmax(log_probs / temperature)`` per position: ``(..., K)`` -> ``(...)`` long.
 
     ``method``: ``"gumbel"`` (``argmax(log p / tau + G)``, a Gumbel per code), ``"inverse_cdf"`` (one uniform per
-    position, located in the running sum of the probabilities), or None: by the codebook size (above)."""
+    position, located in the running sum of the probabilities), or ``"auto"``: by the codebook size
+    (:func:`~lit_nat.generation.schedule.resolve_draw`)."""
     codes = log_probs.shape[-1]
-    method = method or ("inverse_cdf" if codes >= INVERSE_CDF_MIN_CODES else "gumbel")
-    if method == "gumbel":
+    if resolve_draw(method, codes) == "gumbel":
         noisy = log_probs / temperature + gumbel_noise(log_probs.shape, generator, generator.device)
         return noisy.argmax(dim=-1)
-    if method != "inverse_cdf":
-        raise ValueError(f"unknown draw method {method!r}; expected 'gumbel' or 'inverse_cdf'")
     cdf = torch.softmax(log_probs / temperature, dim=-1).cumsum_(dim=-1)  # (..., K), last ~1
     uniform = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=generator.device, dtype=cdf.dtype)
     # right=True: code i takes [cdf[i-1], cdf[i]), so a code of probability 0 (an empty interval) is never drawn

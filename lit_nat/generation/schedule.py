@@ -14,6 +14,10 @@ Conventions (those of both official code bases):
 - ``reveal`` names the policy that picks which drawn tokens stay (:mod:`lit_nat.generation.reveal`): ``confidence``
   (the default, the one both official code bases use; tau2 is its only knob), ``halton``, ``halton_roll`` or
   ``random``.
+- ``draw`` names how a token is drawn from its distribution (:data:`DRAWS`; both draw exactly softmax(log p / tau1)):
+  ``gumbel`` (one Gumbel per code, the official codes' draw), ``inverse_cdf`` (one uniform per token), or ``auto``
+  (the default: ``inverse_cdf`` from :data:`INVERSE_CDF_MIN_CODES` codes on, so ImageNet VQGAN samples stay what
+  earlier releases drew for a seed). The two draws give other images for the same seed, not other statistics.
 
 Count rule, :meth:`GenerationSchedule.masked_counts`: after step t < T-1 the number kept masked is
 ``max(1, min(m_prev - 1, floor(N * r[t])))`` (the official AutoNAT guard: every step reveals at least one token and
@@ -37,6 +41,20 @@ from lit_nat.generation.reveal import POLICIES
 FORMAT = "lit_nat.schedule/1"
 OFFICIAL_KEYS = ("manual_ratios", "manual_temp", "manual_samp_temp", "manual_cfg")
 FIELDS = ("mask_ratio", "sample_temperature", "remask_temperature", "guidance")
+DRAWS = ("auto", "gumbel", "inverse_cdf")
+#: From this many codes on (aMUSEd's 8,192), ``draw: auto`` draws a token with one uniform (inverse CDF) instead of one
+#: Gumbel per code: K times fewer random numbers and logarithms. Smaller codebooks (the VQGAN's 1,024) keep the
+#: Gumbel-max draw under ``auto``, so their samples stay bit-identical to earlier releases for a given seed.
+INVERSE_CDF_MIN_CODES = 4096
+
+
+def resolve_draw(draw: str, codes: int) -> str:
+    """The token draw a schedule's ``draw`` means for a codebook of ``codes`` codes: ``gumbel`` or ``inverse_cdf``."""
+    if draw == "auto":
+        return "inverse_cdf" if codes >= INVERSE_CDF_MIN_CODES else "gumbel"
+    if draw not in DRAWS:
+        raise ValueError(f"unknown token draw {draw!r}; expected one of {list(DRAWS)}")
+    return draw
 
 
 @dataclass
@@ -51,6 +69,8 @@ class GenerationSchedule:
     name: str = field(default="custom", compare=False)
     #: which drawn tokens each step keeps (:data:`~lit_nat.generation.reveal.POLICIES`)
     reveal: str = "confidence"
+    #: how each token is drawn (:data:`DRAWS`): the same distribution, other random numbers
+    draw: str = "auto"
 
     def __post_init__(self) -> None:
         for key in FIELDS:
@@ -69,6 +89,8 @@ class GenerationSchedule:
             raise ValueError(f"{source}: mask_ratio is empty; a schedule needs at least one step")
         if self.reveal not in POLICIES:
             raise ValueError(f"{source}: reveal is {self.reveal!r}; expected one of {list(POLICIES)}")
+        if self.draw not in DRAWS:
+            raise ValueError(f"{source}: draw is {self.draw!r}; expected one of {list(DRAWS)}")
         for key in FIELDS:
             values = getattr(self, key)
             if len(values) != steps:
@@ -219,7 +241,7 @@ class GenerationSchedule:
     @classmethod
     def preset(cls, name: str | dict[str, Any], **params: Any) -> GenerationSchedule:
         """A named constructor (``heuristic``, ``enat``, ``amused`` or ``titok``) with keyword parameters (each also
-        takes ``reveal``, the policy), a YAML file path, or the schedule itself as a mapping (:meth:`to_dict`'s, as
+        takes ``reveal``, the policy, and ``draw``, the token draw), a YAML file path, or the schedule itself as a mapping (:meth:`to_dict`'s, as
         checkpoints record it)."""
         if isinstance(name, dict):
             if params:
@@ -227,9 +249,9 @@ class GenerationSchedule:
             return cls.from_dict(dict(name), source="schedule")
         presets = {"heuristic": cls.heuristic, "enat": cls.enat, "amused": cls.amused, "titok": cls.titok}
         if name in presets:
-            reveal = params.pop("reveal", "confidence")
+            chosen = {key: str(params.pop(key, default)) for key, default in (("reveal", "confidence"), ("draw", "auto"))}
             try:
-                return replace(presets[name](**params), reveal=str(reveal))
+                return replace(presets[name](**params), **chosen)
             except TypeError as err:
                 raise ValueError(f"schedule preset {name!r}: bad schedule_params {params}: {err}") from None
         if name.endswith((".yaml", ".yml")):
@@ -253,12 +275,14 @@ class GenerationSchedule:
         missing = [key for key in FIELDS if key not in data]
         if missing:
             raise ValueError(f"{source}: missing keys {missing}; expected {list(FIELDS)} or {list(OFFICIAL_KEYS)}")
-        unknown = sorted(set(data) - set(FIELDS) - {"format", "name", "reveal"})
+        unknown = sorted(set(data) - set(FIELDS) - {"format", "name", "reveal", "draw"})
         if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown}; expected {list(FIELDS)} (+ optional 'name', 'reveal')")
+            raise ValueError(f"{source}: unknown keys {unknown}; expected {list(FIELDS)} "
+                             "(+ optional 'name', 'reveal', 'draw')")  # fmt: skip
         values = {key: _as_list(data[key], f"{source}: {key}") for key in FIELDS}
         return cls._checked(source, name=str(data.get("name", Path(source).stem)),
-                            reveal=str(data.get("reveal", "confidence")), **values)  # fmt: skip
+                            reveal=str(data.get("reveal", "confidence")), draw=str(data.get("draw", "auto")),
+                            **values)  # fmt: skip
 
     def to_official(self) -> dict[str, list[float]]:
         """The official strategy file: ratios and re-mask temperatures for the first T-1 steps, the rest for all T."""

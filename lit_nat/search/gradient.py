@@ -151,6 +151,7 @@ class StrategySearch:
         return {
             "steps": self.space.steps,
             "reveal": self.space.reveal,
+            "draw": self.space.draw,
             "xi": self.xi.tolist(),
             "momentum_buffer": None if self.buffer is None else self.buffer.tolist(),
             "updates": self.updates,

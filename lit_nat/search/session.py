@@ -69,13 +69,13 @@ class SearchSettings:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"search: momentum must be in [0, 1), got {self.momentum}")
 
-    def space(self, steps: int, reveal: str = "confidence") -> SearchSpace:
+    def space(self, steps: int, reveal: str = "confidence", draw: str = "auto") -> SearchSpace:
         groups = default_groups(self.ratio_step, self.ratio_lr, self.other_step, self.other_lr)
-        return SearchSpace(steps, groups, reveal=reveal)
+        return SearchSpace(steps, groups, reveal=reveal, draw=draw)
 
     def start(self, schedule: GenerationSchedule) -> StrategySearch:
-        """A new search at ``schedule``'s point (its reveal policy kept)."""
-        space = self.space(schedule.steps, schedule.reveal)
+        """A new search at ``schedule``'s point (its reveal policy and token draw kept)."""
+        space = self.space(schedule.steps, schedule.reveal, schedule.draw)
         return StrategySearch(space, space.to_vector(schedule), self.momentum)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +113,8 @@ class SearchSession:
         search_state = dict(state.get("search", state))
         if search_state.get("best_fid") is None:  # JSON null: no finite FID yet
             search_state["best_fid"] = math.inf
-        space = self.settings.space(int(search_state["steps"]), str(search_state.get("reveal", "confidence")))
+        space = self.settings.space(int(search_state["steps"]), str(search_state.get("reveal", "confidence")),
+                                    str(search_state.get("draw", "auto")))  # fmt: skip
         self.search = StrategySearch(space, np.asarray(search_state["xi"], dtype=np.float64), self.settings.momentum)
         self.search.load_state_dict(search_state)
         if self.cache is not None:

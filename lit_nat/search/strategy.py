@@ -71,13 +71,16 @@ class SearchSpace:
         steps: T, the number of generation steps.
         groups: the four blocks in the official order (default: :func:`default_groups`).
         reveal: the reveal policy of every schedule of the space (its continuous knobs are tau1/tau2 above).
+        draw: the token draw of every schedule of the space (not a knob: both draws are the same distribution).
     """
 
-    def __init__(self, steps: int, groups: tuple[Group, ...] | None = None, reveal: str = "confidence") -> None:
+    def __init__(self, steps: int, groups: tuple[Group, ...] | None = None, reveal: str = "confidence",
+                 draw: str = "auto") -> None:  # fmt: skip
         if steps < 2:
             raise ValueError(f"SearchSpace: a search needs T >= 2 steps (T = 1 has no free ratio), got {steps}")
         self.steps = steps
         self.reveal = reveal  # the policy is not searched (not continuous); every probe keeps the start's
+        self.draw = draw  # so does the token draw (a probe under another draw would see other images)
         self.groups = tuple(groups or default_groups())
         if [g.field for g in self.groups] != ["mask_ratio", "remask_temperature", "sample_temperature", "guidance"]:
             raise ValueError("SearchSpace: groups must be ratio, remask_temp, sample_temp, guidance (official order)")
@@ -118,6 +121,7 @@ class SearchSpace:
             guidance=guidance,
             name=name,
             reveal=self.reveal,
+            draw=self.draw,
         )
 
     def check(self, xi: np.ndarray) -> np.ndarray:
