@@ -49,7 +49,8 @@ def run_search(args: argparse.Namespace, name: str, steps: int, out: Path) -> di
     start = POLICIES[name](steps).save(out / f"{name}_T{steps}.yaml")
     folder = out / f"search_{name}_T{steps}"
     main(["search", "--config", args.config, "--ckpt_path", args.ckpt, "--schedule", str(start), "--updates",
-          str(args.search_updates), "--num_samples", str(args.search_samples), "--out", str(folder)])  # fmt: skip
+          str(args.search_updates), "--num_samples", str(args.search_samples), "--out", str(folder),
+          "--backtrack", str(args.backtrack)])  # fmt: skip
     return evaluate_schedule(args, f"{name} (searched)", steps, out, folder / "best.yaml")
 
 
@@ -91,6 +92,7 @@ def main_script() -> None:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--search_updates", type=int, default=0, help="also search each policy's schedule")
     parser.add_argument("--search_samples", type=int, default=200, help="images per FID of the search")
+    parser.add_argument("--backtrack", type=int, default=0, help="the search's step halvings (search --backtrack)")
     parser.add_argument("--config", default="configs/demo_digits.yaml", help="the search's evaluation")
     parser.add_argument("--heldout", type=int, default=0, help="also FID/IS of this many images from seed 1")
     args = parser.parse_args()

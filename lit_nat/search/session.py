@@ -51,6 +51,8 @@ class SearchSettings:
         other_step: forward-difference step of temperatures and guidance (official 0.1).
         other_lr: learning rate of temperatures and guidance (official 0.1).
         num_samples: images per FID evaluation (None: the evaluator's own ``num_samples``).
+        backtrack: halve a step that does not lower the FID, up to this many times (0, the official search: never;
+            the new point is then evaluated once per try). For few steps T, where the fixed step overshoots.
     """
 
     momentum: float = 0.5
@@ -59,8 +61,11 @@ class SearchSettings:
     other_step: float = 0.1
     other_lr: float = 0.1
     num_samples: int | None = None
+    backtrack: int = 0
 
     def __post_init__(self) -> None:
+        if self.backtrack < 0:
+            raise ValueError(f"search: backtrack must be >= 0 (halvings of a step), got {self.backtrack}")
         if self.num_samples is not None and self.num_samples < 2:
             raise ValueError(f"search: num_samples must be >= 2 (a covariance), got {self.num_samples}")
         for name in ("ratio_step", "ratio_lr", "other_step", "other_lr"):
@@ -151,6 +156,8 @@ class SearchSession:
                     self.cache[key] = value
                     self.write_state(trainer)  # a kill loses at most the evaluation in progress
             if self._bar is not None:
+                if self._bar.total is not None and self._bar.n >= self._bar.total:
+                    self._bar.total += 1  # a backtracking halving: one evaluation more than planned
                 self._bar.update(1)
             return value
 
@@ -165,21 +172,23 @@ class SearchSession:
         the point it moves to (the official standalone search does, and it becomes the next update's base), with the
         evaluator's other metrics of that point (e.g. ``clip_score_after``) in the history. Returns the record and that
         FID (NaN when not evaluated or when the update was skipped)."""
-        search, fid = self.search, self.objective(trainer, pl_module)
+        search, fid, backtrack = self.search, self.objective(trainer, pl_module), self.settings.backtrack
         # forward differences, the base point unless known, the new point if asked
-        total = search.space.size + int(self.cached(search.xi) is None) + int(evaluate_new_point)
+        total = search.space.size + int(self.cached(search.xi) is None) + int(evaluate_new_point or backtrack > 0)
         self._bar = progress(total, f"update {search.updates + 1}", unit="FID", enabled=self.show_progress)
         start = time.perf_counter()
         try:
             with self._bar:
-                record = search.step(fid, base=self.cached(search.xi))
-                new_point = evaluate_new_point and not record.skipped
+                record = search.step(fid, base=self.cached(search.xi), backtrack=backtrack)
+                new_point = evaluate_new_point and not record.skipped and backtrack == 0
                 extras: dict[str, float] = {}
                 after = self.objective(trainer, pl_module, extras)(search.schedule) if new_point else math.nan
         finally:
             self._bar = None
         record.seconds = time.perf_counter() - start
         search.history[-1]["seconds"] = record.seconds
+        if backtrack > 0 and not record.skipped:  # backtracking measured the new point (or stayed at the base)
+            after = record.fid_after if record.fid_after is not None else record.fid
         if evaluate_new_point and not record.skipped:
             search.history[-1]["fid_after"] = after  # non-finite: null in state.json
             search.history[-1].update({f"{name}_after": value for name, value in extras.items()})

@@ -216,3 +216,18 @@ def test_a_search_from_another_reveal_policy_keeps_it_in_its_files(setup, tmp_pa
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["best.yaml", "search_0.yaml", "search_1.yaml", "state.json"]
     assert {GenerationSchedule.load(out / n).reveal for n in names if n.endswith(".yaml")} == {"halton"}
+
+
+def test_a_backtracking_search_never_moves_to_a_worse_point_and_resumes_free(setup, tmp_path):
+    """--backtrack: every update either lowers the FID of the point it moves to or stays; the state records each
+    update's step fraction, and a resumed search re-evaluates nothing (the accepted points' FIDs are cached)."""
+    config, ckpt = setup
+    out = tmp_path / "search"
+    options = ["--updates=2", "--backtrack=3", "--other_lr=1000", "--ratio_lr=1.0"]  # steps that change tokens
+    search(config, ckpt, out, *options)
+    history = json.loads((out / "state.json").read_text())["search"]["history"]
+    assert len(history) == 2 and all(h["step_scale"] in (0, 1, 0.5, 0.25, 0.125) for h in history)
+    assert all(h["fid_after"] <= h["fid"] for h in history) and history[-1]["fid_after"] < history[0]["fid"]
+    cache = json.loads((out / "state.json").read_text())["cache"]
+    search(config, ckpt, out, *options)  # done: nothing to evaluate
+    assert json.loads((out / "state.json").read_text())["cache"] == cache

@@ -177,6 +177,38 @@ def test_nan_objective_skips_the_update_without_corrupting_xi():
     assert not search.step(f).skipped and search.updates == 2  # and it recovers
 
 
+def test_backtracking_halves_an_overshooting_step_until_the_objective_falls():
+    """A learning rate far too large for the quadratic: the plain step raises F, backtracking halves it until F falls,
+    and the accepted point's F is recorded (the next update's base at no extra evaluation)."""
+    settings = SearchSettings(other_lr=3.0, ratio_lr=3e-3)
+    space = settings.space(4)
+    f = Quadratic(space, seed=2)
+    start = space.to_schedule(space.project(f.c + 0.05))  # near the minimum, where a large step overshoots
+    plain = settings.start(start)
+    base = plain.step(f).fid
+    assert f(plain.schedule) > base  # overshoot
+    search = SearchSettings(other_lr=3.0, ratio_lr=3e-3, backtrack=6).start(start)
+    f.calls, tries = 0, []
+    record = search.step(lambda s: tries.append(s.name) or f(s) if s.name.startswith("search step") else f(s), backtrack=6)
+    assert 0 < record.step_scale < 1 and record.fid_after == pytest.approx(f(search.schedule)) and record.fid_after < base
+    assert tries == [f"search step x{0.5**k:g}" for k in range(round(-np.log2(record.step_scale)) + 1)]
+    assert record.evaluations == f.calls - 1  # the tries are counted
+    assert search.best_fid == record.fid_after and np.array_equal(search.best_xi, search.xi)
+    assert search.history[-1]["step_scale"] == record.step_scale
+    assert search.step(f, base=record.fid_after, backtrack=6).fid == record.fid_after
+
+
+def test_backtracking_that_finds_no_descent_stays_and_drops_the_momentum():
+    search = SearchSettings(backtrack=2).start(GenerationSchedule.heuristic(4))
+    xi = search.xi.copy()
+    record = search.step(lambda s: 2.0 if s.name.startswith("search step") else 1.0, backtrack=2)  # every try worse
+    assert record.step_scale == 0 and record.reason == "no descent" and record.fid_after is None
+    assert np.array_equal(search.xi, xi) and search.buffer is None and search.updates == 1
+    assert record.evaluations == 1 + search.space.size + 3  # the step, its half and its quarter
+    with pytest.raises(ValueError, match="backtrack must be >= 0"):
+        SearchSettings(backtrack=-1)
+
+
 # ---------------------------------------------------------------------------------------------------- callback
 @pytest.fixture
 def evaluator(tmp_path: Path) -> GenerativeEvaluation:
