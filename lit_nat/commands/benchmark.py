@@ -20,6 +20,7 @@ from lit_nat.commands import benchmark_official as official
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_text
 from lit_nat.core.progress import progress
+from lit_nat.generation.schedule import DRAWS, resolve_draw
 from lit_nat.models import build_backbone
 from lit_nat.models.amused import AMUSED_256_TRANSFORMER
 
@@ -49,6 +50,9 @@ class BenchmarkRequest:
         compile: false (default), true (torch.compile), cuda_graphs (torch.compile reduce-overhead; CUDA only); each
             value is a case.
         reuse: ENAT's feature reuse: both (with and without), true or false; other backbones run once.
+        token_draw: how the sampling cases draw tokens (the schedule's draw): auto (default: inverse_cdf from 4,096
+            codes on, gumbel below), gumbel (one Gumbel per code) or inverse_cdf (one uniform per token); each value
+            is a case (the JSON line's method).
         device: cpu, cuda, cuda:1, or auto.
         warmup: untimed calls before the timed ones (compilation, caches).
         repeats: timed calls; the median is reported.
@@ -78,6 +82,7 @@ class BenchmarkRequest:
     dtype: list[str] | None = None
     compile: list[str] | None = None
     reuse: str = "both"
+    token_draw: list[str] | None = None
     device: str = "auto"
     warmup: int = 1
     repeats: int = 3
@@ -95,7 +100,7 @@ class BenchmarkRequest:
 
 #: the list options' defaults (a list default would be extended, not replaced, by the values given after its flag)
 LIST_DEFAULTS = dict(cases=["matmul", "sampling"], batch=[8], steps=[8], dtype=["fp32"], compile=["false"],
-                     draw_shape=[8, 256, 8192])  # fmt: skip
+                     token_draw=["auto"], draw_shape=[8, 256, 8192])  # fmt: skip
 
 
 def with_defaults(request: BenchmarkRequest) -> BenchmarkRequest:
@@ -107,7 +112,8 @@ def check_request(request: BenchmarkRequest) -> None:
     if request.reuse not in ("both", "true", "false"):
         raise UsageError(f"benchmark: --reuse {request.reuse!r} is not one of both, true, false")
     checks = [("--cases", request.cases, CASES), ("--dtype", request.dtype, tuple(cases.DTYPES)),
-              ("--compile", [str(c).lower() for c in request.compile], cases.COMPILE_MODES)]  # fmt: skip
+              ("--compile", [str(c).lower() for c in request.compile], cases.COMPILE_MODES),
+              ("--token_draw", request.token_draw, DRAWS)]  # fmt: skip
     for flag, values, valid in checks:
         for value in values:
             if value not in valid:
@@ -211,15 +217,17 @@ def target_plan(request: BenchmarkRequest, target: cases.Target, timing: dict,
                 probe_for: Callable[[str], Callable[[], float] | None]) -> list[tuple[dict, Any]]:  # fmt: skip
     out: list[tuple[dict, Any]] = []
     reuses = {"both": [True, False], "true": [True], "false": [False]}[request.reuse] if target.reuses else [None]
+    draws = dict.fromkeys(resolve_draw(d, target.backbone.codebook_size) for d in request.token_draw)  # in order, once
     for batch in request.batch:
         for dtype in request.dtype:
             if "sampling" in request.cases:
                 out += [({"case": "sampling", "arch": target.name, "batch": batch, "steps": steps, "dtype": dtype,
-                          "compile": str(mode).lower(), "reuse": reuse},
+                          "compile": str(mode).lower(), "reuse": reuse, "method": draw},
                          partial(cases.sampling, target, batch=batch, steps=steps, dtype=dtype,
-                                 compile=str(mode).lower(), reuse=reuse is not False, probe=probe_for(dtype),
-                                 **timing))
-                        for steps in request.steps for mode in request.compile for reuse in reuses]  # fmt: skip
+                                 compile=str(mode).lower(), reuse=reuse is not False, draw=draw,
+                                 probe=probe_for(dtype), **timing))
+                        for steps in request.steps for mode in request.compile for reuse in reuses
+                        for draw in draws]  # fmt: skip
                 out += official_plan(request, target, timing, batch, dtype)
             if "train" in request.cases:
                 out.append(({"case": "train", "arch": target.name, "batch": batch, "dtype": dtype},
@@ -273,12 +281,13 @@ def measured(identity: dict, call: Any, peaks: dict[str, float], request: Benchm
     if identity["case"] == "matmul":
         peaks.setdefault(identity["dtype"], tflops)
     adjacent = result.pop("adjacent_peak_tflops", None)
+    spread = [significant(v) for v in result.pop("peak_range", [])] if adjacent and not request.peak_tflops else None
     peak, source = ((request.peak_tflops, "given") if request.peak_tflops else (adjacent, "adjacent matmul")
                     if adjacent else (peaks.get(identity.get("dtype")), "matmul case"))  # fmt: skip
     fraction = tflops / peak if tflops is not None and peak else None
     return {**row, "ms_median": significant(seconds * 1e3), "images_per_s": significant(images / seconds if images
             else None), "gflops_per_image": significant(per_image, 7), "tflops": significant(tflops),
-            "peak_tflops": significant(peak), "peak_source": source if peak else None,
+            "peak_tflops": significant(peak), "peak_source": source if peak else None, "peak_range": spread,
             "fraction_of_peak": significant(fraction), **result,
             "skipped": None}  # fmt: skip
 
@@ -290,7 +299,7 @@ def significant(value: float | None, digits: int = 4) -> float | None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     keys = ["case", "arch", "batch", "steps", "dtype", "compile", "reuse", "method", "images_per_s", "ms_median",
-            "gflops_per_image", "tflops", "peak_tflops", "fraction_of_peak", "skipped"]  # fmt: skip
+            "gflops_per_image", "tflops", "peak_tflops", "peak_range", "fraction_of_peak", "skipped"]  # fmt: skip
     keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join("" if r.get(k) is None else str(r[k]) for k in keys) + " |" for r in rows]

@@ -10,7 +10,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -73,10 +73,11 @@ def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int, device: tor
 
 
 def paired_timing(fn: Callable[[], Any], probe: Callable[[], float] | None, warmup: int, repeats: int,
-                  device: torch.device) -> tuple[float, float | None]:  # fmt: skip
-    """``(median seconds of fn, median of probe())``, the probe (the matmul peak) measured right before each timed
-    call: on a shared or throttling machine the peak moves by 2x within minutes (seen on this project's CPU), so a
-    fraction of peak is only meaningful against a peak measured next to the work."""
+                  device: torch.device) -> tuple[float, list[float]]:  # fmt: skip
+    """``(median seconds of fn, the probe's values)``, the probe (the matmul peak) measured before each timed call and
+    after the last, so the probes bracket every repeat: this project's 2-core CPU switches between ~1.6 and ~0.7 bf16
+    TFLOP/s in episodes of seconds, so a fraction of peak is only meaningful against peaks sampled through the same
+    stretch of time as the work (:func:`peak_summary` reduces them)."""
     for _ in range(warmup):
         fn()
     times, peaks = [], []
@@ -84,7 +85,17 @@ def paired_timing(fn: Callable[[], Any], probe: Callable[[], float] | None, warm
         if probe is not None:
             peaks.append(probe())
         times.append(seconds_of(fn, device))
-    return statistics.median(times), statistics.median(peaks) if peaks else None
+    if probe is not None:
+        peaks.append(probe())
+    return statistics.median(times), peaks
+
+
+def peak_summary(peaks: list[float]) -> dict[str, Any]:
+    """The adjacent peak of a case: the median of its bracketing probes, and their range (how much the machine
+    drifted while the case ran: a wide range means the fraction of peak is rough)."""
+    if not peaks:
+        return {}
+    return {"adjacent_peak_tflops": statistics.median(peaks), "peak_range": [min(peaks), max(peaks)]}
 
 
 def matmul_probe(size: int, dtype: str, device: torch.device) -> Callable[[], float]:
@@ -146,9 +157,9 @@ def sampling_gflops(target: Target, steps: int, reuse: bool) -> float:
 
 def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool,
              device: torch.device, warmup: int, repeats: int, probe: Callable[[], float] | None = None,
-             ) -> dict[str, Any]:  # fmt: skip
-    """The decoding loop of ``sample`` (guided ENAT schedule, two backbone rows per image and step) in the sampling
-    precision of ``dtype`` (:data:`PRECISION_OF`), tokens out."""
+             draw: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """The decoding loop of ``sample`` (guided ENAT schedule with token draw ``draw``, two backbone rows per image and
+    step) in the sampling precision of ``dtype`` (:data:`PRECISION_OF`), tokens out."""
     precision = PRECISION_OF[dtype]
     backbone = target.backbone
     if precision == "bf16-true":  # a copy: the fp32 weights serve the other cases
@@ -156,16 +167,16 @@ def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str
     backbone = backbone if reuse or not target.reuses else WithoutReuse(backbone)
     model = compiled(backbone, compile, device)
     condition, null = conditions(target.backbone, batch, device)
-    schedule = GenerationSchedule.enat(steps)
+    schedule = replace(GenerationSchedule.enat(steps), draw=draw)
 
     def run() -> None:
         with sampling_context(device, precision):
             generate(model, condition, schedule, make_generator(0, device), num_tokens=target.backbone.num_tokens,
                      mask_id=target.backbone.mask_id, null_condition=null)  # fmt: skip
 
-    seconds, peak = paired_timing(run, probe, warmup, repeats, device)
+    seconds, peaks = paired_timing(run, probe, warmup, repeats, device)
     return {"seconds": seconds, "images": batch, "gflops_per_image": sampling_gflops(target, steps, reuse),
-            "adjacent_peak_tflops": peak}  # fmt: skip
+            **peak_summary(peaks)}  # fmt: skip
 
 
 def training_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, batch: int, device: torch.device,
@@ -194,7 +205,7 @@ def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmu
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        seconds, peak = paired_timing(lambda: training_step(backbone, optimizer, batch, device, dtype), probe, warmup,
+        seconds, peaks = paired_timing(lambda: training_step(backbone, optimizer, batch, device, dtype), probe, warmup,
                                       max(repeats, 1), device)  # fmt: skip
         if device.type == "cuda":
             memory, measure = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
@@ -204,7 +215,7 @@ def train(target: Target, *, batch: int, dtype: str, device: torch.device, warmu
         backbone.eval()
         backbone.zero_grad(set_to_none=True)
     return {"seconds": seconds, "images": batch, "gflops_per_image": train_gflops(target),
-            "adjacent_peak_tflops": peak, "memory_bytes": memory, "memory_measure": measure}  # fmt: skip
+            **peak_summary(peaks), "memory_bytes": memory, "memory_measure": measure}  # fmt: skip
 
 
 def state_bytes(backbone: nn.Module, optimizer: torch.optim.Optimizer) -> int:

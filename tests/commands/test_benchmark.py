@@ -42,6 +42,8 @@ def test_sampling_lines_have_positive_numbers_and_the_gflops_of_flops(capsys, tm
         assert row["gflops_per_image"] == pytest.approx(expected[row["reuse"]], rel=1e-5)
         # the peak is measured next to the case's own repeats (a shared machine's peak drifts)
         assert row["peak_source"] == "adjacent matmul" and row["peak_tflops"] > 0
+        low, high = row["peak_range"]  # the probes bracketing the repeats: their median is the peak
+        assert 0 < low <= row["peak_tflops"] <= high
         assert row["fraction_of_peak"] == pytest.approx(row["tflops"] / row["peak_tflops"], rel=1e-3)
     assert rows[1]["gflops_per_image"] < rows[2]["gflops_per_image"]  # reuse encodes only the new tokens
 
@@ -79,6 +81,18 @@ def test_draw_reports_both_methods(capsys):
     assert all(r["images_per_s"] > 0 and r["skipped"] is None for r in rows)
 
 
+def test_each_token_draw_is_a_sampling_case_and_reaches_the_loop(capsys, monkeypatch):
+    from lit_nat.generation import decoding
+
+    seen, draw = [], decoding.categorical_draw
+    monkeypatch.setattr(decoding, "categorical_draw", lambda *a, **k: seen.append(a[3]) or draw(*a, **k))
+    rows = run(capsys, *TINY, "--cases", "sampling", "--reuse", "true", "--token_draw", "auto", "gumbel", "inverse_cdf")
+    # auto on 12 codes is the Gumbel draw: one case, not two
+    assert [(r["case"], r["method"]) for r in rows] == [("sampling", "gumbel"), ("sampling", "inverse_cdf")]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert set(seen) == {"gumbel", "inverse_cdf"} and seen[-1] == "inverse_cdf"
+
+
 def test_cuda_only_and_tokenizer_cases_are_skipped_with_a_reason_on_cpu(capsys):
     rows = run(capsys, *TINY, "--cases", "sampling", "decode", "--compile", "cuda_graphs", "--reuse", "true")
     assert [r["case"] for r in rows] == ["sampling", "decode"]
@@ -93,6 +107,7 @@ def test_cuda_only_and_tokenizer_cases_are_skipped_with_a_reason_on_cpu(capsys):
         (["--arch", "enat-tiny", "--cases", "sampel"], "--cases 'sampel' is not one of matmul, sampling, train"),
         (["--arch", "enat-tiny", "--dtype", "fp8"], "--dtype 'fp8' is not one of fp32, bf16, fp16"),
         (["--arch", "enat-tiny", "--repeats", "0"], "--repeats must be >= 1"),
+        (["--arch", "enat-tiny", "--token_draw", "exp"], "--token_draw 'exp' is not one of auto, gumbel, inverse_cdf"),
         (["--cases", "train"], "cases train need a model: give --arch, --model_configs or --ckpt_path"),
     ],
 )
@@ -124,3 +139,16 @@ def test_an_out_of_memory_case_is_a_skipped_line_and_the_others_run(capsys, monk
     rows = run(capsys, *TINY, "--cases", "sampling", "train", "--reuse", "true")
     assert [r["case"] for r in rows] == ["sampling", "train"] and rows[0]["images_per_s"] > 0
     assert rows[1]["skipped"] == "out of memory at batch 2 on this device"
+
+
+def test_the_peak_probes_bracket_every_timed_call():
+    from lit_nat.commands.benchmark_cases import paired_timing, peak_summary
+
+    events: list[str] = []
+    probe_values = iter([3.0, 1.0, 2.0, 5.0])
+    seconds, peaks = paired_timing(lambda: events.append("call"), lambda: events.append("probe") or next(probe_values),
+                                   warmup=1, repeats=3, device=torch.device("cpu"))  # fmt: skip
+    assert events == ["call", "probe", "call", "probe", "call", "probe", "call", "probe"]  # warm-up untimed first
+    assert peaks == [3.0, 1.0, 2.0, 5.0] and seconds >= 0
+    assert peak_summary(peaks) == {"adjacent_peak_tflops": 2.5, "peak_range": [1.0, 5.0]}
+    assert peak_summary([]) == {}
