@@ -308,10 +308,12 @@ class GenerativeEvaluation(L.Callback):
         """Generate one batch of the plan, decode it and add it to the metrics (FID always; IS and CLIP score if
         given)."""
         device = pl_module.device
-        labels = None if batch.prompts else torch.tensor(batch.labels, device=device)
         prompts = list(batch.prompts) if batch.prompts else None
-        # the transformer runs as in validation_step (e.g. bf16 autocast); the metric never does
-        with trainer.precision_plugin.forward_context():
+        # the transformer runs as in validation_step (e.g. bf16 autocast), but outside inference mode (under
+        # no_grad), where autocast keeps each weight's cast for the whole call instead of re-casting it at every
+        # step (lit_nat.generation.precision); the metric never runs under autocast
+        with torch.inference_mode(False), torch.no_grad(), trainer.precision_plugin.forward_context():
+            labels = None if batch.prompts else torch.tensor(batch.labels, device=device)
             ids = pl_module.generate(labels, schedule=schedule, seed=batch.seed, prompts=prompts).ids
         with full_precision(device.type):
             images = pl_module.decode(ids).float()

@@ -8,8 +8,8 @@ itself (``benchmark``); ``sample`` takes the same names through ``--trainer.prec
   at every step (ENAT-L on CPU, batch 8, T = 8: 6,328 copies against 3,047; in wall time the best of four
   interleaved calls took 5.10 s against 4.62, the same tokens: ``scripts/profile_sampling.py
   --compare_inference_mode true``). ``sample`` and ``predict`` therefore run
-  Lightning's predict loop with ``inference_mode=False``; validation (FID) keeps inference mode for its metric
-  states.
+  Lightning's predict loop with ``inference_mode=False``; validation keeps inference mode, and its FID evaluation
+  leaves it for the generation alone (``GenerativeEvaluation``).
 - ``bf16-true`` casts the backbone's weights to bfloat16 once, halves its memory and runs without autocast; the
   decoding loop still draws tokens from float32 log-probabilities.
 """

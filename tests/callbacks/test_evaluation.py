@@ -127,6 +127,29 @@ def test_evaluate_works_outside_validation_and_inference_mode(tiny_shards, class
     assert again["fid"] == pytest.approx(logged)
 
 
+def test_validation_generates_outside_inference_mode_under_autocast_and_measures_inside(tiny_shards, classifier,
+                                                                                       tmp_path):  # fmt: skip
+    """Under inference mode autocast re-casts every weight at every decoding step; validation's FID generates under
+    no_grad with the run's autocast (its casts kept for the call) and extracts features in inference mode."""
+    model = eval_module()
+    callback = evaluation(classifier, tmp_path)
+    seen: dict[str, list] = {"generate": [], "decode": []}
+    generate, decode = model.generate, model.decode
+
+    def recording_generate(*args, **kwargs):
+        seen["generate"].append((torch.is_inference_mode_enabled(), torch.is_grad_enabled(),
+                                 torch.is_autocast_enabled("cpu")))  # fmt: skip
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    model.decode = lambda ids: seen["decode"].append(torch.is_inference_mode_enabled()) or decode(ids)
+    fit = eval_trainer(tmp_path, [callback], precision="bf16-mixed")
+    result = fit.validate(model, datamodule=shards_datamodule(tiny_shards), verbose=False)[0]
+    assert seen["generate"] and set(seen["generate"]) == {(False, False, True)}
+    assert seen["decode"] and all(seen["decode"])  # decoding and the metric: validation's inference mode
+    assert np.isfinite(result["val/digits_fid"])
+
+
 def test_every_n_validations_and_checkpointed_counter(tiny_shards, classifier, tmp_path):
     callback = evaluation(classifier, tmp_path, every_n_validations=2)
     fit = eval_trainer(tmp_path, [callback], max_steps=6, val_check_interval=2, check_val_every_n_epoch=None,
