@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from lit_nat.core.checkpointing import weights_digest
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import DirectoryLock, atomic_write, atomic_write_json, changed_entries, remove_stale_temps
 from lit_nat.data.datamodule import generation_loader
-from lit_nat.generation.schedule import GenerationSchedule
+from lit_nat.generation.schedule import DRAWS, GenerationSchedule
 from lit_nat.training.loading import AssetLocations
 from lit_nat.training.lora import AdapterSet
 from lit_nat.training.trainer import NATTrainer
@@ -63,6 +63,7 @@ class SampleWriter(BasePredictionWriter):
         settings: what the parts depend on besides the weights and the schedule (N, batch size, seed, labels,
             precision).
         schedule: schedule to install at predict start, after the checkpoint (which carries its own) is restored.
+        draw: the token draw to give that schedule (or the checkpoint's), None to keep its own.
         save_png: also write every image to ``images/NNNNNN.png``.
         grid_samples: images in ``grid.png``.
         info: extra facts for ``samples.json``.
@@ -78,8 +79,10 @@ class SampleWriter(BasePredictionWriter):
         save_png: bool = False,
         grid_samples: int = 100,
         info: dict[str, Any] | None = None,
+        draw: str | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
+        self.draw = draw
         self.files = SampleFiles.at(out)
         self.num_samples, self.batch_size, self.settings = num_samples, batch_size, dict(settings)
         self.schedule = schedule
@@ -88,8 +91,11 @@ class SampleWriter(BasePredictionWriter):
         self.info = dict(info or {})
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.schedule is not None:
-            pl_module.set_schedule(self.schedule)  # validated against the model's token count
+        schedule = self.schedule or pl_module.schedule
+        if self.draw is not None:
+            schedule = replace(schedule, draw=self.draw)
+        if schedule is not pl_module.schedule:
+            pl_module.set_schedule(schedule)  # validated against the model's token count
         plan = {**self.settings, "schedule": pl_module.schedule.to_dict(),
                 "weights": weights_digest(pl_module.ema_backbone.state_dict())}  # fmt: skip
         path = self.files.parts / PLAN_FILE
@@ -211,6 +217,9 @@ class SampleRequest:
             resuming it.
         prompts: for a text-conditioned model, the prompts, cycled (sample i gets prompts[i mod P]).
         prompts_file: a UTF-8 file with one prompt per line (blank lines skipped), instead of --prompts.
+        draw: how tokens are drawn, for this run's schedule: auto, gumbel (a Gumbel per code) or inverse_cdf (one
+            uniform per token: the same distribution, faster on large codebooks, other images for a seed); default
+            the schedule's own.
     """
 
     num_samples: int = 50_000
@@ -224,6 +233,7 @@ class SampleRequest:
     overwrite: bool = False
     prompts: list[str] | None = None
     prompts_file: str | None = None
+    draw: str | None = None
 
 
 def sample(trainer: NATTrainer, model: L.LightningModule, ckpt_path: str | None = None,
@@ -251,6 +261,8 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
     if files.npz.exists() and not request.overwrite:
         raise FileExistsError(f"{files.npz} exists; pass --overwrite true or another --out")
     parsed = GenerationSchedule.preset(request.schedule) if request.schedule else None  # bad files fail before work
+    if request.draw is not None and request.draw not in DRAWS:
+        raise UsageError(f"sample: --draw {request.draw!r} is not one of {', '.join(DRAWS)}")
     num_classes = int(model.hparams.num_classes)
     if labels is not None:
         bad = [v for v in labels if not 0 <= int(v) <= num_classes]
@@ -276,7 +288,7 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
         loader = generation_loader(request.num_samples, request.batch_size, request.seed, num_classes=num_classes,
                                    labels=labels, skip=done, prompts=prompts)  # fmt: skip
         writer = SampleWriter(files, request.num_samples, request.batch_size, settings, parsed, request.save_png,
-                              request.grid_samples, info)  # fmt: skip
+                              request.grid_samples, info, request.draw)  # fmt: skip
         trainer.callbacks.append(writer)
         try:
             trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)

@@ -241,15 +241,16 @@ class GenerationSchedule:
     @classmethod
     def preset(cls, name: str | dict[str, Any], **params: Any) -> GenerationSchedule:
         """A named constructor (``heuristic``, ``enat``, ``amused`` or ``titok``) with keyword parameters (each also
-        takes ``reveal``, the policy, and ``draw``, the token draw), a YAML file path, or the schedule itself as a mapping (:meth:`to_dict`'s, as
-        checkpoints record it)."""
+        takes ``reveal``, the policy, and ``draw``, the token draw), a YAML file path, or the schedule itself as a
+        mapping (:meth:`to_dict`'s, as checkpoints record it)."""
         if isinstance(name, dict):
             if params:
                 raise ValueError(f"schedule_params {params} cannot be combined with a schedule given by value")
             return cls.from_dict(dict(name), source="schedule")
         presets = {"heuristic": cls.heuristic, "enat": cls.enat, "amused": cls.amused, "titok": cls.titok}
         if name in presets:
-            chosen = {key: str(params.pop(key, default)) for key, default in (("reveal", "confidence"), ("draw", "auto"))}
+            fixed = (("reveal", "confidence"), ("draw", "auto"))  # not parameters of the constructors
+            chosen = {key: str(params.pop(key, default)) for key, default in fixed}
             try:
                 return replace(presets[name](**params), **chosen)
             except TypeError as err:

@@ -12,6 +12,7 @@ import torch
 from lit_nat import load_model
 from lit_nat.commands.cli import main
 from lit_nat.commands.sample import done_batches, merge_parts, to_uint8_hwc, write_part
+from lit_nat.core.errors import UsageError
 from lit_nat.data.labels import plan_generation
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.metrics import load_reference_stats
@@ -85,6 +86,28 @@ def test_bad_schedule_files_and_labels_fail_before_any_work(setup, tmp_path):
     with pytest.raises(ValueError, match=r"labels must be non-empty and in \[0, 3\]"):
         sample(config, ckpt, tmp_path / "d", "--num_samples=2", "--labels", "7")
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_draw_gives_the_runs_schedule_its_token_draw(setup, tmp_path):
+    """--draw inverse_cdf on the checkpoint's schedule (or a given one): recorded in samples.json, the images the
+    model generates under that draw; a bad value is one line before any work."""
+    config, ckpt = setup
+    sample(config, ckpt, tmp_path / "gumbel", "--num_samples=6", "--batch_size=3")
+    sample(config, ckpt, tmp_path / "inverse", "--num_samples=6", "--batch_size=3", "--draw=inverse_cdf")
+    infos = {name: json.loads((tmp_path / name / "samples.json").read_text()) for name in ("gumbel", "inverse")}
+    assert infos["gumbel"]["schedule"]["draw"] == "auto" and infos["inverse"]["schedule"]["draw"] == "inverse_cdf"
+    model = load_model(str(ckpt))
+    schedule = GenerationSchedule.from_dict({**model.schedule.to_dict(), "draw": "inverse_cdf"})
+    with np.load(tmp_path / "inverse" / "samples.npz") as data:
+        images = data["arr_0"]
+    for batch in plan_generation(6, 3, seed=0, num_classes=3):
+        ids = model.generate(torch.tensor(batch.labels), seed=batch.seed, schedule=schedule).ids
+        np.testing.assert_array_equal(images[list(batch.indices)], to_uint8_hwc(model.decode(ids)))
+    with np.load(tmp_path / "gumbel" / "samples.npz") as data:
+        assert not np.array_equal(data["arr_0"], images)
+    with pytest.raises(UsageError, match="sample: --draw 'uniform' is not one of auto, gumbel, inverse_cdf"):
+        sample(config, ckpt, tmp_path / "bad", "--num_samples=2", "--draw=uniform")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_batch_parts_merge_in_sample_order(tmp_path):

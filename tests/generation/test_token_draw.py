@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import chisquare, chi2_contingency
+from scipy.stats import chi2_contingency, chisquare
 
 from lit_nat.generation.decoding import categorical_draw, make_generator
 from lit_nat.generation.schedule import INVERSE_CDF_MIN_CODES, GenerationSchedule
