@@ -299,7 +299,8 @@ def significant(value: float | None, digits: int = 4) -> float | None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     keys = ["case", "arch", "batch", "steps", "dtype", "compile", "reuse", "method", "images_per_s", "ms_median",
-            "gflops_per_image", "tflops", "peak_tflops", "peak_range", "fraction_of_peak", "skipped"]  # fmt: skip
+            "gflops_per_image", "tflops", "peak_tflops", "peak_range", "fraction_of_peak", "paired_ratio",
+            "skipped"]  # fmt: skip
     keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join("" if r.get(k) is None else str(r[k]) for k in keys) + " |" for r in rows]

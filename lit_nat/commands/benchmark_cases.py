@@ -158,8 +158,18 @@ def sampling_gflops(target: Target, steps: int, reuse: bool) -> float:
 def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool,
              device: torch.device, warmup: int, repeats: int, probe: Callable[[], float] | None = None,
              draw: str = "auto") -> dict[str, Any]:  # fmt: skip
-    """The decoding loop of ``sample`` (guided ENAT schedule with token draw ``draw``, two backbone rows per image and
-    step) in the sampling precision of ``dtype`` (:data:`PRECISION_OF`), tokens out."""
+    """The decoding loop of ``sample`` (:func:`sampling_call`) timed, with the peak next to each repeat."""
+    run = sampling_call(target, batch=batch, steps=steps, dtype=dtype, compile=compile, reuse=reuse, draw=draw,
+                        device=device)  # fmt: skip
+    seconds, peaks = paired_timing(run, probe, warmup, repeats, device)
+    return {"seconds": seconds, "images": batch, "gflops_per_image": sampling_gflops(target, steps, reuse),
+            **peak_summary(peaks)}  # fmt: skip
+
+
+def sampling_call(target: Target, *, batch: int, steps: int, dtype: str, compile: str, reuse: bool, draw: str,
+                  device: torch.device) -> Callable[[], None]:  # fmt: skip
+    """One call of the decoding loop of ``sample`` (guided ENAT schedule with token draw ``draw``, two backbone rows
+    per image and step) in the sampling precision of ``dtype`` (:data:`PRECISION_OF`), tokens out."""
     precision = PRECISION_OF[dtype]
     backbone = target.backbone
     if precision == "bf16-true":  # a copy: the fp32 weights serve the other cases
@@ -174,9 +184,7 @@ def sampling(target: Target, *, batch: int, steps: int, dtype: str, compile: str
             generate(model, condition, schedule, make_generator(0, device), num_tokens=target.backbone.num_tokens,
                      mask_id=target.backbone.mask_id, null_condition=null)  # fmt: skip
 
-    seconds, peaks = paired_timing(run, probe, warmup, repeats, device)
-    return {"seconds": seconds, "images": batch, "gflops_per_image": sampling_gflops(target, steps, reuse),
-            **peak_summary(peaks)}  # fmt: skip
+    return run
 
 
 def training_step(backbone: nn.Module, optimizer: torch.optim.Optimizer, batch: int, device: torch.device,

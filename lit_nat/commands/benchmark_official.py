@@ -4,7 +4,9 @@
 of the backbone being benchmarked (random weights: the time does not depend on them) and its ``NATSchedule.generate``
 runs the same batch, steps and precision as our sampling case. Nothing of that code is copied into lit_nat: it is
 imported from ``PATH``, in a child process, because its ``libs``, ``timm`` and ``taming`` packages would shadow
-installed ones. The child measures the matmul peak next to each repeat as the parent does, and prints one JSON line.
+installed ones. The child stays up for the case: built and warmed up once, it times one official call whenever the
+parent asks, right after the parent timed one of ours, so each pair meets the machine in the same state
+(``paired_ratio``); the parent measures the matmul peak before each pair.
 
 Differences worth knowing when reading the numbers:
 
@@ -21,10 +23,13 @@ Differences worth knowing when reading the numbers:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import statistics
 import subprocess
 import sys
+import tempfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,40 +104,101 @@ def official_spec(target: cases.Target, code: str = "enat") -> dict[str, Any]:
 def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype: str, device: torch.device,
              warmup: int, repeats: int, matmul_size: int, adjacent_peak: bool,
              code: str = "enat") -> dict[str, Any]:  # fmt: skip
-    """Our sampling case's numbers for the official loop, measured in a child process."""
+    """Our sampling case's numbers for the official loop, measured in a child process, each official call right after
+    one of ours (the Gumbel draw, as the official loops draw): ``paired_ratio`` is the median of the per-pair ratios
+    (official seconds / ours), which a machine whose speed drifts between cases cannot bias as it biases two medians
+    taken minutes apart."""
     if dtype == "bf16-true":
         raise cases.Skip("the official code samples in float32 or under autocast; bf16-true is lit_nat's")
     request = dict(code=code, root=str(root), model=official_spec(target, code), batch=batch, steps=steps,
-                   dtype=dtype, device=str(device), warmup=warmup, repeats=repeats, matmul_size=matmul_size,
-                   adjacent_peak=adjacent_peak)  # fmt: skip
-    child = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)], capture_output=True, text=True)
-    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-    if child.returncode != 0 or not lines:
-        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        raise cases.Skip(f"the official code at {root} failed: {last}")
-    result = json.loads(lines[-1])
-    extra = {"official_attention": result["attention"]} if "attention" in result else {}
-    gflops = cases.sampling_gflops(target, steps, True)
-    return {"seconds": result["seconds"], "images": batch, "gflops_per_image": gflops,
-            **cases.peak_summary(result["peaks"]), **extra}  # fmt: skip
+                   dtype=dtype, device=str(device), warmup=warmup)  # fmt: skip
+    ours = cases.sampling_call(target, batch=batch, steps=steps, dtype=dtype, compile="false", reuse=True,
+                               draw="gumbel", device=device)  # fmt: skip
+    probe = cases.matmul_probe(matmul_size, dtype, device) if adjacent_peak else None
+    official_times, our_times, peaks = [], [], []
+    with OfficialChild(request, root) as child:
+        for _ in range(warmup):
+            ours()
+        for _ in range(repeats):
+            if probe is not None:
+                peaks.append(probe())
+            our_times.append(cases.seconds_of(ours, device))
+            official_times.append(child.time())
+        if probe is not None:
+            peaks.append(probe())
+    extra = {"official_attention": child.ready["attention"]} if "attention" in child.ready else {}
+    ratio = statistics.median(o / u for o, u in zip(official_times, our_times))
+    return {"seconds": statistics.median(official_times), "images": batch,
+            "gflops_per_image": cases.sampling_gflops(target, steps, True), **cases.peak_summary(peaks),
+            "paired_ratio": float(f"{ratio:.4g}"), **extra}  # fmt: skip
+
+
+class OfficialChild:
+    """The official loop in a child process that stays up: built and warmed up once (its first JSON line, ``ready``),
+    then one timed call per :meth:`time`. Its stderr goes to a file, so a crash is reported by its last line."""
+
+    def __init__(self, request: dict[str, Any], root: Path) -> None:
+        self.request, self.root, self.ready = request, root, {}
+
+    def __enter__(self) -> OfficialChild:
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen([sys.executable, "-m", __name__, json.dumps(self.request)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                        text=True)  # fmt: skip
+        try:
+            self.ready = self.reply()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def reply(self) -> dict[str, Any]:
+        """The child's next JSON line (the official code may print other lines), or a Skip with its last error."""
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.process.wait()
+        self.log.seek(0)
+        last = (self.log.read().strip().splitlines() or ["no output"])[-1]
+        raise cases.Skip(f"the official code at {self.root} failed: {last}")
+
+    def time(self) -> float:
+        self.process.stdin.write("time\n")
+        self.process.stdin.flush()
+        return float(self.reply()["seconds"])
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # the child's loop ends at end of input
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
 
 
 # ------------------------------------------------------------------------------------------------ in the child
-def timed(request: dict[str, Any], device: torch.device, generate: Any) -> dict[str, Any]:
-    """Median seconds of ``generate()`` as its evaluation runs it (no_grad, the accelerator's autocast)."""
-    dtype = request["dtype"]
+def serve(request: dict[str, Any], generate: Any, extra: dict[str, Any]) -> None:
+    """Warm ``generate`` up, say ``ready``, then time one call (as its evaluation runs it: no_grad, the accelerator's
+    autocast) per ``time`` line of the standard input, until it ends."""
+    device, dtype = torch.device(request["device"]), request["dtype"]
 
     def run() -> None:
         with torch.no_grad(), cases.autocast(device, dtype):
             generate()
 
-    probe = cases.matmul_probe(request["matmul_size"], dtype, device) if request["adjacent_peak"] else None
-    seconds, peaks = cases.paired_timing(run, probe, request["warmup"], request["repeats"], device)
-    return {"seconds": seconds, "peaks": peaks}
+    for _ in range(request["warmup"]):
+        run()
+    print(json.dumps({"ready": True, **extra}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "time":
+            break
+        print(json.dumps({"seconds": cases.seconds_of(run, device)}), flush=True)
 
 
-def run_official_enat(request: dict[str, Any]) -> dict[str, Any]:
-    """Build the official ENAT ``DiT`` and time its ``NATSchedule.generate``."""
+def build_official_enat(request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The official ENAT ``DiT`` and a call of its ``NATSchedule.generate``."""
     from libs.models import DiT  # the user's clone of LeapLabTHU/ENAT
     from libs.nat_misc import NATSchedule
 
@@ -142,12 +208,12 @@ def run_official_enat(request: dict[str, Any]) -> dict[str, Any]:
     nnet = DiT(depth=sum(args.enc_dec), num_classes=OFFICIAL_NULL_CLASS, args=args, **spec).to(device).eval()
     schedule = NATSchedule(codebook_size=spec["codebook_size"], device=device, args=args)
     labels = torch.arange(batch, device=device) % OFFICIAL_NULL_CLASS
-    return timed(request, device, lambda: schedule.generate(request["steps"], batch, nnet, lambda ids: ids,
-                                                           spec["input_size"], context=labels))  # fmt: skip
+    return lambda: schedule.generate(request["steps"], batch, nnet, lambda ids: ids, spec["input_size"],
+                                     context=labels), {}  # fmt: skip
 
 
-def run_official_autonat(request: dict[str, Any]) -> dict[str, Any]:
-    """Build the official AutoNAT ``UViT`` and time its ``NATSchedule.generate`` with its evaluation's guidance."""
+def build_official_autonat(request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The official AutoNAT ``UViT`` and a call of its ``NATSchedule.generate`` with its evaluation's guidance."""
     if "loguru" not in sys.modules:
         try:
             import loguru  # noqa: F401
@@ -168,13 +234,13 @@ def run_official_autonat(request: dict[str, Any]) -> dict[str, Any]:
         return cond + scale * (cond - uncond)
 
     strategy = GenerationSchedule.enat(request["steps"]).to_official()  # the schedule of our sampling case
-    result = timed(request, device, lambda: schedule.generate(request["steps"], batch, guided, lambda ids: ids,
-                                                             context=labels, **strategy))  # fmt: skip
-    return {**result, "attention": "xformers" if getattr(nat_model, "XFORMERS_IS_AVAILBLE", False) else "plain"}
+    attention = "xformers" if getattr(nat_model, "XFORMERS_IS_AVAILBLE", False) else "plain"
+    return lambda: schedule.generate(request["steps"], batch, guided, lambda ids: ids, context=labels,
+                                     **strategy), {"attention": attention}  # fmt: skip
 
 
 if __name__ == "__main__":
     child_request = json.loads(sys.argv[1])
     sys.path.insert(0, child_request["root"])
-    runner = run_official_enat if child_request["code"] == "enat" else run_official_autonat
-    print(json.dumps(runner(child_request)), flush=True)
+    build = build_official_enat if child_request["code"] == "enat" else build_official_autonat
+    serve(child_request, *build(child_request))

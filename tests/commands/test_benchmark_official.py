@@ -98,6 +98,31 @@ def test_the_official_loop_runs_beside_ours_at_the_same_size(capsys, tmp_path, m
         codebook_size=12, enc_dec=[encoder, decoder], cfg_scale=2.5)  # fmt: skip
 
 
+def test_each_official_call_follows_one_of_ours_and_the_pairs_give_the_ratio(capsys, tmp_path, monkeypatch):
+    """The child stays up for the case; the parent times ours, then asks the child for one official call, repeat by
+    repeat, and reports the median of the per-pair ratios."""
+    from lit_nat.commands import benchmark_cases, benchmark_official
+
+    monkeypatch.setenv("STAND_IN_RECORD", str(tmp_path / "record.json"))
+    clone = stand_in_clone(tmp_path / "ENAT")
+    events: list[str] = []
+    call, time_official = benchmark_cases.sampling_call, benchmark_official.OfficialChild.time
+
+    def recorded_call(*args, **kwargs):
+        run = call(*args, **kwargs)
+        return lambda: events.append(f"ours {kwargs['draw']}") or run()
+
+    monkeypatch.setattr(benchmark_cases, "sampling_call", recorded_call)
+    monkeypatch.setattr(benchmark_official.OfficialChild, "time", lambda self: events.append("official") or
+                        time_official(self))  # fmt: skip
+    options = [*TINY, "--repeats", "3", "--token_draw", "inverse_cdf"]
+    ours, official = run(capsys, "--arch", "enat-tiny", *options, "--official_enat", str(clone))
+    # our own case, then the pairs, ours with the Gumbel draw the official loops use
+    assert events == ["ours inverse_cdf"] * 3 + ["ours gumbel", "official"] * 3
+    assert official["paired_ratio"] > 0 and ours.get("paired_ratio") is None
+    assert official["images_per_s"] > 0 and official["peak_range"][0] <= official["peak_tflops"]
+
+
 def test_a_failing_clone_or_another_backbone_is_a_skipped_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("STAND_IN_RECORD", str(tmp_path / "record.json"))
     clone = stand_in_clone(tmp_path / "ENAT")
