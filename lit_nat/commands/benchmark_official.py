@@ -107,7 +107,7 @@ def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype:
     """Our sampling case's numbers for the official loop, measured in a child process, each official call right after
     one of ours (the Gumbel draw, as the official loops draw): ``paired_ratio`` is the median of the per-pair ratios
     (official seconds / ours), which a machine whose speed drifts between cases cannot bias as it biases two medians
-    taken minutes apart."""
+    taken minutes apart; ``paired_lit_nat_images_per_s`` is ours in those pairs."""
     if dtype == "bf16-true":
         raise cases.Skip("the official code samples in float32 or under autocast; bf16-true is lit_nat's")
     request = dict(code=code, root=str(root), model=official_spec(target, code), batch=batch, steps=steps,
@@ -130,7 +130,8 @@ def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype:
     ratio = statistics.median(o / u for o, u in zip(official_times, our_times))
     return {"seconds": statistics.median(official_times), "images": batch,
             "gflops_per_image": cases.sampling_gflops(target, steps, True), **cases.peak_summary(peaks),
-            "paired_ratio": float(f"{ratio:.4g}"), **extra}  # fmt: skip
+            "paired_ratio": float(f"{ratio:.4g}"),
+            "paired_lit_nat_images_per_s": float(f"{batch / statistics.median(our_times):.4g}"), **extra}  # fmt: skip
 
 
 class OfficialChild:
