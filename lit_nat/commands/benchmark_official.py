@@ -164,8 +164,9 @@ class OfficialChild:
         raise cases.Skip(f"the official code at {self.root} failed: {last}")
 
     def time(self) -> float:
-        self.process.stdin.write("time\n")
-        self.process.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # a child that died: reply() reports its last error
+            self.process.stdin.write("time\n")
+            self.process.stdin.flush()
         return float(self.reply()["seconds"])
 
     def __exit__(self, *exc: object) -> None:

@@ -130,6 +130,10 @@ def test_a_failing_clone_or_another_backbone_is_a_skipped_line(capsys, tmp_path,
     (clone / "libs/nat_misc.py").write_text("raise ImportError('numpy too new for this clone')\n")
     _, official = run(capsys, "--arch", "enat-tiny", *TINY, "--official_enat", str(clone))
     assert "failed: ImportError: numpy too new for this clone" in official["skipped"]
+    (clone / "libs/nat_misc.py").write_text(STAND_IN_SCHEDULE.replace("ids = torch.full(", "raise RuntimeError("
+                                            "'out of luck')\n        ids = torch.full("))  # fmt: skip
+    _, official = run(capsys, "--arch", "enat-tiny", *TINY, "--repeats", "2", "--official_enat", str(clone))
+    assert "failed: RuntimeError: out of luck" in official["skipped"]  # a child that dies while timing
     rows = run(capsys, "--arch", "autonat-tiny", *TINY[2:], "--arch_overrides", json.dumps(UVIT_ONE_BLOCK_ARCH),
                "--official_enat", str(clone))  # fmt: skip
     assert [r["arch"] for r in rows] == ["autonat-tiny"]  # the official ENAT loop is offered for ENAT backbones only
