@@ -180,8 +180,7 @@ class StrategySearch:
         """Plain Python values (lists, floats): safe for ``torch.load(weights_only=True)`` and YAML/JSON."""
         return {
             "steps": self.space.steps,
-            "reveal": self.space.reveal,
-            "draw": self.space.draw,
+            **self.space.kept,
             "xi": self.xi.tolist(),
             "momentum_buffer": None if self.buffer is None else self.buffer.tolist(),
             "updates": self.updates,

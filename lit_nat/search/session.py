@@ -30,7 +30,7 @@ from lit_nat.core.io import atomic_write_json
 from lit_nat.core.progress import progress
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.search.gradient import StrategySearch, UpdateRecord
-from lit_nat.search.strategy import SearchSpace, default_groups
+from lit_nat.search.strategy import KEPT_FIELDS, SearchSpace, default_groups
 
 STATE_FILE = "state.json"
 
@@ -74,13 +74,13 @@ class SearchSettings:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"search: momentum must be in [0, 1), got {self.momentum}")
 
-    def space(self, steps: int, reveal: str = "confidence", draw: str = "auto") -> SearchSpace:
+    def space(self, steps: int, **kept: str) -> SearchSpace:
         groups = default_groups(self.ratio_step, self.ratio_lr, self.other_step, self.other_lr)
-        return SearchSpace(steps, groups, reveal=reveal, draw=draw)
+        return SearchSpace(steps, groups, **kept)
 
     def start(self, schedule: GenerationSchedule) -> StrategySearch:
         """A new search at ``schedule``'s point (its reveal policy and token draw kept)."""
-        space = self.space(schedule.steps, schedule.reveal, schedule.draw)
+        space = self.space(schedule.steps, **{key: getattr(schedule, key) for key in KEPT_FIELDS})
         return StrategySearch(space, space.to_vector(schedule), self.momentum)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,8 +118,8 @@ class SearchSession:
         search_state = dict(state.get("search", state))
         if search_state.get("best_fid") is None:  # JSON null: no finite FID yet
             search_state["best_fid"] = math.inf
-        space = self.settings.space(int(search_state["steps"]), str(search_state.get("reveal", "confidence")),
-                                    str(search_state.get("draw", "auto")))  # fmt: skip
+        kept = {key: str(search_state[key]) for key in KEPT_FIELDS if key in search_state}  # older states: defaults
+        space = self.settings.space(int(search_state["steps"]), **kept)
         self.search = StrategySearch(space, np.asarray(search_state["xi"], dtype=np.float64), self.settings.momentum)
         self.search.load_state_dict(search_state)
         if self.cache is not None:

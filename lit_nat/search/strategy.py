@@ -64,23 +64,30 @@ def default_groups(
     )
 
 
+#: the schedule fields a search keeps from its start schedule, with their defaults: not continuous, so never searched
+#: (a probe under another reveal policy or token draw would see other images)
+KEPT_FIELDS = {"reveal": "confidence", "draw": "auto"}
+
+
 class SearchSpace:
     """xi <-> :class:`GenerationSchedule` for T steps, per-coordinate steps/learning rates, and the projection.
 
     Args:
         steps: T, the number of generation steps.
         groups: the four blocks in the official order (default: :func:`default_groups`).
-        reveal: the reveal policy of every schedule of the space (its continuous knobs are tau1/tau2 above).
-        draw: the token draw of every schedule of the space (not a knob: both draws are the same distribution).
+        kept: the :data:`KEPT_FIELDS` of every schedule of the space (``reveal``: the policy, whose continuous knobs
+            are tau1/tau2 above; ``draw``: the token draw), each also an attribute of the space.
     """
 
-    def __init__(self, steps: int, groups: tuple[Group, ...] | None = None, reveal: str = "confidence",
-                 draw: str = "auto") -> None:  # fmt: skip
+    def __init__(self, steps: int, groups: tuple[Group, ...] | None = None, **kept: str) -> None:
         if steps < 2:
             raise ValueError(f"SearchSpace: a search needs T >= 2 steps (T = 1 has no free ratio), got {steps}")
+        unknown = sorted(set(kept) - set(KEPT_FIELDS))
+        if unknown:
+            raise ValueError(f"SearchSpace: {unknown} are not kept schedule fields; expected {list(KEPT_FIELDS)}")
         self.steps = steps
-        self.reveal = reveal  # the policy is not searched (not continuous); every probe keeps the start's
-        self.draw = draw  # so does the token draw (a probe under another draw would see other images)
+        self.kept = {**KEPT_FIELDS, **kept}
+        self.reveal, self.draw = self.kept["reveal"], self.kept["draw"]
         self.groups = tuple(groups or default_groups())
         if [g.field for g in self.groups] != ["mask_ratio", "remask_temperature", "sample_temperature", "guidance"]:
             raise ValueError("SearchSpace: groups must be ratio, remask_temp, sample_temp, guidance (official order)")
@@ -120,8 +127,7 @@ class SearchSpace:
             sample_temperature=sample,
             guidance=guidance,
             name=name,
-            reveal=self.reveal,
-            draw=self.draw,
+            **self.kept,
         )
 
     def check(self, xi: np.ndarray) -> np.ndarray:
