@@ -17,6 +17,7 @@ import yaml
 
 from lit_nat.commands import benchmark_cases as cases
 from lit_nat.commands import benchmark_official as official
+from lit_nat.commands.benchmark_cases import significant
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_text
 from lit_nat.core.progress import progress
@@ -290,11 +291,6 @@ def measured(identity: dict, call: Any, peaks: dict[str, float], request: Benchm
             "peak_tflops": significant(peak), "peak_source": source if peak else None, "peak_range": spread,
             "fraction_of_peak": significant(fraction), **result,
             "skipped": None}  # fmt: skip
-
-
-def significant(value: float | None, digits: int = 4) -> float | None:
-    """``value`` to ``digits`` significant digits (a tiny model's TFLOP/s is not rounded to zero)."""
-    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -80,14 +80,29 @@ def paired_timing(fn: Callable[[], Any], probe: Callable[[], float] | None, warm
     stretch of time as the work (:func:`peak_summary` reduces them)."""
     for _ in range(warmup):
         fn()
-    times, peaks = [], []
+    (times,), peaks = bracketed([lambda: seconds_of(fn, device)], probe, repeats)
+    return statistics.median(times), peaks
+
+
+def bracketed(measures: list[Callable[[], float]], probe: Callable[[], float] | None,
+              repeats: int) -> tuple[list[list[float]], list[float]]:  # fmt: skip
+    """``repeats`` rounds of: the probe, then each measure in turn (each returns its seconds); one more probe after the
+    last round. Returns (each measure's values, the probe's values)."""
+    values: list[list[float]] = [[] for _ in measures]
+    peaks: list[float] = []
     for _ in range(repeats):
         if probe is not None:
             peaks.append(probe())
-        times.append(seconds_of(fn, device))
+        for column, measure in zip(values, measures):
+            column.append(measure())
     if probe is not None:
         peaks.append(probe())
-    return statistics.median(times), peaks
+    return values, peaks
+
+
+def significant(value: float | None, digits: int = 4) -> float | None:
+    """``value`` to ``digits`` significant digits (a tiny model's TFLOP/s is not rounded to zero)."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def peak_summary(peaks: list[float]) -> dict[str, Any]:

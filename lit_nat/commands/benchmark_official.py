@@ -115,23 +115,18 @@ def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype:
     ours = cases.sampling_call(target, batch=batch, steps=steps, dtype=dtype, compile="false", reuse=True,
                                draw="gumbel", device=device)  # fmt: skip
     probe = cases.matmul_probe(matmul_size, dtype, device) if adjacent_peak else None
-    official_times, our_times, peaks = [], [], []
     with OfficialChild(request, root) as child:
         for _ in range(warmup):
             ours()
-        for _ in range(repeats):
-            if probe is not None:
-                peaks.append(probe())
-            our_times.append(cases.seconds_of(ours, device))
-            official_times.append(child.time())
-        if probe is not None:
-            peaks.append(probe())
+        (our_times, official_times), peaks = cases.bracketed([lambda: cases.seconds_of(ours, device), child.time],
+                                                             probe, repeats)  # fmt: skip
     extra = {"official_attention": child.ready["attention"]} if "attention" in child.ready else {}
     ratio = statistics.median(o / u for o, u in zip(official_times, our_times))
     return {"seconds": statistics.median(official_times), "images": batch,
             "gflops_per_image": cases.sampling_gflops(target, steps, True), **cases.peak_summary(peaks),
-            "paired_ratio": float(f"{ratio:.4g}"),
-            "paired_lit_nat_images_per_s": float(f"{batch / statistics.median(our_times):.4g}"), **extra}  # fmt: skip
+            "paired_ratio": cases.significant(ratio),
+            "paired_lit_nat_images_per_s": cases.significant(batch / statistics.median(our_times)),
+            **extra}  # fmt: skip
 
 
 class OfficialChild:
