@@ -39,7 +39,8 @@ def search_curve(search_dir: str | Path, offset: int = 0) -> Curve:
         raise ValueError(f"{path}: not a search state file ({err})") from err
     curve: Curve = []
     applied = 0
-    evaluates_new_points = any("fid_after" in record for record in history)
+    # every record has the key (None inside fit, where no new point is evaluated unless backtracking measured it)
+    evaluates_new_points = any(record.get("fid_after") is not None for record in history)
     for record in history:
         if record.get("fid") is not None and (not curve or not evaluates_new_points):
             # the starting point; inside fit (no new-point evaluations) each update's base FID, measured on the

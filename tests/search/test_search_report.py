@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from lit_nat.search.gradient import UpdateRecord
 from lit_nat.search.report import line_plot, search_curve
 
 
@@ -27,3 +30,20 @@ def test_line_plot_and_search_curve_errors(tmp_path):
     (tmp_path / "state.json").write_text("{}")
     with pytest.raises(ValueError, match="not a search state file"):
         search_curve(tmp_path)
+
+
+def write_history(folder, records) -> None:
+    (folder / "state.json").write_text(json.dumps({"search": {"history": [r.to_dict() for r in records]}}))
+
+
+def test_search_curve_of_fit_and_of_the_search_command(tmp_path):
+    """Inside fit each update's base FID is the curve (its records carry ``fid_after: null``); the search command's
+    records carry the new point's FID, and a skipped update adds no point."""
+    fit = [UpdateRecord(k, [0.0], fid, 1.0, 7, 1.0) for k, fid in enumerate([9.0, 8.5, 8.0])]
+    write_history(tmp_path, fit)
+    assert search_curve(tmp_path, offset=2) == [(2, 9.0), (3, 8.5), (4, 8.0)]
+    command = [UpdateRecord(0, [0.0], 9.0, 1.0, 7, 1.0, fid_after=8.4),
+               UpdateRecord(1, [0.0], 8.4, math.nan, 7, 1.0, skipped=True, reason="non-finite"),
+               UpdateRecord(1, [0.0], 8.4, 1.0, 7, 1.0, fid_after=7.9)]  # fmt: skip
+    write_history(tmp_path, command)
+    assert search_curve(tmp_path) == [(0, 9.0), (1, 8.4), (2, 7.9)]
