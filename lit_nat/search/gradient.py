@@ -99,7 +99,7 @@ class UpdateRecord:
     seconds: float
     skipped: bool = False
     reason: str | None = None
-    fid_after: float | None = None  # F at the new point, where backtracking measured it
+    fid_after: float | None = None  # F at xi after the update, where measured (stayed at the base: the base's F)
     step_scale: float = 1.0  # the fraction of the momentum step taken (backtracking halves it)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,13 +133,16 @@ class StrategySearch:
     def schedule(self) -> GenerationSchedule:
         return self.space.to_schedule(self.xi, name=f"searched update {self.updates}")
 
-    def step(self, objective: Objective, base: float | None = None, backtrack: int = 0) -> UpdateRecord:
+    def step(self, objective: Objective, base: float | None = None, backtrack: int = 0,
+             measure: Objective | None = None) -> UpdateRecord:  # fmt: skip
         """Estimate the gradient at xi, take one projected momentum step, record it (skipped on a NaN); with
-        ``backtrack`` > 0 the step is halved while the new point's F is above the base's (module docstring)."""
+        ``backtrack`` > 0 the step is halved while the new point's F is above the base's (module docstring).
+
+        ``measure`` evaluates the point moved to (e.g. an objective that also records other metrics; backtracking's
+        tries use it, else ``objective``): with it, or with backtracking, the record's ``fid_after`` is F there."""
         start = time.perf_counter()
         estimate = estimate_gradient(objective, self.space, self.xi, base)
-        if math.isfinite(estimate.base) and estimate.base < self.best_fid:  # the best point seen is the base point
-            self.best_fid, self.best_xi = estimate.base, self.xi.copy()
+        self.arrive(self.xi, estimate.base)  # the best point seen may be the base point
         if estimate.grad is None:
             record = UpdateRecord(self.updates, self.xi.tolist(), estimate.base, math.nan, estimate.evaluations,
                                   time.perf_counter() - start, skipped=True,
@@ -147,33 +150,43 @@ class StrategySearch:
         else:
             grad = estimate.grad
             self.buffer = grad.copy() if self.buffer is None else self.momentum * self.buffer + grad
-            scale, after, tries = self.descend(objective, estimate.base, backtrack)
-            self.updates += 1
+            self.updates += 1  # (before the move: a measured new point is named "searched update k+1")
+            scale, after, tries = self.descend(measure or objective, estimate.base, backtrack, measure is not None)
             record = UpdateRecord(self.updates - 1, self.xi.tolist(), estimate.base, float(np.linalg.norm(grad)),
                                   estimate.evaluations + tries, time.perf_counter() - start, fid_after=after,
                                   step_scale=scale, reason=None if scale else "no descent")  # fmt: skip
         self.history.append(record.to_dict())
         return record
 
-    def descend(self, objective: Objective, base: float, backtrack: int) -> tuple[float, float | None, int]:
-        """Move xi along the momentum step: the whole step without backtracking; else the largest of the step, its
-        half, ... (``backtrack`` halvings) whose F is not above ``base``, or nowhere. Returns (the fraction of the step
-        taken, 0 for none; F at the new point, None when not measured; evaluations made)."""
+    def descend(self, measure: Objective, base: float, backtrack: int, evaluate: bool
+                ) -> tuple[float, float | None, int]:  # fmt: skip
+        """Move xi along the momentum step: the whole step without backtracking (``measure``-d when ``evaluate``);
+        else the largest of the step, its half, ... (``backtrack`` halvings) whose F is not above ``base``, or nowhere.
+        Returns (the fraction of the step taken, 0 for none; F at the point xi is then, None when not measured;
+        evaluations made)."""
         direction = self.space.lrs * self.buffer
         if backtrack <= 0:
             self.xi = self.space.project(self.xi - direction)
-            return 1.0, None, 0
+            if not evaluate:
+                return 1.0, None, 0
+            value = float(measure(self.schedule))
+            self.arrive(self.xi, value)
+            return 1.0, value, 1
         for tries in range(1, backtrack + 2):
             scale = 0.5 ** (tries - 1)
             point = self.space.project(self.xi - scale * direction)
-            value = float(objective(self.space.to_schedule(point, name=f"search step x{scale:g}")))
+            value = float(measure(self.space.to_schedule(point, name=f"search step x{scale:g}")))
             if math.isfinite(value) and value <= base:  # a tie moves on (a plateau of FID is no reason to stop)
                 self.xi = point
-                if value < self.best_fid:
-                    self.best_fid, self.best_xi = value, point.copy()
+                self.arrive(point, value)
                 return scale, value, tries
         self.buffer = None  # a direction that found no descent carries no momentum into the next update
-        return 0.0, None, backtrack + 1
+        return 0.0, base, backtrack + 1  # xi stays at the base point
+
+    def arrive(self, xi: np.ndarray, value: float) -> None:
+        """Note F at a point the search stands on (the best point is one the search has stood on)."""
+        if math.isfinite(value) and value < self.best_fid:
+            self.best_fid, self.best_xi = value, xi.copy()
 
     # ------------------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

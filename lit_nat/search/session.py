@@ -17,7 +17,6 @@ depend on; empty inside ``fit``).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,6 +139,8 @@ class SearchSession:
         evaluator, space = self.evaluator, self.search.space
 
         def fid(schedule: GenerationSchedule) -> float:
+            if metrics is not None:
+                metrics.clear()  # only the point just asked for (a backtracking try replaces the previous one's)
             key = xi_key(space.to_vector(schedule))
             value = None if self.cache is None else self.cache.get(key)
             if value is None:
@@ -173,28 +174,19 @@ class SearchSession:
         evaluator's other metrics of that point (e.g. ``clip_score_after``) in the history. Returns the record and that
         FID (NaN when not evaluated or when the update was skipped)."""
         search, fid, backtrack = self.search, self.objective(trainer, pl_module), self.settings.backtrack
-        # forward differences, the base point unless known, the new point if asked
+        extras: dict[str, float] = {}
+        measure = self.objective(trainer, pl_module, extras) if evaluate_new_point else None
+        # forward differences, the base point unless known, the new point if measured (backtracking: one per try)
         total = search.space.size + int(self.cached(search.xi) is None) + int(evaluate_new_point or backtrack > 0)
         self._bar = progress(total, f"update {search.updates + 1}", unit="FID", enabled=self.show_progress)
-        start = time.perf_counter()
         try:
             with self._bar:
-                record = search.step(fid, base=self.cached(search.xi), backtrack=backtrack)
-                new_point = evaluate_new_point and not record.skipped and backtrack == 0
-                extras: dict[str, float] = {}
-                after = self.objective(trainer, pl_module, extras)(search.schedule) if new_point else math.nan
+                record = search.step(fid, base=self.cached(search.xi), backtrack=backtrack, measure=measure)
         finally:
             self._bar = None
-        record.seconds = time.perf_counter() - start
-        search.history[-1]["seconds"] = record.seconds
-        if backtrack > 0 and not record.skipped:  # backtracking measured the new point (or stayed at the base)
-            after = record.fid_after if record.fid_after is not None else record.fid
-        if evaluate_new_point and not record.skipped:
-            search.history[-1]["fid_after"] = after  # non-finite: null in state.json
+        if record.step_scale > 0:  # the metrics of the point moved to (none when it stayed at the base)
             search.history[-1].update({f"{name}_after": value for name, value in extras.items()})
-            if math.isfinite(after) and after < search.best_fid:
-                search.best_fid, search.best_xi = after, search.xi.copy()
-        return record, after
+        return record, math.nan if record.fid_after is None else record.fid_after
 
     # ------------------------------------------------------------------------------------------------------------------
     def write(self, trainer: L.Trainer, new_point: bool = True) -> None:

@@ -200,11 +200,24 @@ def test_backtracking_halves_an_overshooting_step_until_the_objective_falls():
     assert search.step(f, base=record.fid_after, backtrack=6).fid == record.fid_after
 
 
+def test_a_measured_step_records_the_new_points_value_and_the_best_point():
+    settings = SearchSettings(other_lr=0.05)
+    search = settings.start(GenerationSchedule.heuristic(4))
+    f, names = Quadratic(search.space, seed=1), []
+    record = search.step(f, measure=lambda s: names.append(s.name) or f(s))  # the search command's new point
+    assert names == ["searched update 1"] and record.evaluations == 1 + search.space.size + 1
+    assert record.fid_after == pytest.approx(f(search.schedule)) and record.fid_after < record.fid
+    assert record.step_scale == 1
+    assert search.best_fid == record.fid_after and np.array_equal(search.best_xi, search.xi)
+    unmeasured = settings.start(GenerationSchedule.heuristic(4)).step(f)  # inside fit: the same move, not measured
+    assert unmeasured.fid_after is None and unmeasured.xi == record.xi
+
+
 def test_backtracking_that_finds_no_descent_stays_and_drops_the_momentum():
     search = SearchSettings(backtrack=2).start(GenerationSchedule.heuristic(4))
     xi = search.xi.copy()
     record = search.step(lambda s: 2.0 if s.name.startswith("search step") else 1.0, backtrack=2)  # every try worse
-    assert record.step_scale == 0 and record.reason == "no descent" and record.fid_after is None
+    assert record.step_scale == 0 and record.reason == "no descent" and record.fid_after == record.fid
     assert np.array_equal(search.xi, xi) and search.buffer is None and search.updates == 1
     assert record.evaluations == 1 + search.space.size + 3  # the step, its half and its quarter
     with pytest.raises(ValueError, match="backtrack must be >= 0"):
@@ -279,6 +292,8 @@ def test_callback_updates_writes_files_and_resumes_from_a_checkpoint(tiny_shards
     grad = np.array(state["momentum_buffer"]) - 0.5 * np.array(saved["momentum_buffer"])
     assert np.linalg.norm(grad) == pytest.approx(further.last.grad_norm, rel=1e-9)
     assert model.schedule.to_official() == further.search.schedule.to_official()
+    fids = [pytest.approx(h["fid"]) for h in state["history"]]  # inside fit the curve is each update's base FID
+    assert search_curve(tmp_path / "c" / "searched_strategies") == [(0, fids[0]), (1, fids[1])]
 
 
 class SaveAtLastBatch(__import__("lightning").Callback):
