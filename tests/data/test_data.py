@@ -516,10 +516,6 @@ def test_datamodule_in_a_trainer(digits_root):
     assert [k for b in ref for k in b["key"]] == seen[1]
 
 
-def test_datamodule_hparams_are_plain_even_for_a_path_root(tmp_path):
-    from lit_nat.data import TokenShardDataModule
-    from lit_nat.demos.digits import prepare_digits
-
-    prepare_digits(tmp_path / "digits")
-    data = TokenShardDataModule(tmp_path / "digits", num_workers=0)
-    assert data.hparams.root == str(tmp_path / "digits")  # loads under torch.load(weights_only=True)
+def test_datamodule_hparams_are_plain_even_for_a_path_root(digits_root):
+    data = TokenShardDataModule(digits_root, num_workers=0)  # a Path, not a str
+    assert data.hparams.root == str(digits_root)  # loads under torch.load(weights_only=True)
