@@ -6,7 +6,8 @@
 # 1. the GPU-only tests (the decoding loop and the training step free of host synchronisations, CUDA data paths);
 # 2. `benchmark` of ENAT-L and AutoNAT-L at batch 256, T = 8, bf16 autocast, eager, beside the official ENAT and
 #    AutoNAT loops, plus a training step: the README's GPU table;
-# 3. the same with torch.compile and CUDA graphs (compilation takes minutes; last, so that 1 and 2 come back first).
+# 3. the same with torch.compile (default and freeze) and CUDA graphs (compilation takes minutes; last, so that 1
+#    and 2 come back first).
 # Each phase has its own time limit and writes under $OUT (the device tool returns it) or runs/gpu_check.
 # BATCH, ARCHS and EXTRA (more benchmark options, e.g. --device cpu --arch_overrides ...) rehearse it elsewhere.
 set -o pipefail
@@ -37,6 +38,6 @@ timeout 200 python3 -m lit_nat benchmark --arch "${archs[@]}" --cases matmul sam
     2>&1 | grep -v "^benchmark:" | tee "$out/benchmark_eager.log" | tail -12
 
 echo "== 3. benchmark, torch.compile and CUDA graphs"
-timeout 150 python3 -m lit_nat benchmark --arch "${archs[@]}" --cases sampling --batch "$batch" --steps 8 \
-    --dtype bf16 --reuse true --compile true cuda_graphs --repeats 3 "${extra[@]}" --out "$out/benchmark_compiled.jsonl" \
+timeout 200 python3 -m lit_nat benchmark --arch "${archs[@]}" --cases sampling --batch "$batch" --steps 8 \
+    --dtype bf16 --reuse true --compile true freeze cuda_graphs --repeats 3 "${extra[@]}" --out "$out/benchmark_compiled.jsonl" \
     2>&1 | grep -v "^benchmark:" | tee "$out/benchmark_compiled.log" | tail -8

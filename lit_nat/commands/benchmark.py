@@ -21,6 +21,7 @@ from lit_nat.commands.benchmark_cases import significant
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import atomic_write_text
 from lit_nat.core.progress import progress
+from lit_nat.generation.compiled import COMPILE_MODES
 from lit_nat.generation.schedule import DRAWS, resolve_draw
 from lit_nat.models import build_backbone
 from lit_nat.models.amused import AMUSED_256_TRANSFORMER
@@ -48,8 +49,9 @@ class BenchmarkRequest:
         steps: decoding steps T (default 8; guided ENAT schedule); each value is a case.
         dtype: fp32 (default), bf16 or fp16 (autocast, as bf16-mixed training runs), bf16-true (weights cast once to
             bfloat16, Lightning's bf16-true; sampling only); each value is a case.
-        compile: false (default), true (torch.compile), cuda_graphs (torch.compile reduce-overhead; CUDA only); each
-            value is a case.
+        compile: false (default), true (torch.compile), freeze (torch.compile with inductor's freezing: weights as
+            constants, pre-packed and fused on a CPU; inference only, the official pairs too), cuda_graphs
+            (torch.compile reduce-overhead; CUDA only); each value is a case.
         reuse: ENAT's feature reuse: both (with and without), true or false; other backbones run once.
         token_draw: how the sampling cases draw tokens (the schedule's draw): auto (default: inverse_cdf from 4,096
             codes on, gumbel below), gumbel (one Gumbel per code) or inverse_cdf (one uniform per token); each value
@@ -113,7 +115,7 @@ def check_request(request: BenchmarkRequest) -> None:
     if request.reuse not in ("both", "true", "false"):
         raise UsageError(f"benchmark: --reuse {request.reuse!r} is not one of both, true, false")
     checks = [("--cases", request.cases, CASES), ("--dtype", request.dtype, tuple(cases.DTYPES)),
-              ("--compile", [str(c).lower() for c in request.compile], cases.COMPILE_MODES),
+              ("--compile", [str(c).lower() for c in request.compile], COMPILE_MODES),
               ("--token_draw", request.token_draw, DRAWS)]  # fmt: skip
     for flag, values, valid in checks:
         for value in values:
@@ -249,14 +251,19 @@ def official_roots(request: BenchmarkRequest) -> dict[str, str]:
 def official_plan(request: BenchmarkRequest, target: cases.Target, timing: dict, batch: int,
                   dtype: str) -> list[tuple[dict, Any]]:  # fmt: skip
     """The official loops beside our sampling cases of ``target``: ENAT's on ENAT backbones (--official_enat),
-    AutoNAT's on U-ViTs (--official_autonat)."""
+    AutoNAT's on U-ViTs (--official_autonat); the official loop eager, paired with ours under each --compile mode."""
     size = matmul_size(request, timing["device"])
     return [({"case": "sampling", "arch": f"official:{target.name}", "batch": batch, "steps": steps, "dtype": dtype,
-              "compile": "false", "reuse": True if code == "enat" else None},
+              "compile": "false", "reuse": True if code == "enat" else None, "paired_compile": mode},
              partial(official.sampling, target, Path(path), batch=batch, steps=steps, dtype=dtype, code=code,
-                     matmul_size=size, adjacent_peak=request.adjacent_peak and not request.peak_tflops, **timing))
+                     compile=mode, matmul_size=size, adjacent_peak=request.adjacent_peak and not request.peak_tflops,
+                     **timing))
             for code, path in official_roots(request).items() if official.applies(code, target)
-            for steps in request.steps]  # fmt: skip
+            for steps in request.steps for mode in map(str.lower, map(str, request.compile))]  # fmt: skip
+
+
+#: identity keys that only some cases have: a sampling case's token draw, an official case's compile mode of ours
+OPTIONAL_KEYS = ("method", "paired_compile")
 
 
 def measured(identity: dict, call: Any, peaks: dict[str, float], request: BenchmarkRequest) -> dict[str, Any]:
@@ -264,7 +271,7 @@ def measured(identity: dict, call: Any, peaks: dict[str, float], request: Benchm
     a case that cannot run here has ``skipped`` with the reason and no numbers."""
     row = {"case": identity["case"], "arch": identity.get("arch"), "batch": identity.get("batch"),
            "steps": identity.get("steps"), "dtype": identity.get("dtype"), "compile": identity.get("compile"),
-           "reuse": identity.get("reuse"), **{k: v for k, v in identity.items() if k == "method"}}  # fmt: skip
+           "reuse": identity.get("reuse"), **{k: v for k, v in identity.items() if k in OPTIONAL_KEYS}}  # fmt: skip
     try:
         result = call()
     except cases.Skip as reason:
@@ -296,7 +303,7 @@ def measured(identity: dict, call: Any, peaks: dict[str, float], request: Benchm
 def table(rows: list[dict[str, Any]]) -> str:
     keys = ["case", "arch", "batch", "steps", "dtype", "compile", "reuse", "method", "images_per_s", "ms_median",
             "gflops_per_image", "tflops", "peak_tflops", "peak_range", "fraction_of_peak", "paired_ratio",
-            "skipped"]  # fmt: skip
+            "paired_compile", "skipped"]  # fmt: skip
     keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join("" if r.get(k) is None else str(r[k]) for k in keys) + " |" for r in rows]

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_nat.conditioning.condition import TextCondition
+from lit_nat.generation.compiled import compile_for_sampling
 from lit_nat.generation.decoding import categorical_draw, generate, make_generator
 from lit_nat.generation.precision import autocast_for, cast_for_sampling, sampling_context
 from lit_nat.generation.schedule import GenerationSchedule
@@ -29,8 +30,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 #: ``--dtype`` -> sampling precision (:mod:`lit_nat.generation.precision`): bf16 and fp16 are autocast, as training
 #: runs them; bf16-true casts the weights once (Lightning's bf16-true)
 PRECISION_OF = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed", "bf16-true": "bf16-true"}
-#: ``--compile`` values: eager, ``torch.compile`` (default mode), ``torch.compile(mode="reduce-overhead")`` (CUDA graphs)
-COMPILE_MODES = ("false", "true", "cuda_graphs")
 DRAW_METHODS = ("gumbel", "inverse_cdf")
 
 
@@ -128,11 +127,10 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
 
 
 def compiled(backbone: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    if mode == "false":
-        return backbone
+    """:func:`compile_for_sampling`; a mode this device cannot run (CUDA graphs on a CPU) is a skipped case."""
     if mode == "cuda_graphs" and device.type != "cuda":
         raise Skip(f"CUDA graphs (torch.compile mode reduce-overhead) need a CUDA device, not {device.type}")
-    return torch.compile(backbone, mode="reduce-overhead" if mode == "cuda_graphs" else None)
+    return compile_for_sampling(backbone, mode, device)
 
 
 def text_shape(backbone: nn.Module) -> tuple[int, int] | None:

@@ -102,17 +102,18 @@ def official_spec(target: cases.Target, code: str = "enat") -> dict[str, Any]:
 
 
 def sampling(target: cases.Target, root: Path, *, batch: int, steps: int, dtype: str, device: torch.device,
-             warmup: int, repeats: int, matmul_size: int, adjacent_peak: bool,
-             code: str = "enat") -> dict[str, Any]:  # fmt: skip
+             warmup: int, repeats: int, matmul_size: int, adjacent_peak: bool, code: str = "enat",
+             compile: str = "false") -> dict[str, Any]:  # fmt: skip
     """Our sampling case's numbers for the official loop, measured in a child process, each official call right after
-    one of ours (the Gumbel draw, as the official loops draw): ``paired_ratio`` is the median of the per-pair ratios
+    one of ours (the Gumbel draw, as the official loops draw; ours under ``compile``, the official loop eager, as its
+    code runs): ``paired_ratio`` is the median of the per-pair ratios
     (official seconds / ours), which a machine whose speed drifts between cases cannot bias as it biases two medians
     taken minutes apart; ``paired_lit_nat_images_per_s`` is ours in those pairs."""
     if dtype == "bf16-true":
         raise cases.Skip("the official code samples in float32 or under autocast; bf16-true is lit_nat's")
     request = dict(code=code, root=str(root), model=official_spec(target, code), batch=batch, steps=steps,
                    dtype=dtype, device=str(device), warmup=warmup)  # fmt: skip
-    ours = cases.sampling_call(target, batch=batch, steps=steps, dtype=dtype, compile="false", reuse=True,
+    ours = cases.sampling_call(target, batch=batch, steps=steps, dtype=dtype, compile=compile, reuse=True,
                                draw="gumbel", device=device)  # fmt: skip
     probe = cases.matmul_probe(matmul_size, dtype, device) if adjacent_peak else None
     with OfficialChild(request, root) as child:

@@ -47,6 +47,7 @@ from lit_nat.core.checkpointing import weights_digest
 from lit_nat.core.errors import UsageError
 from lit_nat.core.io import DirectoryLock, atomic_write, atomic_write_json, changed_entries, remove_stale_temps
 from lit_nat.data.datamodule import generation_loader
+from lit_nat.generation.compiled import SamplingCompiler
 from lit_nat.generation.schedule import DRAWS, GenerationSchedule
 from lit_nat.training.loading import AssetLocations
 from lit_nat.training.lora import AdapterSet
@@ -220,6 +221,9 @@ class SampleRequest:
         draw: how tokens are drawn, for this run's schedule: auto, gumbel (a Gumbel per code) or inverse_cdf (one
             uniform per token: the same distribution, faster on large codebooks, other images for a seed); default
             the schedule's own.
+        compile: torch.compile the sampling backbone: false (default), true, freeze (inductor's freezing: the
+            fastest on a CPU, see docs/measurements.md) or cuda_graphs (CUDA only). The images equal eager's up to
+            float rounding (a token may differ where two scores tie within an ulp); a resumed run keeps its mode.
     """
 
     num_samples: int = 50_000
@@ -234,6 +238,7 @@ class SampleRequest:
     prompts: list[str] | None = None
     prompts_file: str | None = None
     draw: str | None = None
+    compile: str = "false"
 
 
 def sample(trainer: NATTrainer, model: L.LightningModule, ckpt_path: str | None = None,
@@ -263,6 +268,10 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
     parsed = GenerationSchedule.preset(request.schedule) if request.schedule else None  # bad files fail before work
     if request.draw is not None and request.draw not in DRAWS:
         raise UsageError(f"sample: --draw {request.draw!r} is not one of {', '.join(DRAWS)}")
+    try:
+        compiler = SamplingCompiler(request.compile, trainer.strategy.root_device)
+    except ValueError as err:
+        raise UsageError(f"sample: --compile: {err}") from None
     num_classes = int(model.hparams.num_classes)
     if labels is not None:
         bad = [v for v in labels if not 0 <= int(v) <= num_classes]
@@ -276,6 +285,8 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
                 "precision": str(trainer.precision)}  # fmt: skip  # bf16 samples are other images than fp32 ones
     if prompts is not None:
         settings = {**settings, "labels": None, "prompts": prompts}
+    if compiler.mode != "false":  # (eager runs keep the settings of older parts plans, which resume)
+        settings = {**settings, "compile": compiler.mode}
     info = {"checkpoint": ckpt_path, **(adapters or {}), **settings, "schedule_source": request.schedule or "checkpoint"}
     # one live sample per output folder (rank 0 writes it); released at the end or when the process dies
     lock = DirectoryLock(files.folder, "lit_nat sample").acquire() if trainer.is_global_zero else None
@@ -290,10 +301,12 @@ def run_sample(trainer: L.Trainer, model: L.LightningModule, ckpt_path: str | No
         writer = SampleWriter(files, request.num_samples, request.batch_size, settings, parsed, request.save_png,
                               request.grid_samples, info, request.draw)  # fmt: skip
         trainer.callbacks.append(writer)
+        eager, model.sampling_compiler = model.sampling_compiler, compiler
         try:
             trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
         finally:
             trainer.callbacks.remove(writer)
+            model.sampling_compiler = eager
     finally:
         if lock is not None:
             lock.release()

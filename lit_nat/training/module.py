@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_nat.conditioning import Condition, Conditioner, batch_size, text_space
 from lit_nat.conditioning.text import relocate as relocate_text_encoder
 from lit_nat.core.finite import NonFiniteGuard, gradient_norm_and_finite
+from lit_nat.generation.compiled import SamplingCompiler
 from lit_nat.generation.decoding import GenerationResult, generate, generate_by_unknown_count, make_generator
 from lit_nat.generation.schedule import GenerationSchedule
 from lit_nat.models import build_backbone
@@ -142,6 +143,7 @@ class NATModule(L.LightningModule):
         # Not an nn.Module either: the frozen text encoder is loaded from its folder, never saved with the NAT.
         self.conditioner = Conditioner(text_encoder, self.null_class)
         self.nonfinite_guard = NonFiniteGuard(nonfinite, max_nonfinite_steps)
+        self.sampling_compiler = SamplingCompiler()  # eager; ``sample --compile`` installs another mode
         self._train_seed: int | None = None  # the run's seed, fixed at the first step and kept in checkpoints
         self._loss_finite: torch.Tensor | None = None  # all losses of the current optimiser step finite (on device)
         self._skip_ema = False
@@ -358,18 +360,10 @@ class NATModule(L.LightningModule):
         was_training = backbone.training
         backbone.eval()
         try:
-            return generate(
-                backbone,
-                condition,
-                schedule,
-                make_generator(seed, self.device),
-                num_tokens=self.num_tokens,
-                mask_id=self.mask_id,
-                null_condition=self.conditioner.null(batch_size(condition), self.device),
-                return_history=return_history,
-                init_ids=init_ids,
-                keep_mask=keep_mask,
-            )
+            return generate(self.sampling_compiler(backbone), condition, schedule, make_generator(seed, self.device),
+                            num_tokens=self.num_tokens, mask_id=self.mask_id, init_ids=init_ids, keep_mask=keep_mask,
+                            null_condition=self.conditioner.null(batch_size(condition), self.device),
+                            return_history=return_history)  # fmt: skip
         finally:
             backbone.train(was_training)
 

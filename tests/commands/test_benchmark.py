@@ -108,6 +108,7 @@ def test_cuda_only_and_tokenizer_cases_are_skipped_with_a_reason_on_cpu(capsys):
         (["--arch", "enat-tiny", "--dtype", "fp8"], "--dtype 'fp8' is not one of fp32, bf16, fp16"),
         (["--arch", "enat-tiny", "--repeats", "0"], "--repeats must be >= 1"),
         (["--arch", "enat-tiny", "--token_draw", "exp"], "--token_draw 'exp' is not one of auto, gumbel, inverse_cdf"),
+        (["--arch", "enat-tiny", "--compile", "max"], "--compile 'max' is not one of false, true, freeze, cuda_graphs"),
         (["--cases", "train"], "cases train need a model: give --arch, --model_configs or --ckpt_path"),
     ],
 )

@@ -115,10 +115,14 @@ def test_each_official_call_follows_one_of_ours_and_the_pairs_give_the_ratio(cap
     monkeypatch.setattr(benchmark_cases, "sampling_call", recorded_call)
     monkeypatch.setattr(benchmark_official.OfficialChild, "time", lambda self: events.append("official") or
                         time_official(self))  # fmt: skip
-    options = [*TINY, "--repeats", "3", "--token_draw", "inverse_cdf"]
+    modes = []  # (compiling is tested in tests/generation/test_compiled.py; here: which mode reaches which loop)
+    monkeypatch.setattr(benchmark_cases, "compile_for_sampling", lambda b, mode, device: modes.append(mode) or b)
+    options = [*TINY, "--repeats", "3", "--token_draw", "inverse_cdf", "--compile", "freeze"]
     ours, official = run(capsys, "--arch", "enat-tiny", *options, "--official_enat", str(clone))
-    # our own case, then the pairs, ours with the Gumbel draw the official loops use
+    # our own case, then the pairs, ours with the Gumbel draw the official loops use, under the case's compile mode
     assert events == ["ours inverse_cdf"] * 3 + ["ours gumbel", "official"] * 3
+    assert modes == ["freeze", "freeze"] and (ours["compile"], official["compile"]) == ("freeze", "false")
+    assert official["paired_compile"] == "freeze" and "paired_compile" not in ours
     assert official["paired_ratio"] > 0 and official["paired_lit_nat_images_per_s"] > 0
     assert ours.get("paired_ratio") is None
     assert official["images_per_s"] > 0 and official["peak_range"][0] <= official["peak_tflops"]

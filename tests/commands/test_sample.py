@@ -110,6 +110,22 @@ def test_draw_gives_the_runs_schedule_its_token_draw(setup, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
+def test_compile_freeze_samples_eagers_images_and_is_part_of_the_run(setup, tmp_path):
+    """--compile freeze (inductor's freezing) gives eager's images at this size and is recorded in samples.json (and
+    in the parts plan, so a resume keeps the mode); a bad mode is one line before any work."""
+    config, ckpt = setup
+    sample(config, ckpt, tmp_path / "eager", "--num_samples=6", "--batch_size=3")
+    sample(config, ckpt, tmp_path / "frozen", "--num_samples=6", "--batch_size=3", "--compile=freeze")
+    with np.load(tmp_path / "eager" / "samples.npz") as eager, np.load(tmp_path / "frozen" / "samples.npz") as frozen:
+        np.testing.assert_array_equal(frozen["arr_0"], eager["arr_0"])
+    infos = {name: json.loads((tmp_path / name / "samples.json").read_text()) for name in ("eager", "frozen")}
+    assert infos["frozen"]["compile"] == "freeze" and "compile" not in infos["eager"]
+    with pytest.raises(UsageError, match="sample: --compile: compile mode 'max' is not one of false, true, freeze"):
+        sample(config, ckpt, tmp_path / "bad", "--num_samples=2", "--compile=max")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_batch_parts_merge_in_sample_order(tmp_path):
     """What two DDP ranks write (batches dealt round-robin, one part file each) merges into one file in sample order."""
     images = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
