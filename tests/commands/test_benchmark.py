@@ -153,3 +153,28 @@ def test_the_peak_probes_bracket_every_timed_call():
     assert peaks == [3.0, 1.0, 2.0, 5.0] and seconds >= 0
     assert peak_summary(peaks) == {"adjacent_peak_tflops": 2.5, "peak_range": [1.0, 5.0]}
     assert peak_summary([]) == {}
+
+
+def test_pair_compile_modes_times_each_mode_in_pairs(monkeypatch):
+    """scripts/pair_compile_modes.py: one call of each mode per round, the probe around them; speeds and the paired
+    ratio of the two modes (compiling is stubbed: which mode reaches which call is what is checked)."""
+    import importlib.util
+    from pathlib import Path
+
+    from lit_nat.commands import benchmark_cases
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "pair_compile_modes.py"
+    spec = importlib.util.spec_from_file_location("pair_compile_modes", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    modes, probes = [], []
+    monkeypatch.setattr(benchmark_cases, "compile_for_sampling", lambda b, mode, device: modes.append(mode) or b)
+    probe = benchmark_cases.matmul_probe
+    monkeypatch.setattr(benchmark_cases, "matmul_probe", lambda *a: (lambda p=probe(*a): probes.append(1) or p()))
+    result = script.main(["--arch", "enat-tiny", "--arch_overrides", json.dumps(ENAT_ARCH), "--batch", "2", "--steps",
+                          "3", "--repeats", "3", "--matmul_size", "64", "--dtype", "fp32"])  # fmt: skip
+    assert modes == ["false", "freeze"] and len(probes) == 3 + 1
+    assert result["modes"] == ["false", "freeze"] and result["paired_speedup"] > 0
+    assert all(v > 0 for v in result["images_per_s"] + result["fraction_of_peak"])
+    low, high = result["peak_range"]
+    assert 0 < low <= result["adjacent_peak_tflops"] <= high
