@@ -223,7 +223,8 @@ class SampleRequest:
             the schedule's own.
         compile: torch.compile the sampling backbone: false (default), true, freeze (inductor's freezing: the
             fastest on a CPU, see docs/measurements.md) or cuda_graphs (CUDA only). The images equal eager's up to
-            float rounding (a token may differ where two scores tie within an ulp); a resumed run keeps its mode.
+            float rounding (a token may differ where two scores tie within an ulp); recorded in samples.json, and
+            an interrupted run resumes under its own mode only.
     """
 
     num_samples: int = 50_000

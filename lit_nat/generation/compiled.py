@@ -6,11 +6,11 @@
   inductor folds autocast's weight casts away, pre-packs the weights for oneDNN on a CPU and fuses each linear layer
   with its GELU. Inference only, and the weights are read once: a change to them after the first call is not seen
   (the sampling commands never change them). On this project's CPU it is the mode that pays (``measurements.md``);
-  the default mode fuses the elementwise work but leaves every weight cast and every separate GELU in place.
+  the default mode fuses elementwise work but keeps autocast's weight casts and runs each GELU outside its matmul.
 - ``cuda_graphs``: ``torch.compile(mode="reduce-overhead")``, CUDA only (the loop has no host synchronisation).
 
 Every mode computes the same function at the level of float rounding: the tokens of a seed can differ from eager's
-where two candidates' scores are within an ulp (the tests compare the logits).
+where two candidates' scores are within an ulp (the tests find eager's tokens and images at a tiny size).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class FrozenCompiled(nn.Module):
 
 def compile_for_sampling(backbone: nn.Module, mode: str, device: torch.device | str = "cpu") -> nn.Module:
     """``backbone`` for :func:`~lit_nat.generation.decoding.generate` under compile ``mode`` (module docstring);
-    ``false`` returns it unchanged. The weights are shared, not copied."""
+    ``false`` returns it unchanged. The backbone is wrapped, not copied."""
     mode = check_compile_mode(mode, device)
     if mode == "false":
         return backbone
