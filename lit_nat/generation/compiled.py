@@ -29,7 +29,8 @@ def check_compile_mode(mode: str, device: torch.device | str) -> str:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
     if mode == "cuda_graphs" and torch.device(device).type != "cuda":
-        raise ValueError(f"compile mode cuda_graphs (torch.compile reduce-overhead) needs a CUDA device, not {device}")
+        raise ValueError(f"compile mode cuda_graphs (CUDA graphs: torch.compile reduce-overhead) needs a CUDA device, "
+                         f"not {device}")  # fmt: skip
     return mode
 
 
